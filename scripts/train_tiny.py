@@ -1,0 +1,161 @@
+"""Train the embedded tiny reasoning model on the synthetic register-program traces.
+
+Runs on a 2-core CPU: bf16 autocast (AMX where the CPU has it), a time-based cosine learning-rate
+schedule so that the run ends on time whatever the machine's speed, checkpoints every few minutes
+and `--resume` to continue an interrupted run. Training seeds are < 1,000,000; evaluation seeds
+start at 1,000,000 (`tessera.tasks.reasoning.EVAL_SEED_BASE`), so the reported accuracy is on
+problems never seen in training.
+
+    python scripts/train_tiny.py --minutes 75 --out tessera/assets/tiny-reasoner
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tessera.config import ModelConfig
+from tessera.models import LlamaForCausalLM, save_model
+from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, vocabulary
+from tessera.tokenizer import build_word_tokenizer
+
+MODEL = dict(
+    hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, rope_theta=10000.0,
+    rms_norm_eps=1e-6, tie_word_embeddings=True,
+)
+
+
+def make_batches(tok, seeds, tokens_per_batch):
+    """Length-bucketed batches: (input_ids [B, T], loss mask [B, T]) with the prompt masked out."""
+    items = []
+    for s in seeds:
+        p = make_problem(s)
+        prompt = tok.encode(p.prompt)
+        full = prompt + tok.encode(p.solution, add_bos=False) + [tok.eos_id]
+        items.append((full, len(prompt)))
+    items.sort(key=lambda x: len(x[0]))
+    batches, cur = [], []
+    for it in items:
+        if cur and (len(cur) + 1) * len(it[0]) > tokens_per_batch:
+            batches.append(cur)
+            cur = []
+        cur.append(it)
+    if cur:
+        batches.append(cur)
+    out = []
+    for b in batches:
+        T = max(len(x[0]) for x in b)
+        ids = torch.full((len(b), T), tok.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(b), T), dtype=torch.bool)
+        for i, (full, n_prompt) in enumerate(b):
+            ids[i, : len(full)] = torch.tensor(full)
+            mask[i, n_prompt : len(full)] = True  # predict the trace tokens (and </s>)
+        out.append((ids, mask))
+    return out
+
+
+def loss_fn(model, ids, mask):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids[:, :-1])
+    tgt = ids[:, 1:]
+    m = mask[:, 1:]
+    return F.cross_entropy(logits.float()[m], tgt[m]), (logits.argmax(-1)[m] == tgt[m]).float().mean()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="tessera/assets/tiny-reasoner")
+    ap.add_argument("--work", default="runs/tiny", help="checkpoints and logs")
+    ap.add_argument("--minutes", type=float, default=75.0, help="wall-clock training budget")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--tokens-per-batch", type=int, default=24000)
+    ap.add_argument("--pool", type=int, default=512, help="problems generated per refill")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tok = build_word_tokenizer(vocabulary(), args.out, MODEL["max_position_embeddings"])
+    cfg = ModelConfig(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                      pad_token_id=tok.pad_id, **MODEL)
+    model = LlamaForCausalLM(cfg)
+    for name, p in model.named_parameters():  # GPT-2-style small init keeps early training stable
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * cfg.num_hidden_layers) if "o_proj" in name or "down_proj" in name else 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    state = {"step": 0, "elapsed": 0.0, "next_seed": 0, "tokens": 0}
+    ckpt = work / "ckpt.pt"
+    if args.resume and ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        print(f"resumed at step {state['step']} after {state['elapsed'] / 60:.1f} min", flush=True)
+    print(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {tok.vocab_size}", flush=True)
+
+    budget = args.minutes * 60
+    warmup = 60.0  # seconds
+    eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_064), args.tokens_per_batch)
+    log = open(work / "train.log", "a")
+    last_ckpt = time.time()
+    rng = random.Random(args.seed + state["step"])
+    while state["elapsed"] < budget:
+        seeds = range(state["next_seed"], state["next_seed"] + args.pool)
+        assert seeds[-1] < EVAL_SEED_BASE, "training would reach the held-out evaluation seeds"
+        state["next_seed"] += args.pool
+        batches = make_batches(tok, seeds, args.tokens_per_batch)
+        rng.shuffle(batches)
+        for ids, mask in batches:
+            t0 = time.time()
+            frac = state["elapsed"] / budget
+            lr = args.lr * min(1.0, (state["elapsed"] + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.train()
+            loss, acc = loss_fn(model, ids, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            dt = time.time() - t0
+            state["elapsed"] += dt
+            state["step"] += 1
+            state["tokens"] += ids.numel()
+            if state["step"] % 10 == 0:
+                msg = (f"step {state['step']} loss {loss.item():.4f} tok-acc {acc.item():.4f} lr {lr:.2e} "
+                       f"{ids.numel() / dt:.0f} tok/s elapsed {state['elapsed'] / 60:.1f}/{args.minutes:.0f} min")
+                print(msg, flush=True)
+                log.write(msg + "\n")
+                log.flush()
+            if state["step"] % 100 == 0:
+                model.eval()
+                with torch.no_grad():
+                    ev = [loss_fn(model, i, m) for i, m in eval_batches]
+                msg = (f"eval step {state['step']} loss {sum(e[0].item() for e in ev) / len(ev):.4f} "
+                       f"tok-acc {sum(e[1].item() for e in ev) / len(ev):.4f}")
+                print(msg, flush=True)
+                log.write(msg + "\n")
+            if time.time() - last_ckpt > 180:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
+                save_model(model, args.out)
+                last_ckpt = time.time()
+            if state["elapsed"] >= budget:
+                break
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
+    save_model(model, args.out)
+    (work / "summary.json").write_text(json.dumps(state, indent=2))
+    print(f"done: {state['step']} steps, {state['tokens'] / 1e6:.1f}M tokens, saved to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Grouped-query attention (Ainslie et al., 2023) over a pluggable KV-cache backend.
+
+The layer projects and rotates; *where* keys and values live and how attention over them is
+computed belongs to the cache backend (`tessera.kv.cache`), so dense, compressed (R-KV) and
+offloaded (ShadowKV) caches plug in without the layer knowing which one runs (DESIGN rule 3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.config import ModelConfig
+from tessera.layers.norm import RMSNorm
+from tessera.layers.rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        h, bias = cfg.hidden_size, cfg.attention_bias
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None, ctx=None):
+        B, S, _ = x.shape  # x [B, S, hidden]
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
+        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None and getattr(cache, "wants_pre_rope_keys", False):
+            cache.observe_pre_rope_keys(self.layer_idx, k, ctx)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=S > 1, enable_gqa=self.n_heads != self.n_kv)
+        else:
+            out = cache.attend(self.layer_idx, q, k, v, ctx)  # [B, Hq, S, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))

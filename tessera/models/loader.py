@@ -1,0 +1,103 @@
+"""Load and save Hugging Face-format checkpoints from local disk (never from a hub)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tessera.config import ModelConfig
+from tessera.models.llama import LlamaForCausalLM
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path {str(path)!r} is not a directory (tessera only loads local HF-format dirs)")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file} not found: an HF-format model dir needs config.json")
+    return ModelConfig.from_hf(json.loads(cfg_file.read_text()))
+
+
+def _weight_files(path: Path) -> list[Path]:
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"shards listed in {index} are missing: {missing}")
+        return [path / s for s in shards]
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Build a `LlamaForCausalLM` from an HF directory; shapes are checked tensor by tensor."""
+    path = Path(path)
+    cfg = read_config(path)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(path):
+        state.update(load_file(str(f)))
+    expected = dict(model.state_dict())
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        state.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    for name, t in expected.items():
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise ValueError(
+                f"shape mismatch for {name}: checkpoint has {tuple(state[name].shape)}, "
+                f"config.json implies {tuple(t.shape)}"
+            )
+    model.load_state_dict({k: state[k] for k in expected}, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # buffers were created on meta: rebuild the rotary table for real
+    from tessera.layers.rope import RotaryEmbedding
+
+    model.model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_model(model: LlamaForCausalLM, path: str | Path, extra_config: dict | None = None) -> None:
+    """Write config.json + model.safetensors in the HF Llama layout."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": c.model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": c.rope_scaling,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": c.attention_bias,
+        "hidden_act": "silu",
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id,
+        "torch_dtype": "float32",
+    }
+    cfg.update(extra_config or {})
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if c.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
