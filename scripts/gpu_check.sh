@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The one prepared GPU check (run it whenever a GPU machine is lent; never in CI).
+# Runs every feature's GPU checks with a time limit each, prints a summary, and writes
+# gpu_check_<gpu>.{log,md} plus the benchmark results into $OUT (or benchmarks/results).
+# Budget: under 8 minutes on an H100/H200. Features add a line to CHECKS below.
+set -u
+cd "$(dirname "$0")/.."
+RES=${OUT:-benchmarks/results}
+mkdir -p "$RES"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+GPU=${GPU:-no-gpu}
+SLUG=$(echo "$GPU" | tr -c 'A-Za-z0-9\n' '_' | tr -s _ | sed 's/_$//')
+LOG=$RES/gpu_check_$SLUG.log
+: >"$LOG"
+echo "GPU check on: $GPU  ($(date -u +%FT%TZ))" | tee -a "$LOG"
+$PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$LOG"
+
+# name | time limit (s) | command
+CHECKS=(
+  "gpu-tests|150|$PY -m pytest -q -m gpu tests -p no:cacheprovider"
+  "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 256 --out $RES/decode_gpu_$SLUG"
+  "ngemm|90|$PY scripts/gpu_checks/ngemm.py"
+  "dist|120|$PY scripts/gpu_checks/dist.py"
+)
+SUMMARY=()
+for c in "${CHECKS[@]}"; do
+  IFS='|' read -r name limit cmd <<<"$c"
+  script=$(echo "$cmd" | awk '{print $2}')
+  if [[ $script == *.py && $script != -m && ! -f $script ]]; then
+    SUMMARY+=("| $name | skipped (no $script) | - |"); continue
+  fi
+  echo "=== $name ($cmd)" | tee -a "$LOG"
+  t0=$(date +%s)
+  timeout "$limit" bash -c "$cmd" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  dt=$(( $(date +%s) - t0 ))
+  status=$([[ $rc == 0 ]] && echo PASS || ([[ $rc == 124 ]] && echo "TIMEOUT" || echo "FAIL (rc $rc)"))
+  SUMMARY+=("| $name | $status | ${dt}s |")
+done
+{
+  echo "# GPU check: $GPU"
+  echo
+  echo "Run $(date -u +%FT%TZ) by scripts/gpu_check.sh; full output in gpu_check_$SLUG.log."
+  echo
+  echo "| check | result | time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${SUMMARY[@]}"
+} >"$RES/gpu_check_$SLUG.md"
+echo; cat "$RES/gpu_check_$SLUG.md"

@@ -1,0 +1,192 @@
+"""The `tessera` command: generate, eval, demo, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF-format model dir (default: the embedded tiny reasoner)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
+    p.add_argument("--press", default="none", help="KV compression method (default: none = full KV)")
+    p.add_argument("--budget", type=int, default=None, help="KV budget in tokens per head (presses)")
+    p.add_argument("--buffer", type=int, default=None, help="decoded tokens between compressions (presses)")
+    p.add_argument("--window", type=int, default=None, help="observation window of recent queries (presses)")
+
+
+def _llm(args):
+    from tessera.engine import LLM
+
+    return LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+
+
+def _press_factory(args):
+    from tessera.kv.presses import make_press
+
+    kw = {k: getattr(args, k) for k in ("budget", "buffer", "window") if getattr(args, k) is not None}
+    if args.press in ("none", "full"):
+        kw = {}  # full KV: nothing to configure
+    make_press(args.press, **kw)  # fail early on a bad name or bad settings
+    return lambda: make_press(args.press, **kw)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def cmd_generate(args) -> int:
+    from tessera.config import SamplingParams
+    from tessera.tasks.reasoning import make_problem, score
+
+    llm = _llm(args)
+    problem = None
+    if args.prompt is None:
+        problem = make_problem(args.problem, args.difficulty)
+        prompt = problem.prompt
+    else:
+        prompt = args.prompt
+    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
+    stream = (lambda i, t, piece: print(piece, end="", flush=True)) if args.stream else None
+    out = llm.generate([prompt], sp, press=_press_factory(args)(), stream=stream)
+    c, st = out.completions[0], out.stats
+    if args.stream:
+        print()
+    else:
+        print(c.text)
+    print("-" * 60)
+    if problem is not None:
+        ok = score(problem, c.text)
+        print(f"problem seed {problem.seed} (difficulty {problem.difficulty}): expected {problem.answer}, "
+              f"{'correct' if ok else 'WRONG'}")
+    print(f"finish: {c.finish_reason}  prompt tokens: {len(c.prompt_ids)}  generated: {len(c.token_ids)}")
+    print(f"decode: {st.decode_tokens_per_s:.1f} tok/s  prefill: {st.prefill_s * 1e3:.1f} ms  "
+          f"peak KV: {_mib(st.peak_kv_bytes)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from tessera.tasks.evaluate import evaluate
+
+    llm = _llm(args)
+    res = evaluate(llm, n=args.n, seed_start=args.seed_start, batch_size=args.batch_size,
+                   press_factory=_press_factory(args), difficulty=args.difficulty)
+    res.update(model=str(args.model or "embedded tiny-reasoner"), press=args.press, device=args.device)
+    print(f"accuracy {res['accuracy']:.3f} ({res['correct']}/{res['n']}, seeds {res['seeds'][0]}..{res['seeds'][1]}), "
+          f"{res['tokens_per_s']:.0f} tok/s, peak KV {_mib(res['peak_kv_bytes'])}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from tessera.config import SamplingParams
+    from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score
+
+    llm = _llm(args)
+    problems = [make_problem(EVAL_SEED_BASE + i) for i in range(args.n)]
+    print(f"Tessera demo: {args.n} held-out register-program problems (seeds {EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.n - 1}), "
+          f"embedded model ({llm.model.num_parameters() / 1e6:.1f}M params), greedy, batch {args.n}, {args.device}")
+    t0 = time.perf_counter()
+    out = llm.generate([p.prompt for p in problems], SamplingParams(max_new_tokens=llm.config.max_position_embeddings),
+                       press=_press_factory(args)())
+    wall = time.perf_counter() - t0
+    correct = 0
+    for p, c in zip(problems, out.completions):
+        ok = score(p, c.text)
+        correct += ok
+        tail = " ".join(c.text.split()[-12:])
+        print(f"  seed {p.seed}: {p.difficulty:2d} steps, {len(c.token_ids):5d} tokens, expected {p.answer}  "
+              f"{'ok ' if ok else 'BAD'}  ...{tail}")
+    st = out.stats
+    print(f"accuracy {correct}/{len(problems)}  |  {st.generated_tokens / wall:.0f} tok/s overall, "
+          f"decode {st.decode_tokens_per_s:.0f} tok/s  |  peak KV {_mib(st.peak_kv_bytes)}  |  wall {wall:.1f} s")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import tessera
+    from tessera.engine.engine import DEFAULT_MODEL
+    from tessera.kv.presses import PRESSES
+    from tessera.models.loader import read_config
+
+    print(f"tessera {tessera.__version__}  torch {torch.__version__}  python {sys.version.split()[0]}")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__}")
+    except ImportError:
+        print("triton: not installed")
+    print(f"cuda available: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
+    path = Path(args.model) if args.model else DEFAULT_MODEL
+    cfg = read_config(path)
+    print(f"model {path}: {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+          f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.head_dim}, "
+          f"vocab {cfg.vocab_size}, max positions {cfg.max_position_embeddings}")
+    print(f"presses: {', '.join(sorted(PRESSES))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tessera", description="Tessera inference stack")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="generate from a prompt or a generated problem")
+    _common(g)
+    g.add_argument("--prompt", default=None, help="text prompt (default: a generated problem)")
+    g.add_argument("--problem", type=int, default=1_000_000, help="problem seed when no --prompt")
+    g.add_argument("--difficulty", type=int, default=None, help="steps of the generated problem")
+    g.add_argument("--max-new-tokens", type=int, default=4096)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g.set_defaults(fn=cmd_generate)
+
+    e = sub.add_parser("eval", help="accuracy on N held-out problems")
+    _common(e)
+    e.add_argument("--n", type=int, default=200)
+    e.add_argument("--seed-start", type=int, default=1_000_000)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--difficulty", type=int, default=None)
+    e.add_argument("--output", default=None, help="write the JSON result here")
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("demo", help="solve a handful of problems and print accuracy, tok/s, KV memory")
+    _common(d)
+    d.add_argument("--n", type=int, default=8)
+    d.set_defaults(fn=cmd_demo)
+
+    i = sub.add_parser("info", help="versions, devices and the model's configuration")
+    i.add_argument("--model", default=None)
+    i.set_defaults(fn=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # user errors get one clear line, not a stack trace
+        print(f"tessera {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

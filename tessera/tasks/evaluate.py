@@ -1,0 +1,66 @@
+"""Accuracy of a model (with a given press) on reasoning problems from a seed range."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from tessera.config import SamplingParams
+from tessera.kv.presses import Press
+from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score
+
+
+def evaluate(
+    llm,
+    n: int = 200,
+    seed_start: int = EVAL_SEED_BASE,
+    batch_size: int = 16,
+    press_factory: Callable[[], Press] | None = None,
+    difficulty: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Greedy-decode `n` problems (seeds seed_start .. seed_start+n-1) and score the answers.
+
+    Problems are batched by difficulty so that a batch's traces have similar lengths.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    problems = sorted((make_problem(s, difficulty) for s in range(seed_start, seed_start + n)),
+                      key=lambda p: p.difficulty)
+    results, gen_tokens, peak, t0 = [], 0, 0, time.perf_counter()
+    decode_s = 0.0
+    bar = tqdm(total=n, desc="eval", unit="problem", disable=not progress)
+    for i in range(0, n, batch_size):
+        batch = problems[i : i + batch_size]
+        out = llm.generate([p.prompt for p in batch],
+                           SamplingParams(max_new_tokens=llm.config.max_position_embeddings),
+                           press=press_factory() if press_factory else None)
+        for p, c in zip(batch, out.completions):
+            results.append({"seed": p.seed, "difficulty": p.difficulty, "answer": p.answer,
+                            "correct": score(p, c.text), "generated_tokens": len(c.token_ids),
+                            "reference_tokens": len(p.solution.split()) + 1, "finish_reason": c.finish_reason})
+        gen_tokens += out.stats.generated_tokens
+        decode_s += out.stats.prefill_s + out.stats.decode_s
+        peak = max(peak, out.stats.peak_kv_bytes)
+        bar.update(len(batch))
+        bar.set_postfix(acc=f"{sum(r['correct'] for r in results) / len(results):.3f}")
+    bar.close()
+    results.sort(key=lambda r: r["seed"])
+    correct = sum(r["correct"] for r in results)
+    return {
+        "n": n,
+        "seeds": [seed_start, seed_start + n - 1],
+        "correct": correct,
+        "accuracy": correct / n,
+        "generated_tokens": gen_tokens,
+        "mean_generated_tokens": gen_tokens / n,
+        "tokens_per_s": gen_tokens / decode_s if decode_s else 0.0,
+        "wall_s": time.perf_counter() - t0,
+        "peak_kv_bytes": peak,
+        "batch_size": batch_size,
+        "results": results,
+    }

@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+from tessera.cli import main
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "tessera" in out and "presses" in out and "layers" in out
+
+
+def test_generate_problem(capsys):
+    assert main(["generate", "--difficulty", "3", "--max-new-tokens", "400"]) == 0
+    out = capsys.readouterr().out
+    assert "tok/s" in out and "peak KV" in out and "expected" in out
+
+
+def test_eval_writes_json(tmp_path, capsys):
+    f = tmp_path / "r.json"
+    assert main(["eval", "--n", "2", "--difficulty", "3", "--batch-size", "2", "--output", str(f)]) == 0
+    res = json.loads(f.read_text())
+    assert res["n"] == 2 and len(res["results"]) == 2 and 0 <= res["accuracy"] <= 1
+
+
+def test_errors_are_one_line(capsys):
+    assert main(["generate", "--model", "/no/such/dir"]) == 2
+    err = capsys.readouterr().err
+    assert "not a directory" in err and "Traceback" not in err
+    assert main(["generate", "--press", "bogus", "--difficulty", "2"]) == 2
+    assert "unknown press" in capsys.readouterr().err
+    assert main(["generate", "--top-p", "0", "--difficulty", "2"]) == 2
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "tessera", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "tessera" in r.stdout
