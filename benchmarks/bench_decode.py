@@ -71,10 +71,10 @@ def main():
         sp = SamplingParams(max_new_tokens=N, ignore_eos=True)
         enc = tok(prompts, return_tensors="pt", padding=True).to(args.device)
 
-        def run_ours():
+        def run_ours(prompts=prompts, sp=sp):
             return ours.generate(prompts, sp)
 
-        def run_hf():
+        def run_hf(enc=enc):
             with torch.inference_mode():
                 return hf.generate(**enc, max_new_tokens=N, min_new_tokens=N, do_sample=False,
                                    pad_token_id=tok.pad_token_id)
@@ -106,7 +106,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    md = [f"# Decode throughput: Tessera vs transformers `generate`\n",
+    md = ["# Decode throughput: Tessera vs transformers `generate`\n",
           f"Machine: {meta['machine']} ({args.device}, {meta['dtype']}), torch {meta['torch']}, {meta['date']}. "
           f"Greedy, {N} new tokens per sequence, median of {args.repeats} repeats, both measured in the same run.\n",
           "| batch | Tessera tok/s | transformers tok/s | speedup | identical outputs |", "|---|---|---|---|---|"]

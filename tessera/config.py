@@ -55,7 +55,7 @@ class ModelConfig:
         return () if e is None else tuple(e) if isinstance(e, (list, tuple)) else (e,)
 
     @classmethod
-    def from_hf(cls, d: dict) -> "ModelConfig":
+    def from_hf(cls, d: dict) -> ModelConfig:
         """Build from the dict of a Hugging Face config.json."""
         model_type = d.get("model_type", "llama")
         if "architectures" in d and model_type not in SUPPORTED_MODEL_TYPES:

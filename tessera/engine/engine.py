@@ -8,9 +8,9 @@ at the cost of the live batch only. A press (KV compression) is driven through t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -73,7 +73,7 @@ class LLM:
         self.device, self.dtype = p.device, p.dtype
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | None = None) -> "LLM":
+    def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype | None = None) -> LLM:
         from tessera.models.loader import load_model
         from tessera.tokenizer import Tokenizer
 
