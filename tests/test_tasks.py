@@ -16,7 +16,7 @@ def execute(prompt: str) -> tuple[dict, int]:
     for m in re.finditer(r"(v\d+) = (\d+)", inits):
         vals[m[1]] = int(m[2])
     prog, question = rest.split("find the sum of", 1)
-    for m in re.finditer(r"(v\d+) = (v\d+) ([-+*]) (v\d+)", prog):
+    for m in re.finditer(r"step \d+ : (v\d+) = (v\d+) ([-+*]) (v\d+)", prog):
         a, b = vals[m[2]], vals[m[4]]
         vals[m[1]] = {"+": a + b, "-": a - b, "*": a * b}[m[3]] % 10
     first, last = re.match(r" (v\d+) and (v\d+)", question).groups()
