@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tessera.config import ModelConfig
 from tessera.models import LlamaForCausalLM, save_model
 from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, vocabulary
-from tessera.tokenizer import build_word_tokenizer
+from tessera.tokenizer import Tokenizer, build_word_tokenizer
 
 MODEL = dict(
     hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
@@ -33,14 +33,29 @@ MODEL = dict(
 )
 
 
-def make_batches(tok, seeds, tokens_per_batch):
+_TOK = None
+
+
+def _init_worker(tok_dir):
+    global _TOK
+    _TOK = Tokenizer(tok_dir)
+
+
+def encode_problem(seed_share):
+    """(seed, short_share) -> (token ids of prompt + trace + </s>, prompt length)."""
+    s, short_share = seed_share
+    # `short_share` of the problems get 2..14 steps (a curriculum: the skills, lookups, copying and
+    # the mod-10 tables, are the same at every length and far cheaper to learn short)
+    d = 2 + s % 13 if (s * 2654435761 % 1000) / 1000 < short_share else None
+    p = make_problem(s, d)
+    prompt = _TOK.encode(p.prompt)
+    return prompt + _TOK.encode(p.solution, add_bos=False) + [_TOK.eos_id], len(prompt)
+
+
+def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None):
     """Length-bucketed batches: (input_ids [B, T], loss mask [B, T]) with the prompt masked out."""
-    items = []
-    for s in seeds:
-        p = make_problem(s)
-        prompt = tok.encode(p.prompt)
-        full = prompt + tok.encode(p.solution, add_bos=False) + [tok.eos_id]
-        items.append((full, len(prompt)))
+    work = [(s, short_share) for s in seeds]
+    items = pool.map(encode_problem, work, chunksize=64) if pool else [encode_problem(w) for w in work]
     items.sort(key=lambda x: len(x[0]))
     batches, cur = [], []
     for it in items:
@@ -63,7 +78,7 @@ def make_batches(tok, seeds, tokens_per_batch):
 
 
 def loss_fn(model, ids, mask):
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16):
         logits = model(ids[:, :-1])
     tgt = ids[:, 1:]
     m = mask[:, 1:]
@@ -79,7 +94,13 @@ def main():
     ap.add_argument("--tokens-per-batch", type=int, default=24000)
     ap.add_argument("--pool", type=int, default=512, help="problems generated per refill")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--short-share", type=float, default=0.7, help="share of short problems in the curriculum")
+    ap.add_argument("--curriculum-minutes", type=float, default=40.0, help="curriculum phase length")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the same recipe, just faster)")
+    ap.add_argument("--init-from", default=None, help="start from the weights of this HF dir")
+    ap.add_argument("--warmup-seconds", type=float, default=60.0)
+    ap.add_argument("--workers", type=int, default=0, help="processes generating problems (0 = inline)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -92,6 +113,12 @@ def main():
     for name, p in model.named_parameters():  # GPT-2-style small init keeps early training stable
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * cfg.num_hidden_layers) if "o_proj" in name or "down_proj" in name else 1))
+    if args.init_from:
+        from tessera.models import load_model
+
+        model.load_state_dict(load_model(args.init_from).state_dict())
+        print(f"initialised from {args.init_from}", flush=True)
+    model.to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     state = {"step": 0, "elapsed": 0.0, "next_seed": 0, "tokens": 0}
     ckpt = work / "ckpt.pt"
@@ -104,8 +131,17 @@ def main():
     print(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {tok.vocab_size}", flush=True)
 
     budget = args.minutes * 60
-    warmup = 60.0  # seconds
+    warmup = args.warmup_seconds
+    pool = None
+    if args.workers:
+        import multiprocessing as mp
+
+        _init_worker(args.out)
+        pool = mp.get_context("fork").Pool(args.workers, _init_worker, (args.out,))
+    else:
+        _init_worker(args.out)
     eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_064), args.tokens_per_batch)
+    eval_batches = [(i.to(args.device), m.to(args.device)) for i, m in eval_batches]
     log = open(work / "train.log", "a")
     last_ckpt = time.time()
     rng = random.Random(args.seed + state["step"])
@@ -113,9 +149,11 @@ def main():
         seeds = range(state["next_seed"], state["next_seed"] + args.pool)
         assert seeds[-1] < EVAL_SEED_BASE, "training would reach the held-out evaluation seeds"
         state["next_seed"] += args.pool
-        batches = make_batches(tok, seeds, args.tokens_per_batch)
+        short = args.short_share if state["elapsed"] < args.curriculum_minutes * 60 else 0.0
+        batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool)
         rng.shuffle(batches)
         for ids, mask in batches:
+            ids, mask = ids.to(args.device, non_blocking=True), mask.to(args.device, non_blocking=True)
             t0 = time.time()
             frac = state["elapsed"] / budget
             lr = args.lr * min(1.0, (state["elapsed"] + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
@@ -127,6 +165,8 @@ def main():
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if args.device.startswith("cuda") and state["step"] % 10 == 9:
+                torch.cuda.synchronize()  # so that the time budget measures real work
             dt = time.time() - t0
             state["elapsed"] += dt
             state["step"] += 1

@@ -97,7 +97,7 @@ def save_model(model: LlamaForCausalLM, path: str | Path, extra_config: dict | N
     }
     cfg.update(extra_config or {})
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     if c.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
