@@ -31,9 +31,9 @@ def _ceil(a: int, b: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def load_library(isa: str) -> ctypes.CDLL | None:
-    """Generate, compile (once per machine, cached) and load the kernels for `isa`; None on failure."""
-    s = int8_codegen.DEFAULT_SCHEDULES[isa]
+def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
+    """Generate, compile (once per machine, cached) and load the kernels of schedule `s`; None on failure."""
+    isa = s.isa
     try:
         lib = ccache.build(int8_codegen.generate(s), int8_codegen.flags(s), f"tessera_int8_{isa}")
     except (ccache.CompileError, OSError) as e:
@@ -46,13 +46,15 @@ def load_library(isa: str) -> ctypes.CDLL | None:
     return lib
 
 
-def resolve_backend(backend: str | None) -> tuple[str, ctypes.CDLL | None]:
-    name = backend or cpu_isa.best_backend()
+def resolve_backend(backend) -> tuple[str, ctypes.CDLL | None]:
+    """backend: None (best for this CPU), an ISA name, "torch", or an `int8_codegen.Schedule`."""
+    sched = backend if isinstance(backend, int8_codegen.Schedule) else None
+    name = sched.isa if sched else (backend or cpu_isa.best_backend())
     if name not in cpu_isa.ALL_BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {cpu_isa.ALL_BACKENDS}")
     if name != "torch" and name not in cpu_isa.supported_isas():
         raise ValueError(f"this CPU does not support {name!r} (supported: {cpu_isa.supported_isas()})")
-    lib = None if name == "torch" else load_library(name)
+    lib = None if name == "torch" else load_library(sched or int8_codegen.DEFAULT_SCHEDULES[name])
     return (name if lib is not None else "torch"), lib
 
 
@@ -186,7 +188,7 @@ def _epilogue(acc: torch.Tensor, scale: torch.Tensor, bias, n: int, out_dtype):
     return (y if bias is None else y + bias[:n]).to(out_dtype)
 
 
-def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend: str | None = None):
+def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=None):
     """W8A8: x [..., K] fp32/bf16 -> [..., N] in out_dtype (default x.dtype)."""
     x2, out_dtype = _prepare_x(x, pw.k, out_dtype)
     M = x2.shape[0]
@@ -205,7 +207,7 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend: 
     return out.view(*x.shape[:-1], pw.n)
 
 
-def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend: str | None = None) -> torch.Tensor:
+def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> torch.Tensor:
     """Integer core of W8A8 for tests: a_q [M, K] int8 (any value, -128 included) -> [M, N] int32."""
     _check(a_q, "a_q", (torch.int8,), 2)
     if a_q.shape[1] != pw.k:
@@ -221,7 +223,7 @@ def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend: str | No
     return raw
 
 
-def int4_linear(x: torch.Tensor, pw: PackedInt4Weight, out_dtype=None, backend: str | None = None):
+def int4_linear(x: torch.Tensor, pw: PackedInt4Weight, out_dtype=None, backend=None):
     """W4A8: x [..., K] fp32/bf16 -> [..., N]; group-wise int4 weights, per-token int8 activations."""
     x2, out_dtype = _prepare_x(x, pw.k, out_dtype)
     M, G = x2.shape[0], pw.group
