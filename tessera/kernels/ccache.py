@@ -39,7 +39,7 @@ def cache_dir() -> Path:
     return Path(d)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiler() -> tuple[str, str] | None:
     """(path, version banner) of `$CC` or gcc/cc, or None when no C compiler works."""
     for name in filter(None, (os.environ.get("CC"), "gcc", "cc")):
@@ -47,7 +47,7 @@ def compiler() -> tuple[str, str] | None:
         if not path:
             continue
         try:
-            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
             continue
         if out.returncode == 0:
@@ -69,7 +69,8 @@ def build(source: str, flags: tuple[str, ...], name: str) -> ctypes.CDLL:
             src = Path(tmp) / f"{name}.c"
             src.write_text(source)
             out = Path(tmp) / "lib.so"
-            res = subprocess.run([cc[0], *all_flags, str(src), "-o", str(out)], capture_output=True, text=True)
+            res = subprocess.run([cc[0], *all_flags, str(src), "-o", str(out)], capture_output=True, text=True,
+                                 check=False)
             if res.returncode != 0:
                 raise CompileError(f"{cc[0]} failed for {name}:\n{res.stderr[-4000:]}")
             os.replace(out, target)  # atomic: concurrent builders never load a half-written file

@@ -47,19 +47,19 @@ class Schedule:
 
 _Z, _Y = "_mm512", "_mm256"
 ISA_OPS = {
-    "avx512vnni": dict(
-        lanes=16, vi="__m512i", vf="__m512", p=_Z, zero="_mm512_setzero_si512()",
-        load="_mm512_loadu_si512((const void*)({}))", and_="_mm512_and_si512",
-        flags=("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
-        store="_mm512_storeu_si512((void*)({}), {})"),
-    "avxvnni": dict(
-        lanes=8, vi="__m256i", vf="__m256", p=_Y, zero="_mm256_setzero_si256()",
-        load="_mm256_loadu_si256((const __m256i*)({}))", and_="_mm256_and_si256",
-        flags=("-mavx2", "-mfma", "-mavxvnni"), store="_mm256_storeu_si256((__m256i*)({}), {})"),
-    "avx2": dict(
-        lanes=8, vi="__m256i", vf="__m256", p=_Y, zero="_mm256_setzero_si256()",
-        load="_mm256_loadu_si256((const __m256i*)({}))", and_="_mm256_and_si256",
-        flags=("-mavx2", "-mfma"), store="_mm256_storeu_si256((__m256i*)({}), {})"),
+    "avx512vnni": {
+        "lanes": 16, "vi": "__m512i", "vf": "__m512", "p": _Z, "zero": "_mm512_setzero_si512()",
+        "load": "_mm512_loadu_si512((const void*)({}))", "and_": "_mm512_and_si512",
+        "flags": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
+        "store": "_mm512_storeu_si512((void*)({}), {})"},
+    "avxvnni": {
+        "lanes": 8, "vi": "__m256i", "vf": "__m256", "p": _Y, "zero": "_mm256_setzero_si256()",
+        "load": "_mm256_loadu_si256((const __m256i*)({}))", "and_": "_mm256_and_si256",
+        "flags": ("-mavx2", "-mfma", "-mavxvnni"), "store": "_mm256_storeu_si256((__m256i*)({}), {})"},
+    "avx2": {
+        "lanes": 8, "vi": "__m256i", "vf": "__m256", "p": _Y, "zero": "_mm256_setzero_si256()",
+        "load": "_mm256_loadu_si256((const __m256i*)({}))", "and_": "_mm256_and_si256",
+        "flags": ("-mavx2", "-mfma"), "store": "_mm256_storeu_si256((__m256i*)({}), {})"},
 }
 
 
@@ -92,8 +92,8 @@ def _w8_microkernel(s: Schedule, mr: int) -> str:
     o = ISA_OPS[s.isa]
     vi, lanes, nv = o["vi"], o["lanes"], s.nr // o["lanes"]
     avx2 = s.isa == "avx2"
-    out = [f"static inline __attribute__((always_inline)) void w8_mk{mr}("
-           "const uint8_t* a, long lda, const int8_t* b, long nk, int32_t* acc) {"]
+    out = [(f"static inline __attribute__((always_inline)) void w8_mk{mr}("
+            "const uint8_t* a, long lda, const int8_t* b, long nk, int32_t* acc) {")]
     out += [f"  {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
     if avx2:
         out.append(f"  const {vi} ones = _mm256_set1_epi16(1), lo7 = _mm256_set1_epi8(0x7f), "
@@ -128,8 +128,8 @@ def _w4_microkernel(s: Schedule, mr: int) -> str:
     o = ISA_OPS[s.isa]
     vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], s.nr // o["lanes"]
     ps = "512" if p == _Z else "256"
-    out = [f"static inline __attribute__((always_inline)) void w4_mk{mr}(const int8_t* a, long lda, "
-           "const uint8_t* b, const float* sw, const int32_t* gs, long ng, long spg, float* acc) {",
+    out = [(f"static inline __attribute__((always_inline)) void w4_mk{mr}(const int8_t* a, long lda, "
+            "const uint8_t* b, const float* sw, const int32_t* gs, long ng, long spg, float* acc) {"),
            f"  const {vi} m4 = {p}_set1_epi8(0x0f);"]
     if s.isa == "avx2":
         out.append(f"  const {vi} ones = _mm256_set1_epi16(1);")

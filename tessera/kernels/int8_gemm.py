@@ -30,7 +30,7 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b) * b
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
     """Generate, compile (once per machine, cached) and load the kernels of schedule `s`; None on failure."""
     isa = s.isa
