@@ -52,8 +52,20 @@ def _check(t, name, dtype, shape):
         raise ValueError(f"{name} must be contiguous")
 
 
-def w8a8_matmul(a_q, a_scale, w_q, w_scale, bias=None, out_dtype=torch.float32, block=(32, 64, 64)):
-    """a_q [M, K] int8, a_scale [M] fp32, w_q [N, K] int8, w_scale [N] fp32, bias [N] -> [M, N]."""
+def default_config(M: int) -> tuple[tuple[int, int, int], int, int]:
+    """((BLOCK_M, BLOCK_N, BLOCK_K), num_warps, num_stages) by M: decode (M <= 16) streams weights
+    with wide-K tiles; prefill uses 128x128 tiles. Untuned: a starting point for the GPU check."""
+    if M <= 16:
+        return (16, 64, 256), 4, 4
+    if M <= 64:
+        return (64, 128, 128), 4, 4
+    return (128, 128, 128), 8, 3
+
+
+def w8a8_matmul(a_q, a_scale, w_q, w_scale, bias=None, out_dtype=torch.float32, block=None):
+    """a_q [M, K] int8, a_scale [M] fp32, w_q [N, K] int8, w_scale [N] fp32, bias [N] -> [M, N].
+
+    block: (BLOCK_M, BLOCK_N, BLOCK_K), each a power of two >= 16; None picks `default_config(M)`."""
     if a_q.dim() != 2 or w_q.dim() != 2:
         raise ValueError(f"a_q and w_q must be 2-D, got {tuple(a_q.shape)} and {tuple(w_q.shape)}")
     (M, K), N = a_q.shape, w_q.shape[0]
@@ -69,16 +81,18 @@ def w8a8_matmul(a_q, a_scale, w_q, w_scale, bias=None, out_dtype=torch.float32, 
         raise ValueError(f"unsupported out_dtype {out_dtype}")
     if len({t.device for t in (a_q, w_q, a_scale, w_scale)}) != 1:
         raise ValueError("all tensors must be on the same device")
-    bm, bn, bk = block
+    cfg_block, warps, stages = default_config(M)
+    bm, bn, bk = block or cfg_block
     out = torch.empty(M, N, dtype=out_dtype, device=a_q.device)
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     _w8a8_kernel[grid](a_q, a_scale, w_q, w_scale, bias if bias is not None else w_scale, out, M, N, K,
                        a_q.stride(0), w_q.stride(0), out.stride(0),
-                       HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+                       HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                       num_warps=warps, num_stages=stages)
     return out
 
 
-def w8a8_linear(x, w_q, w_scale, bias=None, out_dtype=None, block=(32, 64, 64)):
+def w8a8_linear(x, w_q, w_scale, bias=None, out_dtype=None, block=None):
     """x [..., K] float -> [..., N]: per-token int8 quantization, then `w8a8_matmul`."""
     if not x.is_floating_point():
         raise ValueError(f"x must be floating point, got {x.dtype}")
