@@ -14,8 +14,28 @@ SHAPES = [(1, 1, 1), (1, 64, 64), (1, 65, 5), (2, 63, 7), (5, 130, 260), (6, 64,
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
     torch.manual_seed(0)
+    nt = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes; a loaded CI box punishes OpenMP barriers. See test_threads_*.
+    yield
+    torch.set_num_threads(nt)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_and_large_m_paths(backend):
+    # > 1M MACs runs the OpenMP path; M >= 32 and K % 64 == 0 runs the AMX tiles where available.
+    M, N, K = 70, 300, 1024
+    a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    pw = G.pack_int8(w, torch.rand(N) * 1e-3)
+    x = torch.randn(M, K)
+    torch.set_num_threads(2)
+    got2, y2 = G.int8_matmul_exact(a, pw, backend=backend), G.int8_linear(x, pw, backend=backend)
+    torch.set_num_threads(1)
+    assert torch.equal(got2.long(), R.int_gemm(a, w))
+    assert torch.equal(y2, G.int8_linear(x, pw, backend=backend))
+    assert torch.equal(y2, G.int8_linear(x, pw, backend="torch"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

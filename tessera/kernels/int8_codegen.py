@@ -36,6 +36,7 @@ class Schedule:
     k_unroll: int  # k-steps per loop iteration
     prefetch: int  # prefetch distance in k-steps of the B stream (0: none)
     mr_w4: int  # W4A8 rows per micro-tile (needs int and float accumulators)
+    amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles (`tq_w8a8_amx`); 0 = never
 
     def __post_init__(self):
         lanes = ISA_OPS[self.isa]["lanes"]
@@ -61,10 +62,13 @@ ISA_OPS = {
         "load": "_mm256_loadu_si256((const __m256i*)({}))", "and_": "_mm256_and_si256",
         "flags": ("-mavx2", "-mfma"), "store": "_mm256_storeu_si256((__m256i*)({}), {})"},
 }
+# AMX = the AVX512-VNNI micro-kernels for small M plus AMX tiles for large M.
+ISA_OPS["amx"] = {**ISA_OPS["avx512vnni"], "flags": (*ISA_OPS["avx512vnni"]["flags"], "-mamx-tile", "-mamx-int8")}
 
 
 # Register budget: zmm has 32 registers (6x4 accumulators + 4 B + 1 A = 29), ymm 16.
 DEFAULT_SCHEDULES = {
+    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=32),
     "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
     "avx2": Schedule("avx2", mr=2, nr=16, k_unroll=2, prefetch=16, mr_w4=1),
@@ -73,7 +77,7 @@ DEFAULT_SCHEDULES = {
 
 def _dot(isa: str, c: str, u: str, s: str) -> str:
     """c += dot4(u: unsigned bytes, s: signed bytes) per 32-bit lane; exact when u <= 127 on AVX2."""
-    if isa == "avx512vnni":
+    if isa in ("avx512vnni", "amx"):
         return f"{c} = _mm512_dpbusd_epi32({c}, {u}, {s});"
     if isa == "avxvnni":
         return f"{c} = _mm256_dpbusd_avx_epi32({c}, {u}, {s});"
@@ -207,6 +211,56 @@ void tq_quant_{T}(const {CT}* x, long M, long K, long Kp, int shift, uint8_t* q,
 """
 
 
+# AMX (Sapphire Rapids+): `tdpbusd` multiplies a 16x64 u8 tile of A by a 16x(16x4) s8 tile of B in
+# exactly our VNNI layout, so B tiles load straight from the packed panels with a 256-byte stride.
+# A 32x32 output block uses 4 accumulator tiles + 2 A + 2 B = all 8 tiles. Needs Kp % 64 == 0 and
+# A padded to a multiple of 32 rows (the host does both); tile config is per thread.
+_AMX = r"""
+#include <sys/syscall.h>
+#include <unistd.h>
+int tq_amx_init(void) { return (int)syscall(SYS_arch_prctl, 0x1023 /* REQ_XCOMP_PERM */, 18 /* XTILEDATA */); }
+typedef struct { uint8_t palette, start; uint8_t res[14]; uint16_t colsb[16]; uint8_t rows[16]; } tq_tilecfg;
+
+void tq_w8a8_amx(const uint8_t* A, const float* sa, const int8_t* B, const int32_t* colsum,
+                 const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw,
+                 long M, long N, long Kp, int nt) {
+  const long mb = (M + 31) / 32, ntiles = (N + PANEL - 1) / PANEL * 2 * mb;
+  #pragma omp parallel num_threads(nt)
+  {
+    tq_tilecfg cfg; memset(&cfg, 0, sizeof cfg); cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+    int32_t acc[32 * 32] __attribute__((aligned(64)));
+    #pragma omp for schedule(static)
+    for (long t = 0; t < ntiles; t++) {  /* m-blocks innermost: a thread keeps its B half-panel in L2 */
+      const long p = t / (2 * mb), h = (t / mb) % 2, m0 = (t % mb) * 32, n0 = p * PANEL + h * 32;
+      if (n0 >= N) continue;
+      const int8_t* bp = B + p * Kp * PANEL + h * 32 * 4;
+      const uint8_t* a0 = A + m0 * Kp;
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (long k = 0; k < Kp; k += 64) {
+        _tile_loadd(4, a0 + k, Kp); _tile_loadd(5, a0 + 16 * Kp + k, Kp);
+        _tile_loadd(6, bp + (k / 4) * PANEL * 4, PANEL * 4); _tile_loadd(7, bp + (k / 4) * PANEL * 4 + 64, PANEL * 4);
+        _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+      }
+      _tile_stored(0, acc, 128); _tile_stored(1, acc + 16, 128);
+      _tile_stored(2, acc + 512, 128); _tile_stored(3, acc + 528, 128);
+      const long mr = M - m0 < 32 ? M - m0 : 32, nn = N - n0 < 32 ? N - n0 : 32;
+      for (long i = 0; i < mr; i++) for (long j = 0; j < nn; j++) {
+        const long n = n0 + j, idx = (m0 + i) * N + n;
+        const int32_t v = acc[i * 32 + j] - 128 * colsum[n];
+        if (raw) { raw[idx] = v; continue; }
+        float y = (float)v * (sa[m0 + i] * sw[n]);
+        if (bias) y = y + bias[n];
+        store_out(out, idx, y, out_bf16);
+      }
+    }
+    _tile_release();
+  }
+}
+"""
+
+
 def _driver(s: Schedule, kind: str) -> str:
     """The panel-parallel loop: OpenMP over (panel, sub-panel) tiles, micro-tiles over rows."""
     w8 = kind == "w8"
@@ -229,10 +283,12 @@ def _driver(s: Schedule, kind: str) -> str:
         call = _switch("w4_mk", mr_max, "A + m0 * K, K, bp, swp, gsum + m0 * ng, ng, spg, acc")
         epi = "float y = acc[i * NR + j] * sa[m0 + i];"
     acc_t = "int32_t" if w8 else "float"
+    kdim = "Kp" if w8 else "K"
     return f"""
 {head}
   const long nsub = PANEL / NR, ntiles = (N + PANEL - 1) / PANEL * nsub;
-  #pragma omp parallel for num_threads(nt) schedule(static)
+  /* below ~1M MACs an OpenMP fork/join (several us) costs more than the work it splits */
+  #pragma omp parallel for num_threads(nt) schedule(static) if (M * N * {kdim} >= (1L << 20))
   for (long t = 0; t < ntiles; t++) {{
     const long p = t / nsub, sub = t % nsub, n0 = p * PANEL + sub * NR;
     if (n0 >= N) continue;
@@ -263,6 +319,8 @@ def generate(s: Schedule) -> str:
     parts += [_w8_microkernel(s, m) for m in range(1, s.mr + 1)]
     parts += [_w4_microkernel(s, m) for m in range(1, s.mr_w4 + 1)]
     parts += [_driver(s, "w8"), _driver(s, "w4")]
+    if s.isa == "amx":
+        parts.append(_AMX)
     return "\n".join(parts)
 
 

@@ -43,6 +43,13 @@ def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [_P, _L, _L, _L, _I, _P, _P, _L, _P, _I]
     lib.tq_w8a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _P, _L, _L, _L, _I]
     lib.tq_w4a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _L, _L, _L, _L, _I]
+    lib.amx_min_m = 0
+    if s.amx_min_m:
+        lib.tq_w8a8_amx.argtypes = lib.tq_w8a8.argtypes
+        if lib.tq_amx_init() == 0:  # the kernel lets this process use the AMX tile state
+            lib.amx_min_m = s.amx_min_m
+        else:
+            warnings.warn("AMX tiles refused by the OS; using the AVX512-VNNI kernels", stacklevel=2)
     return lib
 
 
@@ -167,9 +174,18 @@ def _prepare_x(x: torch.Tensor, k: int, out_dtype):
     return x.reshape(-1, k), out_dtype  # [M, K]
 
 
-def _quantize_c(lib, x2: torch.Tensor, kp: int, shift: bool, group: int):
+def _w8_kernel(lib, M: int, Kp: int):
+    """(C function, rows of the activation buffer): AMX tiles for large M, else VNNI micro-kernels."""
+    if lib.amx_min_m and M >= lib.amx_min_m and Kp % 64 == 0:
+        return lib.tq_w8a8_amx, _ceil(M, 32)  # whole 32-row blocks; pad rows hold u8 128 (= 0)
+    return lib.tq_w8a8, M
+
+
+def _quantize_c(lib, x2: torch.Tensor, kp: int, shift: bool, group: int, rows: int | None = None):
     M, K = x2.shape
-    q = torch.empty(M, kp, dtype=torch.uint8 if shift else torch.int8)  # [M, Kp]
+    q = torch.empty(rows or M, kp, dtype=torch.uint8 if shift else torch.int8)  # [rows >= M, Kp]
+    if q.shape[0] > M:
+        q[M:] = 128
     sa = torch.empty(M, dtype=torch.float32)
     gs = torch.empty(M, K // group, dtype=torch.int32) if group else None  # [M, K/group]
     fn = lib.tq_quant_f32 if x2.dtype == torch.float32 else lib.tq_quant_bf16
@@ -199,9 +215,10 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=N
         y = _epilogue(acc, sa[:, None] * pw.scale[None, : pw.n], pw.bias, pw.n, out_dtype)
         return y.view(*x.shape[:-1], pw.n)
     Kp = pw.data.shape[1] * 4
-    q, sa, _ = _quantize_c(lib, x2, Kp, True, 0)
+    fn, rows = _w8_kernel(lib, M, Kp)
+    q, sa, _ = _quantize_c(lib, x2, Kp, True, 0, rows)
     out = torch.empty(M, pw.n, dtype=out_dtype)
-    lib.tq_w8a8(q.data_ptr(), sa.data_ptr(), pw.data.data_ptr(), pw.colsum.data_ptr(), pw.scale.data_ptr(),
+    fn(q.data_ptr(), sa.data_ptr(), pw.data.data_ptr(), pw.colsum.data_ptr(), pw.scale.data_ptr(),
                 _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16), None, M, pw.n, Kp,
                 torch.get_num_threads())
     return out.view(*x.shape[:-1], pw.n)
@@ -216,9 +233,10 @@ def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> 
     if name == "torch":
         return torch._int_mm(a_q, unpack_int8(pw).T)
     M, Kp = a_q.shape[0], pw.data.shape[1] * 4
-    u = torch.nn.functional.pad(a_q, (0, Kp - pw.k)).view(torch.uint8) ^ 0x80  # [M, Kp] = a + 128
+    fn, rows = _w8_kernel(lib, M, Kp)
+    u = torch.nn.functional.pad(a_q, (0, Kp - pw.k, 0, rows - M)).view(torch.uint8) ^ 0x80  # [rows, Kp] = a + 128
     raw = torch.empty(M, pw.n, dtype=torch.int32)
-    lib.tq_w8a8(u.data_ptr(), None, pw.data.data_ptr(), pw.colsum.data_ptr(), None, None, None, 0,
+    fn(u.data_ptr(), None, pw.data.data_ptr(), pw.colsum.data_ptr(), None, None, None, 0,
                 raw.data_ptr(), M, pw.n, Kp, torch.get_num_threads())
     return raw
 
