@@ -1,7 +1,8 @@
 """Which x86 integer-dot-product ISA this CPU (and OS) offers, for the int8 GEMM dispatch.
 
-Order of preference, best first (measured peaks on the project machine, ngemm_int8.md §2):
-AMX-INT8 (`tdpbusd`, ~4.8 int8 TOPS per core measured here; hidden by some hypervisors) > AVX512-VNNI (`vpdpbusd zmm`, ~1.47 int8 TOPS on 2 cores) > AVX-VNNI (`vpdpbusd ymm`, ~0.76) >
+Order of preference, best first (int8 peaks on 2 cores of the project machine, ngemm_int8.md §2):
+AMX-INT8 (`tdpbusd`; ~4.8 TOPS per core in a tile micro-benchmark here, but some hypervisors hide
+it) > AVX512-VNNI (`vpdpbusd zmm`, ~1.47 TOPS) > AVX-VNNI (`vpdpbusd ymm`, ~0.76) >
 AVX2 (`vpmaddubsw` + `vpmaddwd`, ~0.35) > the plain torch fallback.
 
 Linux clears a `/proc/cpuinfo` flag when the kernel did not enable the matching XSAVE state, so the
