@@ -1,0 +1,312 @@
+"""Does Tessera's generated W8A8 / W4A8 CPU GEMM beat the prepacked int8 libraries on LLM shapes?
+
+    python benchmarks/bench_gemm.py [--quick] [--mkl /path/to/libmkl_rt.so.2]
+
+Every figure is measured in the same run on the same machine (DESIGN "Measuring"):
+- baselines: fp32 `torch.mm` (MKL sgemm), `torch._int_mm` (int8 in, int32 out, no quantization),
+  torch's prepacked dynamic int8 linear (`quantized::linear_dynamic`, engines fbgemm and x86; fp32
+  in/out like ours), and MKL's pack API (`cblas_gemm_s8u8s32_pack/_compute`, u8 in, int32 out, via
+  ctypes; only with --mkl, pip `mkl` is not a Tessera dependency).
+- ours: `int8_linear` (W8A8) and `int4_linear` (W4A8, group 128), fp32 in -> fp32 out, i.e. they
+  *include* activation quantization and the dequant epilogue that `_int_mm` and MKL leave out.
+- cold: each call uses the next weight of a pool of distinct copies larger than 2x the L3
+  (decode streams every weight once per token); hot: the same weight every call (L2/L3-resident).
+- rooflines use the DRAM read bandwidth and the `vpdpbusd` peak measured by this script.
+Writes benchmarks/results/gemm.json and gemm.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from tessera.kernels import ccache, cpu_isa
+from tessera.kernels import int8_gemm as G
+from tessera.quant.weights import quantize_weight_int4, quantize_weight_int8
+
+LLAMA8B = {"q,o 4096x4096": (4096, 4096), "k,v 1024x4096": (1024, 4096),
+           "gate,up 14336x4096": (14336, 4096), "down 4096x14336": (4096, 14336)}
+EMBEDDED = {"emb q,o 256x256": (256, 256), "emb gate,up 768x256": (768, 256), "emb down 256x768": (256, 768)}
+POOL_BYTES = 640 << 20  # > 2x the 300 MiB L3 reported by lscpu
+
+_PROBE_C = r"""
+#include <immintrin.h>
+#include <stdint.h>
+double tq_vnni_peak(long iters, int x, int nt) {  /* 12 independent vpdpbusd chains per core */
+  double ops = 0;
+  #pragma omp parallel num_threads(nt) reduction(+:ops)
+  {
+    __m512i a = _mm512_set1_epi32(x), b = _mm512_set1_epi32(x + 1), c[12];
+    for (int j = 0; j < 12; j++) c[j] = _mm512_set1_epi32(j);
+    for (long i = 0; i < iters; i++)
+      for (int j = 0; j < 12; j++) c[j] = _mm512_dpbusd_epi32(c[j], a, b);
+    __m512i s = c[0];
+    for (int j = 1; j < 12; j++) s = _mm512_add_epi32(s, c[j]);
+    ops += (double)iters * 12 * 64 * 2 + 0.0 * _mm512_reduce_add_epi32(s);
+  }
+  return ops;
+}
+int64_t tq_read(const int64_t* p, long n, int nt) {  /* streaming read of n int64 */
+  int64_t s = 0;
+  #pragma omp parallel for num_threads(nt) reduction(^:s) schedule(static)
+  for (long i = 0; i < n; i++) s ^= p[i];
+  return s;
+}
+"""
+
+
+def measure_machine(nt: int) -> dict:
+    lib = ccache.build(_PROBE_C, ("-mavx512f", "-mavx512vnni", "-mavx512bw"), "bench_probe")
+    lib.tq_vnni_peak.restype, lib.tq_vnni_peak.argtypes = ctypes.c_double, [ctypes.c_long, ctypes.c_int, ctypes.c_int]
+    lib.tq_read.restype, lib.tq_read.argtypes = ctypes.c_int64, [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+    peaks = []
+    for _ in range(5):
+        t = time.perf_counter()
+        ops = lib.tq_vnni_peak(20_000_000, 1, nt)
+        peaks.append(ops / (time.perf_counter() - t) / 1e9)
+    buf = torch.ones(1 << 27, dtype=torch.int64)  # 1 GiB
+    bws = []
+    for _ in range(5):
+        t = time.perf_counter()
+        lib.tq_read(buf.data_ptr(), buf.numel(), nt)
+        bws.append(buf.numel() * 8 / (time.perf_counter() - t) / 1e9)
+    return {"vnni_peak_gops": max(peaks), "dram_read_gbs": max(bws)}
+
+
+class MklPack:
+    """MKL `cblas_gemm_s8u8s32_pack` + `_compute` (A = u8 activations, B = s8 weights), via ctypes."""
+
+    def __init__(self, path: str, nt: int):
+        os.environ.setdefault("MKL_THREADING_LAYER", "GNU")  # share torch's libgomp, no libiomp5 needed
+        self.lib = ctypes.CDLL(path)
+        self.lib.MKL_Set_Num_Threads(nt)
+        self.lib.cblas_gemm_s8u8s32_pack_get_size.restype = ctypes.c_size_t
+
+    def pack(self, w_q: torch.Tensor):  # w_q [N, K] int8 -> packed B for op(B) = w_q^T
+        N, K = w_q.shape
+        size = self.lib.cblas_gemm_s8u8s32_pack_get_size(162, 1, N, K)  # CblasBMatrix, M=1 (size ignores M)
+        buf = torch.empty(size, dtype=torch.uint8)
+        self.lib.cblas_gemm_s8u8s32_pack(101, 162, 112, 1, N, K, ctypes.c_void_p(w_q.data_ptr()), K,
+                                         ctypes.c_void_p(buf.data_ptr()))  # RowMajor, B, Trans
+        return buf, N, K
+
+    def compute(self, a_u8: torch.Tensor, packed, c: torch.Tensor):  # a [M, K] u8 -> c [M, N] int32
+        buf, N, K = packed
+        M, co = a_u8.shape[0], ctypes.c_int32(0)
+        self.lib.cblas_gemm_s8u8s32_compute(
+            101, 111, 151, 173, M, N, K, ctypes.c_float(1.0), ctypes.c_void_p(a_u8.data_ptr()), K,
+            ctypes.c_int8(0), ctypes.c_void_p(buf.data_ptr()), K, ctypes.c_int8(0), ctypes.c_float(0.0),
+            ctypes.c_void_p(c.data_ptr()), N, ctypes.byref(co))  # NoTrans, CblasPacked (151), CblasFixOffset (173)
+
+
+def paths(mkl: MklPack | None, backend: str):
+    """name -> (prepare(w fp32 [N, K]) -> state, copy(state) -> state, make_call(state, x) -> fn, bytes)."""
+    def q8(w):
+        return quantize_weight_int8(w)
+
+    def qlinear(engine):
+        def prep(w):
+            torch.backends.quantized.engine = engine
+            q, s = q8(w)
+            qw = torch._make_per_channel_quantized_tensor(q, s.double(), torch.zeros(len(s), dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(qw, None)
+
+        def copy(st):
+            torch.backends.quantized.engine = engine
+            return torch.ops.quantized.linear_prepack(torch.ops.quantized.linear_unpack(st)[0], None)
+
+        def call(st, x):
+            torch.backends.quantized.engine = engine
+            return lambda: torch.ops.quantized.linear_dynamic(x, st, True)
+        return prep, copy, call, lambda w: w.numel()
+
+    def clone8(pw):
+        return G.PackedInt8Weight(pw.data.clone(), pw.scale.clone(), pw.colsum.clone(), None, pw.n, pw.k)
+
+    def clone4(pw):
+        return G.PackedInt4Weight(pw.data.clone(), pw.scale.clone(), None, pw.n, pw.k, pw.group)
+
+    out = {
+        "fp32 torch.mm": (lambda w: w.t().contiguous(), torch.clone,
+                          lambda st, x: (lambda: torch.mm(x, st)), lambda w: w.numel() * 4),
+        "torch._int_mm (int only)": (
+            lambda w: q8(w)[0].t().contiguous(), torch.clone,
+            lambda st, x: functools.partial(torch._int_mm, quantize_weight_int8(x)[0], st), lambda w: w.numel()),
+        "qlinear_dynamic fbgemm": qlinear("fbgemm"),
+        "qlinear_dynamic x86": qlinear("x86"),
+    }
+    if mkl is not None:
+        def mkl_call(st, x):
+            a = (quantize_weight_int8(x)[0].to(torch.int16) + 128).to(torch.uint8)
+            c = torch.empty(x.shape[0], st[1], dtype=torch.int32)
+            return lambda: mkl.compute(a, st, c)
+        out["MKL pack (int only)"] = (lambda w: mkl.pack(q8(w)[0]),
+                                      lambda st: (st[0].clone(), st[1], st[2]), mkl_call, lambda w: w.numel())
+    out["tessera W8A8"] = (lambda w: G.pack_int8(*q8(w)), clone8,
+                           lambda st, x: (lambda: G.int8_linear(x, st, backend=backend)), lambda w: w.numel())
+    out["tessera W4A8 g128"] = (lambda w: G.pack_int4(*quantize_weight_int4(w, 128), 128), clone4,
+                                lambda st, x: (lambda: G.int4_linear(x, st, backend=backend)),
+                                lambda w: w.numel() // 2)
+    return out
+
+
+def time_calls(fns, reps: int) -> list[float]:
+    """Time fns[i % len(fns)]() for i < reps after 2 warm-up calls; ms per call."""
+    for i in range(2):
+        fns[i % len(fns)]()
+    ts = []
+    for i in range(reps):
+        f = fns[(i + 2) % len(fns)]
+        t = time.perf_counter()
+        f()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return ts
+
+
+def summarize(ts: list[float]) -> dict:
+    ts = sorted(ts)
+    q = statistics.quantiles(ts, n=10) if len(ts) >= 5 else [ts[0]] * 9
+    return {"median_ms": statistics.median(ts), "p10_ms": q[0], "p90_ms": q[-1], "n": len(ts)}
+
+
+def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps):
+    rows = []
+    w = torch.randn(N, K) * 0.02
+    for path, (prep, copy, call, nbytes) in paths(mkl, backend).items():
+        st0 = prep(w)
+        pool_n = max(2, -(-POOL_BYTES // nbytes(w)))
+        pool = [st0] + [copy(st0) for _ in range(pool_n - 1)] if cold_Ms else [st0]
+        for M in Ms:
+            x = torch.randn(M, K)
+            r = max(3, reps if M <= 64 else reps // 4)
+            for mode in ("hot", "cold"):
+                if mode == "cold" and M not in cold_Ms:
+                    continue
+                fns = [call(st, x) for st in (pool if mode == "cold" else [st0])]
+                s = summarize(time_calls(fns, r))
+                s.update(shape=name, N=N, K=K, M=M, path=path, mode=mode, weight_bytes=nbytes(w),
+                         pool=len(fns), gops=2 * M * N * K / s["median_ms"] / 1e6)
+                rows.append(s)
+                print(f"{name:22s} M={M:5d} {mode:4s} {path:26s} {s['median_ms']:9.3f} ms "
+                      f"[{s['p10_ms']:.3f}-{s['p90_ms']:.3f}] {s['gops']:7.1f} GOP/s", flush=True)
+        del pool, st0
+    return rows
+
+
+def machine_info() -> dict:
+    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+        if ln.startswith("Model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "isa": cpu_isa.best_backend(), "loadavg_at_start": os.getloadavg(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+LIBS_PREPACKED = ("qlinear_dynamic fbgemm", "qlinear_dynamic x86", "MKL pack (int only)")
+LIBS_INT8 = (*LIBS_PREPACKED, "torch._int_mm (int only)")
+
+
+def analyze(rows: list[dict], info: dict) -> list[dict]:
+    """Per (shape, M, mode): our times, the best library paths, ratios and roofline fractions."""
+    out = []
+    keys = sorted({(r["shape"], r["M"], r["mode"]) for r in rows}, key=lambda k: (k[0], k[2], k[1]))
+    for shape, M, mode in keys:
+        by = {r["path"]: r for r in rows if (r["shape"], r["M"], r["mode"]) == (shape, M, mode)}
+        w8, w4 = by["tessera W8A8"], by["tessera W4A8 g128"]
+        pre = min((by[p] for p in LIBS_PREPACKED if p in by), key=lambda r: r["median_ms"])
+        i8 = min((by[p] for p in LIBS_INT8 if p in by), key=lambda r: r["median_ms"])
+        s = {"shape": shape, "M": M, "mode": mode, "w8a8_ms": w8["median_ms"], "w4a8_ms": w4["median_ms"],
+             "best_prepacked": pre["path"], "best_prepacked_ms": pre["median_ms"],
+             "w8a8_speedup_vs_best_prepacked": pre["median_ms"] / w8["median_ms"],
+             "best_int8_lib": i8["path"], "w4a8_speedup_vs_best_int8_lib": i8["median_ms"] / w4["median_ms"],
+             "w8a8_speedup_vs_fp32": by["fp32 torch.mm"]["median_ms"] / w8["median_ms"],
+             "w8a8_vnni_peak_frac": w8["gops"] / info["vnni_peak_gops"]}
+        for tag, r in (("w8a8", w8), ("w4a8", w4)):
+            s[f"{tag}_dram_roofline_frac"] = r["weight_bytes"] / (info["dram_read_gbs"] * 1e6) / r["median_ms"]
+        out.append(s)
+    return out
+
+
+COLS = ("fp32 torch.mm", "torch._int_mm (int only)", "qlinear_dynamic fbgemm", "qlinear_dynamic x86",
+        "MKL pack (int only)", "tessera W8A8", "tessera W4A8 g128")
+
+
+def markdown(rows, summary, info, quick: bool) -> str:
+    cols = [c for c in COLS if any(r["path"] == c for r in rows)]
+    lines = [f"# int8 GEMM benchmark{' (--quick)' if quick else ''}", "",
+             (f"Machine: {info['cpu']}, {info['cores']} cores, {info['threads']} threads, torch {info['torch']}, "
+             f"kernel ISA {info['isa']}, {info['date_utc']} UTC, load average at start {info['loadavg_at_start']}."),
+             (f"Measured in this run: VNNI peak {info['vnni_peak_gops']:.0f} GOP/s, "
+             f"DRAM read {info['dram_read_gbs']:.1f} GB/s. Cold = pool of distinct weights > 640 MiB "
+             "(2x the 300 MiB L3) cycled; hot = one weight reused. Median ms [p10-p90]."), "",
+             ("`(int only)` paths take pre-quantized int8/u8 input and return int32: they skip the activation "
+             "quantization and dequant epilogue that fbgemm/x86 `linear_dynamic` and Tessera's kernels "
+             "(fp32 in, fp32 out) include."), ""]
+    lines += ["| shape | M | mode | " + " | ".join(cols) + " | W8A8 vs best prepacked | W4A8 vs best int8 |",
+              "|" + "---|" * (len(cols) + 5)]
+    for s in summary:
+        cells = []
+        for c in cols:
+            r = next((r for r in rows if (r["shape"], r["M"], r["mode"], r["path"]) == (s["shape"], s["M"],
+                                                                                       s["mode"], c)), None)
+            cells.append("-" if r is None else f"{r['median_ms']:.3f} [{r['p10_ms']:.3f}-{r['p90_ms']:.3f}]")
+        lines.append(f"| {s['shape']} | {s['M']} | {s['mode']} | " + " | ".join(cells) +
+                     f" | {s['w8a8_speedup_vs_best_prepacked']:.2f}x ({s['best_prepacked'].split()[-1]}) |"
+                     f" {s['w4a8_speedup_vs_best_int8_lib']:.2f}x |")
+    lines += ["", "## Roofline", "", ("| shape | M | mode | W8A8 GOP/s | % VNNI peak | W8A8 % DRAM roofline |"
+              " W4A8 % DRAM roofline |"), "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        if s["M"] == 1 and s["mode"] == "cold" or s["M"] >= 256:
+            gops = 2 * s["M"] * int(s["shape"].split()[-1].split("x")[0]) * int(s["shape"].split("x")[-1]) \
+                / s["w8a8_ms"] / 1e6
+            lines.append(f"| {s['shape']} | {s['M']} | {s['mode']} | {gops:.0f} | "
+                         f"{100 * s['w8a8_vnni_peak_frac']:.0f} % | {100 * s['w8a8_dram_roofline_frac']:.0f} % | "
+                         f"{100 * s['w4a8_dram_roofline_frac']:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="two shapes, M in {1, 16, 256}, few repetitions")
+    ap.add_argument("--mkl", help="path to libmkl_rt.so (pip download mkl; unzip the wheel's data/lib)")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gemm"))
+    args = ap.parse_args()
+    nt = torch.get_num_threads()
+    info = machine_info()
+    info.update(measure_machine(nt))
+    print(info, flush=True)
+    mkl = MklPack(args.mkl, nt) if args.mkl else None
+    info["mkl"] = args.mkl or "not given (pip `mkl` is installable from PyPI; pass --mkl to include it)"
+    backend = cpu_isa.best_backend()
+    if args.quick:
+        big, small = {"q,o 4096x4096": LLAMA8B["q,o 4096x4096"]}, {"emb gate,up 768x256": EMBEDDED["emb gate,up 768x256"]}
+        Ms, cold_Ms, reps = [1, 16, 256], [1, 16], args.reps or 8
+    else:
+        big, small = LLAMA8B, EMBEDDED
+        Ms, cold_Ms, reps = [1, 4, 16, 64, 256, 1024], [1, 4, 16, 64], args.reps or 24
+    rows = []
+    for name, (N, K) in big.items():
+        rows += bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps)
+    for name, (N, K) in small.items():  # the embedded model is ~10 MB: it lives in L3 when decoding
+        rows += bench_shape(name, N, K, Ms, [], mkl, backend, reps)
+    summary = analyze(rows, info)
+    out = Path(args.out if not args.quick else args.out + "_quick")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows, "summary": summary}, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows, summary, info, args.quick))
+    print(f"wrote {out}.json and {out}.md")
+
+
+if __name__ == "__main__":
+    main()

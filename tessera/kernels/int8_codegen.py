@@ -1,0 +1,328 @@
+"""Generate specialised C micro-kernels for W8A8 and W4A8 GEMM from a small schedule description.
+
+This is NGEMM's "compiler-based" idea (Bao et al., arXiv 1910.00178; ONNX Runtime Nuphar
+`intrin_gemm_8bit.cc`) without TVM: Python emits fully unrolled micro-kernels for one schedule
+(tile MR x NR, K unroll, prefetch distance, ISA) and gcc compiles them (see `ccache.py`).
+
+Layout, shared by every ISA so that a packed weight never depends on the machine that packed it:
+- W8A8: B is `[Np/64][Kp/4][64][4]` int8. Each 32-bit lane holds 4 consecutive k of one column
+  (the NGEMM / VNNI layout), so activations are *broadcast* 4 bytes at a time and accumulated
+  vertically: lane j of an accumulator is output column j; no horizontal reduction ever happens.
+  `vpdpbusd` is unsigned x signed, so activations are shifted to u8 (q + 128) and the kernel
+  subtracts 128 * colsum[n] in the epilogue.
+- W4A8: B is `[Np/64][K/8][64][4]` bytes; byte j of a lane holds k = 8s+j (low nibble) and
+  k = 8s+4+j (high nibble) as u4 = q + 8. Here the *weights* are the unsigned operand and the
+  activations stay signed, so the correction is 8 * (sum of the group's activations).
+Narrower ISAs (ymm) walk a 64-column panel as 64/NR sub-panels.
+
+AVX2 has no `vpdpbusd`; `vpmaddubsw` adds two u8*s8 products into *saturating* s16
+(255*-128*2 = -65280). W8A8 splits the u8 activation into bit 7 and bits 0-6: each half's pair
+sum fits s16 exactly (|128*-128*2| = 32768 is still representable as -32768, 127*-128*2 = -32512).
+For W4A8 the unsigned operand is <= 15, so a single `vpmaddubsw` cannot saturate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PANEL = 64  # output columns per packed panel, for every ISA
+
+
+@dataclass(frozen=True)
+class Schedule:
+    isa: str
+    mr: int  # W8A8 rows per micro-tile (accumulators: mr * nr / lanes)
+    nr: int  # columns per micro-tile; divides PANEL
+    k_unroll: int  # k-steps per loop iteration
+    prefetch: int  # prefetch distance in k-steps of the B stream (0: none)
+    mr_w4: int  # W4A8 rows per micro-tile (needs int and float accumulators)
+    amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles (`tq_w8a8_amx`); 0 = never
+
+    def __post_init__(self):
+        lanes = ISA_OPS[self.isa]["lanes"]
+        if PANEL % self.nr or self.nr % lanes:
+            raise ValueError(f"nr={self.nr} must divide {PANEL} and be a multiple of {lanes} lanes")
+        if min(self.mr, self.mr_w4, self.k_unroll) < 1 or self.prefetch < 0:
+            raise ValueError(f"bad schedule {self}")
+
+
+_Z, _Y = "_mm512", "_mm256"
+ISA_OPS = {
+    "avx512vnni": {
+        "lanes": 16, "vi": "__m512i", "vf": "__m512", "p": _Z, "zero": "_mm512_setzero_si512()",
+        "load": "_mm512_loadu_si512((const void*)({}))", "and_": "_mm512_and_si512",
+        "flags": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
+        "store": "_mm512_storeu_si512((void*)({}), {})"},
+    "avxvnni": {
+        "lanes": 8, "vi": "__m256i", "vf": "__m256", "p": _Y, "zero": "_mm256_setzero_si256()",
+        "load": "_mm256_loadu_si256((const __m256i*)({}))", "and_": "_mm256_and_si256",
+        "flags": ("-mavx2", "-mfma", "-mavxvnni"), "store": "_mm256_storeu_si256((__m256i*)({}), {})"},
+    "avx2": {
+        "lanes": 8, "vi": "__m256i", "vf": "__m256", "p": _Y, "zero": "_mm256_setzero_si256()",
+        "load": "_mm256_loadu_si256((const __m256i*)({}))", "and_": "_mm256_and_si256",
+        "flags": ("-mavx2", "-mfma"), "store": "_mm256_storeu_si256((__m256i*)({}), {})"},
+}
+# AMX = the AVX512-VNNI micro-kernels for small M plus AMX tiles for large M.
+ISA_OPS["amx"] = {**ISA_OPS["avx512vnni"], "flags": (*ISA_OPS["avx512vnni"]["flags"], "-mamx-tile", "-mamx-int8")}
+
+
+# Register budget: zmm has 32 registers (6x4 accumulators + 4 B + 1 A = 29), ymm 16.
+DEFAULT_SCHEDULES = {
+    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=32),
+    "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
+    "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
+    "avx2": Schedule("avx2", mr=2, nr=16, k_unroll=2, prefetch=16, mr_w4=1),
+}
+
+
+def _dot(isa: str, c: str, u: str, s: str) -> str:
+    """c += dot4(u: unsigned bytes, s: signed bytes) per 32-bit lane; exact when u <= 127 on AVX2."""
+    if isa in ("avx512vnni", "amx"):
+        return f"{c} = _mm512_dpbusd_epi32({c}, {u}, {s});"
+    if isa == "avxvnni":
+        return f"{c} = _mm256_dpbusd_avx_epi32({c}, {u}, {s});"
+    return f"{c} = _mm256_add_epi32({c}, _mm256_madd_epi16(_mm256_maddubs_epi16({u}, {s}), ones));"
+
+
+def _prefetch(s: Schedule, ptr: str) -> list[str]:
+    if not s.prefetch:
+        return []
+    lines = max(1, s.nr * 4 // 64)  # cache lines of B consumed per k-step by this sub-panel
+    return [f"_mm_prefetch((const char*)({ptr} + {s.prefetch * PANEL * 4 + 64 * i}), _MM_HINT_T0);"
+            for i in range(lines)]
+
+
+def _w8_microkernel(s: Schedule, mr: int) -> str:
+    o = ISA_OPS[s.isa]
+    vi, lanes, nv = o["vi"], o["lanes"], s.nr // o["lanes"]
+    avx2 = s.isa == "avx2"
+    out = [(f"static inline __attribute__((always_inline)) void w8_mk{mr}("
+            "const uint8_t* a, long lda, const int8_t* b, long nk, int32_t* acc) {")]
+    out += [f"  {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
+    if avx2:
+        out.append(f"  const {vi} ones = _mm256_set1_epi16(1), lo7 = _mm256_set1_epi8(0x7f), "
+                   "hi1 = _mm256_set1_epi8((char)0x80);")
+
+    def step(u: int) -> list[str]:
+        body = [f"const int8_t* bk = b + (k + {u}) * (PANEL * 4);", *_prefetch(s, "bk")]
+        body += [f"{vi} b{v} = {o['load'].format(f'bk + {v * lanes * 4}')};" for v in range(nv)]
+        for i in range(mr):
+            body.append(f"int32_t x{i}; memcpy(&x{i}, a + {i} * lda + (k + {u}) * 4, 4);")
+            body.append(f"{vi} a{i} = {o['p']}_set1_epi32(x{i});")
+            if avx2:  # split u8 into bit 7 and bits 0-6 so vpmaddubsw cannot saturate
+                body.append(f"{vi} l{i} = _mm256_and_si256(a{i}, lo7), h{i} = _mm256_and_si256(a{i}, hi1);")
+                body += [_dot(s.isa, f"c{i}_{v}", f"l{i}", f"b{v}") + " " + _dot(s.isa, f"c{i}_{v}", f"h{i}", f"b{v}")
+                         for v in range(nv)]
+            else:
+                body += [_dot(s.isa, f"c{i}_{v}", f"a{i}", f"b{v}") for v in range(nv)]
+        return ["    {"] + ["      " + x for x in body] + ["    }"]
+
+    out.append(f"  long k = 0;\n  for (; k + {s.k_unroll} <= nk; k += {s.k_unroll}) {{")
+    for u in range(s.k_unroll):
+        out += step(u)
+    out.append("  }\n  for (; k < nk; k++) {")
+    out += step(0)
+    out.append("  }")
+    out += ["  " + o["store"].format(f"acc + {i * s.nr + v * lanes}", f"c{i}_{v}") + ";"
+            for i in range(mr) for v in range(nv)]
+    return "\n".join(out + ["}"])
+
+
+def _w4_microkernel(s: Schedule, mr: int) -> str:
+    o = ISA_OPS[s.isa]
+    vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], s.nr // o["lanes"]
+    ps = "512" if p == _Z else "256"
+    out = [(f"static inline __attribute__((always_inline)) void w4_mk{mr}(const int8_t* a, long lda, "
+            "const uint8_t* b, const float* sw, const int32_t* gs, long ng, long spg, float* acc) {"),
+           f"  const {vi} m4 = {p}_set1_epi8(0x0f);"]
+    if s.isa == "avx2":
+        out.append(f"  const {vi} ones = _mm256_set1_epi16(1);")
+    out += [f"  {vf} f{i}_{v} = {p}_setzero_ps();" for i in range(mr) for v in range(nv)]
+    out.append("  for (long g = 0; g < ng; g++) {")
+    out += [f"    {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
+    out.append(f"    #pragma GCC unroll {s.k_unroll}")
+    out.append("    for (long k = g * spg; k < (g + 1) * spg; k++) {")
+    body = ["const uint8_t* bk = b + k * (PANEL * 4);", *_prefetch(s, "bk")]
+    for v in range(nv):
+        body.append(f"{vi} r{v} = {o['load'].format(f'bk + {v * lanes * 4}')};")
+        body.append(f"{vi} lo{v} = {o['and_']}(r{v}, m4), hi{v} = {o['and_']}({p}_srli_epi16(r{v}, 4), m4);")
+    for i in range(mr):
+        body.append(f"int32_t x{i}, y{i}; memcpy(&x{i}, a + {i} * lda + k * 8, 4); "
+                    f"memcpy(&y{i}, a + {i} * lda + k * 8 + 4, 4);")
+        body.append(f"{vi} al{i} = {p}_set1_epi32(x{i}), ah{i} = {p}_set1_epi32(y{i});")
+        body += [_dot(s.isa, f"c{i}_{v}", f"lo{v}", f"al{i}") + " " + _dot(s.isa, f"c{i}_{v}", f"hi{v}", f"ah{i}")
+                 for v in range(nv)]
+    out += ["      " + x for x in body] + ["    }"]
+    for i in range(mr):  # int group partial -> fp32, times the group scale; mul then add (no FMA)
+        out.append(f"    {vi} z{i} = {p}_set1_epi32(8 * gs[{i} * ng + g]);")
+        out += [f"    f{i}_{v} = {p}_add_ps(f{i}_{v}, {p}_mul_ps({p}_cvtepi32_ps({p}_sub_epi32(c{i}_{v}, z{i})), "
+                f"{p}_loadu_ps(sw + g * PANEL + {v * lanes})));" for v in range(nv)]
+    out.append("  }")
+    out += [f"  _mm{ps}_storeu_ps(acc + {i * s.nr + v * lanes}, f{i}_{v});" for i in range(mr) for v in range(nv)]
+    return "\n".join(out + ["}"])
+
+
+def _switch(name: str, mr_max: int, args: str) -> str:
+    cases = " ".join(f"case {m}: {name}{m}({args}); break;" for m in range(1, mr_max + 1))
+    return f"switch (mr) {{ {cases} }}"
+
+
+_PRELUDE = r"""
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#define PANEL 64
+
+static inline void store_out(void* out, long idx, float y, int bf16) {
+  if (bf16) {  /* round to nearest even, like torch's float -> bfloat16 */
+    uint32_t u; memcpy(&u, &y, 4); u += 0x7fffu + ((u >> 16) & 1u);
+    ((uint16_t*)out)[idx] = (uint16_t)(u >> 16);
+  } else ((float*)out)[idx] = y;
+}
+"""
+
+# Per-token symmetric quantization, q = clamp(round_half_even(x * (127 / amax)), -127, 127).
+_QUANT = r"""
+void tq_quant_{T}(const {CT}* x, long M, long K, long Kp, int shift, uint8_t* q, float* scale,
+                  long group, int32_t* gsum, int nt) {
+  #pragma omp parallel for num_threads(nt) schedule(static) if (M > 8)
+  for (long m = 0; m < M; m++) {
+    const {CT}* xr = x + m * K;
+    uint8_t* qr = q + m * Kp;
+    float amax = 0.f;
+    for (long k = 0; k < K; k++) { float v = fabsf({LOAD}); amax = v > amax ? v : amax; }
+    const float inv = amax > 0.f ? 127.0f / amax : 0.f;
+    scale[m] = amax / 127.0f;
+    for (long k = 0; k < K; k++) {
+      float r = nearbyintf({LOAD} * inv);
+      r = r < -127.f ? -127.f : (r > 127.f ? 127.f : r);
+      qr[k] = (uint8_t)((int)r + (shift ? 128 : 0));
+    }
+    for (long k = K; k < Kp; k++) qr[k] = shift ? 128 : 0;
+    if (group > 0)
+      for (long g = 0; g < K / group; g++) {
+        int32_t s = 0;
+        for (long k = g * group; k < (g + 1) * group; k++) s += (int8_t)qr[k];
+        gsum[m * (K / group) + g] = s;
+      }
+  }
+}
+"""
+
+
+# AMX (Sapphire Rapids+): `tdpbusd` multiplies a 16x64 u8 tile of A by a 16x(16x4) s8 tile of B in
+# exactly our VNNI layout, so B tiles load straight from the packed panels with a 256-byte stride.
+# A 32x32 output block uses 4 accumulator tiles + 2 A + 2 B = all 8 tiles. Needs Kp % 64 == 0 and
+# A padded to a multiple of 32 rows (the host does both); tile config is per thread.
+_AMX = r"""
+#include <sys/syscall.h>
+#include <unistd.h>
+int tq_amx_init(void) { return (int)syscall(SYS_arch_prctl, 0x1023 /* REQ_XCOMP_PERM */, 18 /* XTILEDATA */); }
+typedef struct { uint8_t palette, start; uint8_t res[14]; uint16_t colsb[16]; uint8_t rows[16]; } tq_tilecfg;
+
+void tq_w8a8_amx(const uint8_t* A, const float* sa, const int8_t* B, const int32_t* colsum,
+                 const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw,
+                 long M, long N, long Kp, int nt) {
+  const long mb = (M + 31) / 32, ntiles = (N + PANEL - 1) / PANEL * 2 * mb;
+  #pragma omp parallel num_threads(nt)
+  {
+    tq_tilecfg cfg; memset(&cfg, 0, sizeof cfg); cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+    int32_t acc[32 * 32] __attribute__((aligned(64)));
+    #pragma omp for schedule(static)
+    for (long t = 0; t < ntiles; t++) {  /* m-blocks innermost: a thread keeps its B half-panel in L2 */
+      const long p = t / (2 * mb), h = (t / mb) % 2, m0 = (t % mb) * 32, n0 = p * PANEL + h * 32;
+      if (n0 >= N) continue;
+      const int8_t* bp = B + p * Kp * PANEL + h * 32 * 4;
+      const uint8_t* a0 = A + m0 * Kp;
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (long k = 0; k < Kp; k += 64) {
+        _tile_loadd(4, a0 + k, Kp); _tile_loadd(5, a0 + 16 * Kp + k, Kp);
+        _tile_loadd(6, bp + (k / 4) * PANEL * 4, PANEL * 4); _tile_loadd(7, bp + (k / 4) * PANEL * 4 + 64, PANEL * 4);
+        _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+      }
+      _tile_stored(0, acc, 128); _tile_stored(1, acc + 16, 128);
+      _tile_stored(2, acc + 512, 128); _tile_stored(3, acc + 528, 128);
+      const long mr = M - m0 < 32 ? M - m0 : 32, nn = N - n0 < 32 ? N - n0 : 32;
+      for (long i = 0; i < mr; i++) for (long j = 0; j < nn; j++) {
+        const long n = n0 + j, idx = (m0 + i) * N + n;
+        const int32_t v = acc[i * 32 + j] - 128 * colsum[n];
+        if (raw) { raw[idx] = v; continue; }
+        float y = (float)v * (sa[m0 + i] * sw[n]);
+        if (bias) y = y + bias[n];
+        store_out(out, idx, y, out_bf16);
+      }
+    }
+    _tile_release();
+  }
+}
+"""
+
+
+def _driver(s: Schedule, kind: str) -> str:
+    """The panel-parallel loop: OpenMP over (panel, sub-panel) tiles, micro-tiles over rows."""
+    w8 = kind == "w8"
+    mr_max = s.mr if w8 else s.mr_w4
+    if w8:
+        head = ("void tq_w8a8(const uint8_t* A, const float* sa, const int8_t* B, const int32_t* colsum, "
+                "const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw, "
+                "long M, long N, long Kp, int nt) {\n  const long nk = Kp / 4, kstride = Kp * PANEL;")
+        setup = "const int8_t* bp = B + p * kstride + sub * NR * 4;"
+        call = _switch("w8_mk", mr_max, "A + m0 * Kp, Kp, bp, nk, acc")
+        epi = ("const int32_t v = acc[i * NR + j] - 128 * colsum[n];\n"
+               "        if (raw) { raw[idx] = v; continue; }\n"
+               "        float y = (float)v * (sa[m0 + i] * sw[n]);")
+    else:
+        head = ("void tq_w4a8(const int8_t* A, const float* sa, const int32_t* gsum, const uint8_t* B, "
+                "const float* sw, const float* bias, void* out, int out_bf16, "
+                "long M, long N, long K, long group, int nt) {\n"
+                "  const long ng = K / group, spg = group / 8, kstride = (K / 8) * PANEL * 4;")
+        setup = "const uint8_t* bp = B + p * kstride + sub * NR * 4; const float* swp = sw + p * ng * PANEL + sub * NR;"
+        call = _switch("w4_mk", mr_max, "A + m0 * K, K, bp, swp, gsum + m0 * ng, ng, spg, acc")
+        epi = "float y = acc[i * NR + j] * sa[m0 + i];"
+    acc_t = "int32_t" if w8 else "float"
+    kdim = "Kp" if w8 else "K"
+    return f"""
+{head}
+  const long nsub = PANEL / NR, ntiles = (N + PANEL - 1) / PANEL * nsub;
+  /* below ~1M MACs an OpenMP fork/join (several us) costs more than the work it splits */
+  #pragma omp parallel for num_threads(nt) schedule(static) if (M * N * {kdim} >= (1L << 20))
+  for (long t = 0; t < ntiles; t++) {{
+    const long p = t / nsub, sub = t % nsub, n0 = p * PANEL + sub * NR;
+    if (n0 >= N) continue;
+    {setup}
+    const long nn = N - n0 < NR ? N - n0 : NR;
+    {acc_t} acc[{mr_max} * NR] __attribute__((aligned(64)));
+    for (long m0 = 0; m0 < M; m0 += {mr_max}) {{
+      const long mr = M - m0 < {mr_max} ? M - m0 : {mr_max};
+      {call}
+      for (long i = 0; i < mr; i++) for (long j = 0; j < nn; j++) {{
+        const long n = n0 + j, idx = (m0 + i) * N + n;
+        {epi}
+        if (bias) y = y + bias[n];
+        store_out(out, idx, y, out_bf16);
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def generate(s: Schedule) -> str:
+    """Complete C translation unit: quantizers, W8A8 and W4A8 micro-kernels and drivers."""
+    parts = [_PRELUDE, f"#define NR {s.nr}"]
+    parts.append(_QUANT.replace("{T}", "f32").replace("{CT}", "float").replace("{LOAD}", "xr[k]"))
+    parts.append(_QUANT.replace("{T}", "bf16").replace("{CT}", "uint16_t").replace(
+        "{LOAD}", "({ uint32_t _u = (uint32_t)xr[k] << 16; float _f; memcpy(&_f, &_u, 4); _f; })"))
+    parts += [_w8_microkernel(s, m) for m in range(1, s.mr + 1)]
+    parts += [_w4_microkernel(s, m) for m in range(1, s.mr_w4 + 1)]
+    parts += [_driver(s, "w8"), _driver(s, "w4")]
+    if s.isa == "amx":
+        parts.append(_AMX)
+    return "\n".join(parts)
+
+
+def flags(s: Schedule) -> tuple[str, ...]:
+    return ISA_OPS[s.isa]["flags"]

@@ -1,0 +1,177 @@
+"""CPU W8A8 / W4A8 kernels against int64 / float64 references, on every ISA this CPU offers."""
+
+import pytest
+import torch
+
+from tessera.kernels import cpu_isa, int8_codegen
+from tessera.kernels import int8_gemm as G
+from tessera.kernels import int8_reference as R
+
+BACKENDS = [*cpu_isa.supported_isas(), "torch"]
+# M covers 1, every M-tail of the 6-row micro-tile and a multi-tile case; N and K cover panel and k tails.
+SHAPES = [(1, 1, 1), (1, 64, 64), (1, 65, 5), (2, 63, 7), (5, 130, 260), (6, 64, 12), (7, 200, 129),
+          (13, 17, 33), (17, 129, 515)]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    torch.manual_seed(0)
+    nt = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes; a loaded CI box punishes OpenMP barriers. See test_threads_*.
+    yield
+    torch.set_num_threads(nt)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_and_large_m_paths(backend):
+    # > 1M MACs runs the OpenMP path; M >= 32 and K % 64 == 0 runs the AMX tiles where available.
+    M, N, K = 70, 300, 1024
+    a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    pw = G.pack_int8(w, torch.rand(N) * 1e-3)
+    x = torch.randn(M, K)
+    torch.set_num_threads(2)
+    got2, y2 = G.int8_matmul_exact(a, pw, backend=backend), G.int8_linear(x, pw, backend=backend)
+    torch.set_num_threads(1)
+    assert torch.equal(got2.long(), R.int_gemm(a, w))
+    assert torch.equal(y2, G.int8_linear(x, pw, backend=backend))
+    assert torch.equal(y2, G.int8_linear(x, pw, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_w8a8_integer_core_is_exact(backend, M, N, K):
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+    got = G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(N)), backend=backend)
+    assert got.dtype == torch.int32 and got.shape == (M, N)
+    assert torch.equal(got.long(), R.int_gemm(a, w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("av,wv", [(-128, -128), (127, -128), (-128, 127), (127, 127)])
+def test_w8a8_extremes_do_not_saturate(backend, av, wv):
+    # K = 4096 of -128 * -128 is the largest |sum| an LLM shape produces; AVX2's vpmaddubsw would
+    # saturate its s16 pairs here without the bit-7 split.
+    M, N, K = 3, 80, 4096
+    a = torch.full((M, K), av, dtype=torch.int8)
+    w = torch.full((N, K), wv, dtype=torch.int8)
+    got = G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(N)), backend=backend)
+    assert torch.equal(got.long(), torch.full((M, N), av * wv * K))
+    a2, w2 = _extremes(M, K), _extremes(N, K)
+    got2 = G.int8_matmul_exact(a2, G.pack_int8(w2, torch.ones(N)), backend=backend)
+    assert torch.equal(got2.long(), R.int_gemm(a2, w2))
+
+
+def _extremes(*shape):
+    """Random tensor of only -128 and 127."""
+    return torch.where(torch.rand(*shape) < 0.5, -128, 127).to(torch.int8)
+
+
+def _rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K", [(1, 96, 256), (7, 130, 260), (16, 64, 1024)])
+def test_w8a8_linear_matches_references(backend, M, N, K):
+    x, w, b = torch.randn(M, K), torch.randn(N, K) * 0.05, torch.randn(N)
+    sw = w.abs().amax(1) / 127
+    w_q = torch.round(w / sw[:, None]).clamp(-127, 127).to(torch.int8)
+    pw = G.pack_int8(w_q, sw, b)
+    y = G.int8_linear(x, pw, backend=backend)
+    assert y.shape == (M, N) and y.dtype == torch.float32
+    # Same integers, fp32 epilogue: within fp32 rounding of the float64 dequantised reference.
+    assert (y.double() - R.w8a8(x, w_q, sw, b)).abs().max() < 1e-5 * (1 + y.abs().max())
+    # Quantization error against the unquantized fp32 linear: ~1 % relative on Gaussian data.
+    assert _rel(y, torch.nn.functional.linear(x, w, b).double()) < 0.02
+    # Every backend gives bit-identical outputs (same integer core, same fp32 op order).
+    assert torch.equal(y, G.int8_linear(x, pw, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_in_and_out(backend):
+    x = torch.randn(2, 3, 200).to(torch.bfloat16)  # leading dims are flattened and restored
+    w_q = torch.randint(-127, 128, (70, 200), dtype=torch.int8)
+    pw = G.pack_int8(w_q, torch.rand(70) * 1e-3)
+    y = G.int8_linear(x, pw, backend=backend)
+    assert y.shape == (2, 3, 70) and y.dtype == torch.bfloat16
+    y32 = G.int8_linear(x, pw, out_dtype=torch.float32, backend=backend)
+    assert torch.equal(y, y32.to(torch.bfloat16))  # the C epilogue rounds to nearest even like torch
+    pw4 = G.pack_int4(torch.randint(-8, 8, (70, 256), dtype=torch.int8), torch.rand(70, 8) * 1e-2, 32)
+    x4 = torch.randn(5, 256).to(torch.bfloat16)
+    assert torch.equal(G.int4_linear(x4, pw4, backend=backend), G.int4_linear(x4, pw4, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K,g", [(1, 64, 32, 32), (1, 200, 512, 128), (3, 70, 256, 64), (4, 129, 512, 256)])
+def test_w4a8_integer_core_is_exact(backend, M, N, K, g):
+    # Unit scales make the output an integer; fp32 holds it exactly while |sum| < 2**24.
+    q = torch.randint(-8, 8, (N, K), dtype=torch.int8)
+    q[0] = -8  # extremes of both operands
+    x = torch.randint(-127, 128, (M, K)).float()
+    x[0, :] = 127.0
+    x[:, 0] = -127.0  # amax stays 127: the quantizer then returns x itself with scale 1
+    pw = G.pack_int4(q, torch.ones(N, K // g), g)
+    y = G.int4_linear(x, pw, backend=backend)
+    assert torch.equal(y.double(), R.int_gemm(x.to(torch.int8), q).double())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K,g", [(1, 96, 256, 32), (6, 130, 512, 128), (9, 64, 256, 64)])
+def test_w4a8_linear_matches_references(backend, M, N, K, g):
+    x, w, b = torch.randn(M, K), torch.randn(N, K) * 0.05, torch.randn(N)
+    sc = w.view(N, K // g, g).abs().amax(-1) / 7  # [N, K/g]
+    q = torch.round(w.view(N, K // g, g) / sc[..., None]).clamp(-8, 7).to(torch.int8).view(N, K)
+    pw = G.pack_int4(q, sc, g, b)
+    y = G.int4_linear(x, pw, backend=backend)
+    assert (y.double() - R.w4a8(x, q, sc, g, b)).abs().max() < 1e-5 * (1 + y.abs().max())
+    assert _rel(y, torch.nn.functional.linear(x, w, b).double()) < 0.15  # int4: ~8-10 % on Gaussian weights
+    assert torch.equal(y, G.int4_linear(x, pw, backend="torch"))
+
+
+def test_custom_schedule_compiles_and_is_exact():
+    isa = cpu_isa.supported_isas()[0] if cpu_isa.supported_isas() else pytest.skip("no x86 SIMD ISA")
+    lanes = int8_codegen.ISA_OPS[isa]["lanes"]
+    s = int8_codegen.Schedule(isa, mr=3, nr=2 * lanes, k_unroll=3, prefetch=0, mr_w4=2)
+    a = torch.randint(-128, 128, (8, 77), dtype=torch.int8)
+    w = torch.randint(-128, 128, (100, 77), dtype=torch.int8)
+    assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
+    with pytest.raises(ValueError, match="nr="):
+        int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
+
+
+def test_pack_roundtrip():
+    w = torch.randint(-128, 128, (70, 13), dtype=torch.int8)
+    pw = G.pack_int8(w, torch.ones(70))
+    assert pw.data.shape == (2, 4, 64, 4) and torch.equal(G.unpack_int8(pw), w)
+    assert torch.equal(pw.colsum[:70], w.sum(1, dtype=torch.int32)) and (pw.colsum[70:] == 0).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    pw = G.pack_int8(torch.zeros(8, 16, dtype=torch.int8), torch.ones(8))
+    with pytest.raises(ValueError, match="K=15"):
+        G.int8_linear(torch.randn(2, 15), pw)
+    with pytest.raises(ValueError, match="contiguous"):
+        G.int8_linear(torch.randn(16, 2).T, pw)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        G.int8_linear(torch.randn(2, 16, dtype=torch.float64), pw)
+    with pytest.raises(ValueError, match="dtype"):
+        G.pack_int8(torch.zeros(8, 16, dtype=torch.int32), torch.ones(8))
+    with pytest.raises(ValueError, match="contiguous"):
+        G.pack_int8(torch.zeros(16, 8, dtype=torch.int8).T, torch.ones(8))
+    with pytest.raises(ValueError, match="shape"):
+        G.pack_int8(torch.zeros(8, 16, dtype=torch.int8), torch.ones(9))
+    with pytest.raises(ValueError, match="a_q has K"):
+        G.int8_matmul_exact(torch.zeros(1, 4, dtype=torch.int8), pw)
+    q4 = torch.zeros(8, 96, dtype=torch.int8)
+    with pytest.raises(ValueError, match="unsupported group size 48"):
+        G.pack_int4(q4, torch.ones(8, 2), 48)
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        G.pack_int4(q4, torch.ones(8, 1), 64)
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        G.pack_int4(q4 + 8, torch.ones(8, 3), 32)
+    with pytest.raises(ValueError, match="unknown backend"):
+        G.int8_linear(torch.randn(1, 16), pw, backend="sse9")
+    with pytest.raises(ValueError, match="out_dtype"):
+        G.int8_linear(torch.randn(1, 16), pw, out_dtype=torch.float16)
