@@ -20,7 +20,7 @@ $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 't
 # name | time limit (s) | command
 CHECKS=(
   "gpu-tests|60|$PY -m pytest -q -m gpu tests -p no:cacheprovider"
-  "decode-bench|60|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 256 --out $RES/decode_gpu_$SLUG"
+  "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 256 --out $RES/decode_gpu_$SLUG"
   "ngemm|80|$PY scripts/gpu_checks/ngemm.py"
   "dist|90|$PY scripts/gpu_checks/dist.py"
 )

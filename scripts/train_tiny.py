@@ -101,8 +101,11 @@ def main():
     ap.add_argument("--init-from", default=None, help="start from the weights of this HF dir")
     ap.add_argument("--warmup-seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=0, help="processes generating problems (0 = inline)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
