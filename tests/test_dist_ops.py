@@ -9,9 +9,11 @@ What is asserted, per iteration (3 in a row, fresh data, no signal resets):
   max|err| <= 1e-5 * max|ref| (fp32: tl.dot and torch accumulate K in different orders) or
   1e-2 (bf16: one rounding of the output, 2^-8 relative, plus that order);
 - gemm_rs fused and every decomposed/sequential path: the same relative bounds.
-Shapes are not multiples of the 16x16x16 tiles, so GEMM tiles straddle rank boundaries.
+Launches are staggered (rank r starts 0.2*(W-1-r) s late) so that a missing wait reads stale
+data. Shapes are not multiples of the 16x16x16 tiles, so GEMM tiles straddle rank boundaries.
 """
 
+import time
 from functools import partial
 
 import pytest
@@ -47,6 +49,9 @@ def _op_job(op, impl, dtype_name, iters, seed):
     me, W = ps.rank(), ps.world_size()
     dt = getattr(torch, dtype_name)
     heap = SymmetricHeap(1 << 20) if impl == "fused" else None
+    if heap is not None:  # stagger launches so a missing or wrong wait reads stale data and fails
+        barrier = heap.barrier
+        heap.barrier = lambda: (barrier(), time.sleep(0.2 * (W - 1 - me)))
     ctx = None
     if impl == "fused":
         ctx = {
