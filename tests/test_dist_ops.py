@@ -19,7 +19,7 @@ from functools import partial
 import pytest
 import torch
 
-from tessera.dist.testing import RankFailure, RankPool
+from tessera.dist.testing import RankFailure, shared_pool
 
 pytestmark = pytest.mark.dist
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
@@ -28,9 +28,7 @@ M_LOC, K, N, NUMEL = 10, 40, 24, 150
 
 @pytest.fixture(scope="module", params=[2, 4])
 def pool(request):
-    p = RankPool(request.param, gloo_timeout_s=20)
-    yield p
-    p.stop()
+    return shared_pool(request.param)
 
 
 def _rel(x, ref):
@@ -57,8 +55,8 @@ def _op_job(op, impl, dtype_name, iters, seed):
         ctx = {
             "ag_gemm": lambda: create_ag_gemm_context(heap, M_LOC, N, K, dt, timeout_s=10),
             "gemm_rs": lambda: create_gemm_rs_context(heap, W * M_LOC, N, K, dt, timeout_s=10),
-            "allreduce1": lambda: create_allreduce_context(heap, NUMEL, dt, False, timeout_s=10),
-            "allreduce2": lambda: create_allreduce_context(heap, NUMEL, dt, True, timeout_s=10),
+            "allreduce1": lambda: create_allreduce_context(heap, NUMEL + 64, dt, False, timeout_s=10),
+            "allreduce2": lambda: create_allreduce_context(heap, NUMEL + 64, dt, True, timeout_s=10),
         }[op]()
     out = []
     for it in range(iters):
@@ -81,7 +79,7 @@ def _op_job(op, impl, dtype_name, iters, seed):
             expect = ref.gemm_rs_ref(a_parts, b_parts)[me]
             exact = None
         else:
-            xs = [torch.randn(3, NUMEL // 3, generator=g).to(dt) for _ in range(W)]
+            xs = [torch.randn(3, NUMEL // 3 - it, generator=g).to(dt) for _ in range(W)]  # numel varies
             fn = {"fused": partial(allreduce, ctx=ctx), "decomposed": partial(dec.allreduce_decomposed, chunks=3),
                   "sequential": dec.allreduce_sequential}[impl]
             got = fn(xs[me])

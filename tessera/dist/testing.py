@@ -10,6 +10,7 @@ rank's traceback. Every wait on the pool is bounded; a pool that missed a deadli
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import queue
@@ -102,3 +103,20 @@ class RankPool:
         self.procs = []
         if getattr(self, "_init_file", None) and os.path.exists(self._init_file):
             os.unlink(self._init_file)
+
+
+_SHARED: dict[int, RankPool] = {}
+
+
+def shared_pool(world: int, gloo_timeout_s: float = 20.0) -> RankPool:
+    """One pool per world size for the whole pytest session (startup dominates small tests on a
+    loaded 2-core machine); stopped at exit. `run` restarts it if a test killed it."""
+    if world not in _SHARED:
+        _SHARED[world] = RankPool(world, gloo_timeout_s)
+    return _SHARED[world]
+
+
+@atexit.register
+def _stop_shared():
+    for p in _SHARED.values():
+        p.stop()
