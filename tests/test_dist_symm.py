@@ -130,14 +130,11 @@ def _crash_after_heap(where):
 
     me = ps.rank()
     if where == "before" and me == 1:
-        os._exit(3)  # dies while rank 0 sets up the heap
+        os._exit(3)  # dies while rank 0 sets up the heap: rank 0 must error out, not hang
     heap = SymmetricHeap(1 << 16)
     heap.tensor((16,), torch.float32, "x")
     if me == 1:
-        if where == "raise":
-            raise RuntimeError("rank 1 fails on purpose")
-        os._exit(3)
-    heap.barrier()  # rank 0 sees its peer vanish here
+        raise RuntimeError("rank 1 fails on purpose while holding a heap")
 
 
 # ----------------------------------------------------------------------------- tests
