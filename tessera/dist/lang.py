@@ -93,7 +93,7 @@ def wait(sig, value, max_spins, err):
         seen = tl.atomic_add(sig, 0, sem="acquire", scope="sys")
         failed = tl.atomic_add(err, 0, sem="relaxed", scope="sys")
         spins = tl.where(failed != 0, max_spins, spins + 1)
-    if seen < value:  # noqa: SIM102 - Triton has no short-circuit `and` on tensors
+    if seen < value:
         zero = tl.zeros((), dtype=err.dtype.element_ty)  # cas wants cmp/val typed like *err
         if tl.atomic_cas(err, zero, zero + 1, sem="acq_rel", scope="sys") == 0:  # first timeout wins
             tl.store(err + 1, tl.cast(sig, tl.uint64).to(tl.int64, bitcast=True))
