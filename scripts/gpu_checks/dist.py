@@ -118,7 +118,7 @@ def wait_overhead(dev, quick):
     M = N = K = 256 if quick else 4096
     tiles = (16, 16, 16) if quick else (128, 128, 64)
     dtype = torch.bfloat16
-    heap = VirtualHeap((M * K + 4096) * 2 + (1 << 16), 1, dev)
+    heap = VirtualHeap(2 * (M * K + K * N + M * N) + (1 << 20), 1, dev)  # a_full, b and c copies, signals
     ctx = agm.create_ag_gemm_context(heap, M, N, K, dtype, timeout_s=10, tiles=tiles)
     ctx.a_full.copy_(torch.randn(M, K, device=dev).to(dtype))
     b = torch.randn(K, N, device=dev).to(dtype)

@@ -75,8 +75,11 @@ def localize(ptr, host_rank, me, bases, VIRTUAL: tl.constexpr):
 
 @triton.jit
 def notify(sig, peer, value, me, bases, OP: tl.constexpr = "set"):
-    """Set (or add to) `sig` on `peer` with release semantics: data stored before is visible first."""
+    """Set (or add to) `sig` on `peer` with release semantics: data stored before is visible first.
+    The CTA barrier first makes every thread's stores precede the one thread's release atomic
+    (Triton-distributed does `__syncthreads()` before `notify` for the same reason)."""
     p = symm_at(sig, me, peer, bases)
+    tl.debug_barrier()
     if OP == "add":
         tl.atomic_add(p, value, sem="release", scope="sys")
     else:
@@ -93,6 +96,7 @@ def wait(sig, value, max_spins, err):
         seen = tl.atomic_add(sig, 0, sem="acquire", scope="sys")
         failed = tl.atomic_add(err, 0, sem="relaxed", scope="sys")
         spins = tl.where(failed != 0, max_spins, spins + 1)
+    tl.debug_barrier()  # the acquiring thread's view is ordered before every thread's loads
     if seen < value:
         zero = tl.zeros((), dtype=err.dtype.element_ty)  # cas wants cmp/val typed like *err
         if tl.atomic_cas(err, zero, zero + 1, sem="acq_rel", scope="sys") == 0:  # first timeout wins
