@@ -1,0 +1,199 @@
+"""Symmetric heap: every rank owns a same-sized heap with the same layout and can address its
+peers' copies through a table of base addresses (NVSHMEM's symmetric heap; Iris's `heap_bases`,
+ROCm/iris `iris/iris.py`; arXiv 2504.19442 §3).
+
+Providers, one host API (`tensor`, `bases`, `barrier`, `close`):
+- `SymmetricHeap` on CPU: one /dev/shm file per rank, mapped by every rank. Each file is unlinked
+  as soon as every rank has mapped it, so nothing is left behind however the processes end; the
+  only window is between creation and the setup barrier, covered by atexit and the error path.
+- `SymmetricHeap` on CUDA: torch symmetric memory (`symm_mem.empty` + `rendezvous`) when present.
+- `VirtualHeap`: R heaps carved from one allocation in one process ("virtual ranks"), used by the
+  single-GPU check and by CPU tests of that mode; kernels then take the rank from a grid axis.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tessera.dist import parallel_state as ps
+
+ALIGN = 128  # bytes; keeps every tensor aligned for vector loads and 8-byte signal atomics
+_LIVE: set[str] = set()  # /dev/shm paths this process created and has not unlinked yet
+
+
+def _unlink_all():
+    for p in list(_LIVE):
+        _unlink(p)
+
+
+def _unlink(path: str):
+    _LIVE.discard(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+atexit.register(_unlink_all)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    name: str
+    offset: int  # bytes from the heap base
+    nbytes: int
+    shape: tuple
+    dtype: torch.dtype
+
+
+class _Heap:
+    """Bump allocator over the local heap (identical on every rank because requests are)."""
+
+    virtual = False
+
+    def _init_alloc(self, nbytes: int):
+        self.nbytes, self.used, self.allocs = nbytes, 0, []
+        self.err = self._alloc((4,), torch.int64, "wait_error")  # [flag, signal addr, awaited, seen]
+
+    def _alloc(self, shape, dtype, name) -> torch.Tensor:
+        shape = tuple(int(s) for s in shape)
+        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        off = -(-self.used // ALIGN) * ALIGN
+        if off + n > self.nbytes:
+            raise ps.DistArgumentError(
+                f"symmetric heap too small: {name!r} needs {n} bytes at offset {off}, "
+                f"heap has {self.nbytes} (used {self.used}); create the heap with nbytes >= {off + n}"
+            )
+        self.used = off + n
+        self.allocs.append(Allocation(name, off, n, shape, dtype))
+        t = self.local[off: off + n].view(dtype).view(shape)
+        t.zero_()
+        return t
+
+    def offset_of(self, t: torch.Tensor) -> int:
+        return t.data_ptr() - self.local.data_ptr()
+
+    def describe_addr(self, addr: int) -> str:
+        """Name the heap object at a device address (used to explain a timed-out wait)."""
+        for r, base in enumerate(self.bases.tolist()):
+            off = addr - base
+            if 0 <= off < self.nbytes:
+                for a in self.allocs:
+                    if a.offset <= off < a.offset + a.nbytes:
+                        idx = (off - a.offset) // torch.empty((), dtype=a.dtype).element_size()
+                        return f"{a.name}[{idx}] on rank {r}'s heap"
+        return f"address {addr:#x} (outside the heap)"
+
+
+class SymmetricHeap(_Heap):
+    """`heap = SymmetricHeap(nbytes, group)`; collective, like every allocation on it."""
+
+    def __init__(self, nbytes: int, group=None, device: str | torch.device = "cpu"):
+        self.group = ps.group_or_world(group)
+        self.rank, self.world = ps.rank(group), ps.world_size(group)
+        self.device = torch.device(device)
+        ps.check_consistent("SymmetricHeap", {"nbytes": int(nbytes), "device": self.device.type}, group)
+        self._maps: list[torch.Tensor] = []
+        if self.device.type == "cpu":
+            self._open_shm(int(nbytes))
+        else:
+            self._open_cuda(int(nbytes))
+        self.local = self._maps[self.rank]
+        self.bases = torch.tensor([m.data_ptr() for m in self._maps], dtype=torch.int64, device=self.device)
+        self._init_alloc(int(nbytes))
+        self.barrier()  # the zeroed error slot is visible before any kernel runs
+
+    def _open_shm(self, nbytes: int):
+        tag = ps.broadcast_object(uuid.uuid4().hex[:12], 0, self.group)
+        paths = [f"/dev/shm/tessera_{tag}_{r}" for r in range(self.world)]
+        mine = paths[self.rank]
+        _LIVE.add(mine)
+        try:
+            self._maps = [None] * self.world
+            self._maps[self.rank] = torch.from_file(mine, shared=True, size=nbytes, dtype=torch.uint8)
+            dist.barrier(self.group)  # every file exists
+            for r, p in enumerate(paths):
+                if r != self.rank:
+                    self._maps[r] = torch.from_file(p, shared=True, size=nbytes, dtype=torch.uint8)
+            dist.barrier(self.group)  # every rank has mapped every file
+        finally:
+            _unlink(mine)  # mappings outlive the name: nothing can leak past this point
+
+    def _open_cuda(self, nbytes: int):
+        try:
+            import torch.distributed._symmetric_memory as symm_mem
+        except ImportError as e:  # pragma: no cover - GPU only
+            raise RuntimeError("CUDA symmetric heap needs torch.distributed._symmetric_memory") from e
+        buf = symm_mem.empty(nbytes, dtype=torch.uint8, device=self.device)
+        hdl = symm_mem.rendezvous(buf, self.group)
+        self._hdl = hdl
+        self._maps = [hdl.get_buffer(r, (nbytes,), torch.uint8) for r in range(self.world)]
+
+    def tensor(self, shape, dtype, name: str = "tensor") -> torch.Tensor:
+        """Collective: allocate the same object on every rank; errors (disagreement, heap too
+        small) are raised on every rank."""
+        err = None
+        try:
+            out = self._alloc(shape, dtype, name)
+        except ps.DistArgumentError as e:
+            out, err = None, str(e)
+        ps.check_consistent(f"SymmetricHeap.tensor({name})", {"shape": tuple(shape), "dtype": str(dtype)},
+                            self.group, err)
+        return out
+
+    def peer(self, t: torch.Tensor, r: int) -> torch.Tensor:
+        """Host view of rank r's copy of heap tensor t."""
+        off = self.offset_of(t)
+        n = t.numel() * t.element_size()
+        return self._maps[r][off: off + n].view(t.dtype).view(t.shape)
+
+    def barrier(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dist.barrier(self.group)
+
+    def close(self):
+        self._maps, self.local, self.allocs = [], None, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VirtualHeap(_Heap):
+    """R heaps carved from one allocation, in one process. `tensor()` returns rank 0's copy;
+    kernels reach rank r's copy through the base table (the rank comes from a grid axis)."""
+
+    virtual = True
+
+    def __init__(self, nbytes: int, world: int, device: str | torch.device = "cpu"):
+        self.rank, self.world, self.device, self.group = 0, world, torch.device(device), None
+        stride = -(-int(nbytes) // ALIGN) * ALIGN
+        self._buf = torch.zeros(world, stride, dtype=torch.uint8, device=self.device)
+        self._maps = [self._buf[r, :nbytes] for r in range(world)]
+        self.local = self._maps[0]
+        self.bases = torch.tensor([m.data_ptr() for m in self._maps], dtype=torch.int64, device=self.device)
+        self._init_alloc(int(nbytes))
+
+    def tensor(self, shape, dtype, name: str = "tensor") -> torch.Tensor:
+        t = self._alloc(shape, dtype, name)
+        for r in range(1, self.world):
+            self.peer(t, r).zero_()
+        return t
+
+    peer = SymmetricHeap.peer
+
+    def barrier(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def close(self):
+        self._maps, self.local, self._buf = [], None, None
