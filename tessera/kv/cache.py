@@ -96,7 +96,8 @@ class DenseCache(KVCache):
         if self.query_window:
             self._record_queries(layer, q, ctx)
         if self.attn_sums is not None:
-            self._accumulate_attention(layer, q, kc[:, :, :T], mask)
+            qvalid = torch.arange(S, device=k.device)[None] < ctx.new_lens[:, None]  # [B, S]: not padding
+            self._accumulate_attention(layer, q, kc[:, :, :T], mask & qvalid[:, :, None])
         return out
 
     def select(self, rows):
@@ -187,7 +188,7 @@ class DenseCache(KVCache):
     def _accumulate_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> None:
         """Add the softmax attention of the new queries (q [B, Hq, S, D] over k [B, Hkv, T, D],
         visibility mask [B, S, T]) to `attn_sums[layer]`, summed over queries and the GQA group.
-        Padded prefill queries (rows past new_lens) see no key and contribute nothing."""
+        Padded prefill queries are masked out entirely by the caller and contribute nothing."""
         B, Hq, S, D = q.shape
         G = Hq // self.H
         logits = torch.einsum("bhgsd,bhtd->bhgst", q.float().view(B, self.H, G, S, D), k.float()) / D**0.5
