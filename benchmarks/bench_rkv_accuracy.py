@@ -30,7 +30,8 @@ METHODS = {"rkv": "R-KV", "snapkv": "SnapKV", "streamingllm": "StreamingLLM", "h
 def machine() -> str:
     cpu = platform.processor() or "cpu"
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {torch.get_num_threads()} torch threads"
@@ -87,11 +88,11 @@ def report(args, avg: float, work: Path) -> None:
     ms = [m for m in METHODS if any(v["method"] == m for v in rows)]
     cell = {(v["method"], v["fraction"]): v for v in rows}
     lines = [f"# Accuracy vs KV budget ({res['model']})", "",
-             f"{args.n} held-out problems per point (seeds {res['seeds'][0]}..{res['seeds'][1]}), greedy, "
-             f"buffer {args.buffer}, window {args.window}; average reference trace {avg:.0f} tokens. "
-             f"Machine: {res['machine']}. Written by `benchmarks/bench_rkv_accuracy.py`.", "",
-             f"FullKV: **{full['accuracy']:.3f}** ({full['correct']}/{full['n']}), peak KV {full['peak_kv_bytes'] / 2**20:.1f} MiB "
-             f"(batch {args.batch_size}).", "",
+             (f"{args.n} held-out problems per point (seeds {res['seeds'][0]}..{res['seeds'][1]}), greedy, "
+              f"buffer {args.buffer}, window {args.window}; average reference trace {avg:.0f} tokens. "
+              f"Machine: {res['machine']}. Written by `benchmarks/bench_rkv_accuracy.py`."), "",
+             (f"FullKV: **{full['accuracy']:.3f}** ({full['correct']}/{full['n']}), "
+              f"peak KV {full['peak_kv_bytes'] / 2**20:.1f} MiB (batch {args.batch_size})."), "",
              "Accuracy (and % of FullKV) per budget:", "",
              "| budget | tokens | " + " | ".join(METHODS[m] for m in ms) + " |",
              "|---|---|" + "---|" * len(ms)]

@@ -121,9 +121,10 @@ def main():
     mib = 2**20
     eq, mc = res["equal_batch"], res["memory_cap"]
     md = [f"# R-KV efficiency vs FullKV ({res['machine']}, {res['dtype']})", "",
-          f"{res['model']}; {args.new_tokens} generated tokens per sequence after a ~{sum(res['prompt_tokens']) // len(res['prompt_tokens'])}-token prompt; "
-          f"R-KV budget {budget} tokens ({100 * args.fraction:.0f}% of the generation), buffer {args.buffer}, window {args.window}. "
-          "Written by `benchmarks/bench_rkv_efficiency.py`, one run, same machine.", "",
+          (f"{res['model']}; {args.new_tokens} generated tokens per sequence after a "
+           f"~{sum(res['prompt_tokens']) // len(res['prompt_tokens'])}-token prompt; R-KV budget {budget} tokens "
+           f"({100 * args.fraction:.0f}% of the generation), buffer {args.buffer}, window {args.window}. "
+           "Written by `benchmarks/bench_rkv_efficiency.py`, one run, same machine."), "",
           "| | FullKV | R-KV | R-KV / FullKV |", "|---|---|---|---|",
           f"| KV bytes per sequence (peak) | {full['kv_bytes_per_sequence'] / mib:.2f} MiB | {rkv['kv_bytes_per_sequence'] / mib:.2f} MiB | {100 * eq['kv_ratio']:.1f}% |",
           f"| decode tok/s at batch {args.batch} | {full['decode_tokens_per_s']:.0f} | {rkv['decode_tokens_per_s']:.0f} | {eq['speedup']:.2f}x |",

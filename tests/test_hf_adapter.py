@@ -10,9 +10,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tessera.engine.engine import DEFAULT_MODEL  # noqa: E402
-from tessera.kv.hf import PressCache  # noqa: E402
-from tessera.kv.presses import make_press  # noqa: E402
+from tessera.engine.engine import DEFAULT_MODEL
+from tessera.kv.hf import PressCache
+from tessera.kv.presses import make_press
 
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),

@@ -40,7 +40,7 @@ class _Layer(CacheLayerMixin):
 
     is_sliding = False
 
-    def __init__(self, owner: "PressCache", idx: int):
+    def __init__(self, owner: PressCache, idx: int):
         super().__init__()
         self.owner, self.idx = owner, idx
 
@@ -114,7 +114,7 @@ class PressCache(Cache):
 
     # ---- called from the attention function --------------------------------------------------
     def _attend(self, layer, q, k, v, mask, position_ids) -> torch.Tensor:  # -> [B, Hq, S, D]
-        B, Hq, S, D = q.shape
+        _, Hq, S, D = q.shape
         if layer == 0:
             self._begin_step(q, k, mask, position_ids)
         if self._order is not None:  # left padding -> right padding, as DenseCache expects
@@ -128,7 +128,7 @@ class PressCache(Cache):
         return out
 
     def _begin_step(self, q, k, mask, position_ids) -> None:
-        B, Hq, S, D = q.shape
+        B, _, S, D = q.shape
         dev = q.device
         prefill = self.dense is None
         if prefill:

@@ -22,5 +22,15 @@ def make_press(name: str, **kw) -> Press:
     return PRESSES[name](**kw)
 
 
-__all__ = ["Press", "NoPress", "ScorerPress", "Candidates", "RKVPress", "SnapKVPress", "StreamingLLMPress",
-           "H2OPress", "PRESSES", "make_press"]
+__all__ = [
+    "PRESSES",
+    "Candidates",
+    "H2OPress",
+    "NoPress",
+    "Press",
+    "RKVPress",
+    "ScorerPress",
+    "SnapKVPress",
+    "StreamingLLMPress",
+    "make_press",
+]
