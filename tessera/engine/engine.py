@@ -132,7 +132,7 @@ class LLM:
         n, cfg, dev = len(ids), self.config, self.device
         stats = GenerationStats(prompt_tokens=sum(map(len, ids)))
         cache = DenseCache(cfg.num_hidden_layers, n, cfg.num_key_value_heads, cfg.head_dim, self.dtype, dev,
-                           query_window=press.query_window)
+                           query_window=press.query_window, track_attention=press.needs_attention)
         eos = set() if sp.ignore_eos else set(cfg.eos_ids) | ({self.tokenizer.eos_id} if self.tokenizer and self.tokenizer.eos_id is not None else set())
         stops = [StopChecker(sp, eos, self._decode_text) for _ in range(n)]
         gens = make_generators(sp, n, dev)

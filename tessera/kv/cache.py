@@ -46,7 +46,7 @@ class KVCache:
 
 class DenseCache(KVCache):
     def __init__(self, num_layers: int, batch: int, n_kv_heads: int, head_dim: int, dtype, device,
-                 query_window: int = 0, growth: int = 256):
+                 query_window: int = 0, growth: int = 256, track_attention: bool = False):
         self.L, self.B, self.H, self.D = num_layers, batch, n_kv_heads, head_dim
         self.dtype, self.device, self.growth = dtype, torch.device(device), growth
         self.k = [torch.empty(batch, n_kv_heads, 0, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -57,6 +57,14 @@ class DenseCache(KVCache):
         # with real queries (R-KV, SnapKV-decode). [B, Hq, W, D], oldest first.
         self.query_window = query_window
         self.queries: list[torch.Tensor | None] = [None] * num_layers
+        # Optional per-slot attention mass received so far, summed over every query and over the
+        # query heads of a KV head's group ([B, Hkv, C] fp32). Only H2O needs it: it costs one
+        # extra QK^T per step, so a press declares `needs_attention` and only then is it kept.
+        self.attn_sums: list[torch.Tensor] | None = (
+            [torch.zeros(batch, n_kv_heads, 0, device=device) for _ in range(num_layers)] if track_attention else None)
+        # Soft cap on capacity growth, set by decode-time presses to budget + buffer, so that a
+        # growth step never allocates slots the press will never let the sequence use.
+        self.max_capacity: int | None = None
 
     # ---- protocol -------------------------------------------------------------------------
     def attend(self, layer, q, k, v, ctx):
@@ -87,6 +95,9 @@ class DenseCache(KVCache):
         )
         if self.query_window:
             self._record_queries(layer, q, ctx)
+        if self.attn_sums is not None:
+            qvalid = torch.arange(S, device=k.device)[None] < ctx.new_lens[:, None]  # [B, S]: not padding
+            self._accumulate_attention(layer, q, kc[:, :, :T], mask & qvalid[:, :, None])
         return out
 
     def select(self, rows):
@@ -95,6 +106,8 @@ class DenseCache(KVCache):
             self.pos[li], self.lens[li] = self.pos[li][rows], self.lens[li][rows]
             if self.queries[li] is not None:
                 self.queries[li] = self.queries[li][rows]
+            if self.attn_sums is not None:
+                self.attn_sums[li] = self.attn_sums[li][rows]
         self.B = len(rows)
         self.shrink()
 
@@ -104,6 +117,8 @@ class DenseCache(KVCache):
             n += sum(t.numel() * t.element_size() for t in (self.k[li], self.v[li], self.pos[li]))
             if self.queries[li] is not None:
                 n += self.queries[li].numel() * self.queries[li].element_size()
+            if self.attn_sums is not None:
+                n += self.attn_sums[li].numel() * self.attn_sums[li].element_size()
         return n
 
     # ---- what presses use -----------------------------------------------------------------
@@ -122,6 +137,10 @@ class DenseCache(KVCache):
         kc[rows, :, :n] = kc[rows].gather(2, gi)
         vc[rows, :, :n] = vc[rows].gather(2, gi)
         pc[rows, :, :n] = pc[rows].gather(2, idx.to(torch.long)).to(torch.int32)
+        if self.attn_sums is not None:
+            a = self.attn_sums[layer]
+            a[rows, :, :n] = a[rows].gather(2, idx.to(torch.long))
+            a[rows, :, n:] = 0  # freed slots will receive new tokens: they start with no mass
         self.lens[layer][rows] = n
 
     def shrink(self, extra: int = 0) -> None:
@@ -132,6 +151,8 @@ class DenseCache(KVCache):
                 self.k[li] = self.k[li][:, :, :cap].clone()
                 self.v[li] = self.v[li][:, :, :cap].clone()
                 self.pos[li] = self.pos[li][:, :, :cap].clone()
+                if self.attn_sums is not None:
+                    self.attn_sums[li] = self.attn_sums[li][:, :, :cap].clone()
 
     # ---- internals ------------------------------------------------------------------------
     def _reserve(self, layer: int, needed: int) -> None:
@@ -140,10 +161,15 @@ class DenseCache(KVCache):
             return
         # grow in fixed steps: amortised copies, and no more than `growth` unused slots held
         new_cap = cap + max(self.growth, needed - cap)
+        if self.max_capacity is not None and needed <= self.max_capacity:
+            new_cap = min(new_cap, self.max_capacity)
         pad = new_cap - cap
         self.k[layer] = torch.cat([self.k[layer], self.k[layer].new_zeros(self.B, self.H, pad, self.D)], 2)
         self.v[layer] = torch.cat([self.v[layer], self.v[layer].new_zeros(self.B, self.H, pad, self.D)], 2)
         self.pos[layer] = torch.cat([self.pos[layer], self.pos[layer].new_full((self.B, self.H, pad), -1)], 2)
+        if self.attn_sums is not None:
+            a = self.attn_sums[layer]
+            self.attn_sums[layer] = torch.cat([a, a.new_zeros(self.B, self.H, pad)], 2)
 
     def _record_queries(self, layer: int, q: torch.Tensor, ctx: StepContext) -> None:
         W = self.query_window
@@ -158,3 +184,15 @@ class DenseCache(KVCache):
         else:
             prev = self.queries[layer]
             self.queries[layer] = q if prev is None else torch.cat([prev, q], 2)[:, :, -W:]
+
+    def _accumulate_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add the softmax attention of the new queries (q [B, Hq, S, D] over k [B, Hkv, T, D],
+        visibility mask [B, S, T]) to `attn_sums[layer]`, summed over queries and the GQA group.
+        Padded prefill queries are masked out entirely by the caller and contribute nothing."""
+        B, Hq, S, D = q.shape
+        G = Hq // self.H
+        logits = torch.einsum("bhgsd,bhtd->bhgst", q.float().view(B, self.H, G, S, D), k.float()) / D**0.5
+        logits = logits.masked_fill(~mask[:, None, None], float("-inf"))
+        p = torch.softmax(logits, -1).nan_to_num(0.0)  # rows with no visible key -> 0
+        T = k.shape[2]
+        self.attn_sums[layer][:, :, :T] += p.sum((2, 3))

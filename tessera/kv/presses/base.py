@@ -13,6 +13,8 @@ import torch
 
 class Press:
     query_window: int = 0
+    #: the cache must accumulate the attention every slot receives (`DenseCache.attn_sums`; H2O)
+    needs_attention: bool = False
 
     def after_prefill(self, cache, decoded: torch.Tensor) -> None:
         """decoded [B]: decoded tokens per batch row so far (0 here)."""
