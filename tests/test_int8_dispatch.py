@@ -29,6 +29,7 @@ def test_no_compiler_falls_back_to_torch_with_same_results(monkeypatch, tmp_path
     monkeypatch.setenv("TESSERA_KERNEL_CACHE", str(tmp_path))  # empty cache: a build would be needed
     monkeypatch.setattr(ccache, "compiler", lambda: None)
     G.load_library.cache_clear()
+    G._RESOLVED.clear()
     try:
         with pytest.warns(UserWarning, match="torch fallback"):
             name, lib = G.resolve_backend(None)
@@ -36,6 +37,7 @@ def test_no_compiler_falls_back_to_torch_with_same_results(monkeypatch, tmp_path
         assert torch.equal(G.int8_linear(x, pw), want)
     finally:
         G.load_library.cache_clear()
+        G._RESOLVED.clear()
 
 
 def test_cache_key_and_flags(monkeypatch, tmp_path):

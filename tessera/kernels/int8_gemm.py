@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [_P, _L, _L, _L, _I, _P, _P, _L, _P, _I]
     lib.tq_w8a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _P, _L, _L, _L, _I]
     lib.tq_w4a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _L, _L, _L, _L, _I]
+    lib.tq_w8a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _P, _I, _L, _L, _L, _I, _I]
+    lib.tq_w4a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _I, _L, _L, _I]
     lib.amx_min_m = 0
     if s.amx_min_m:
         lib.tq_w8a8_amx.argtypes = lib.tq_w8a8.argtypes
@@ -53,8 +56,18 @@ def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
     return lib
 
 
+_RESOLVED: dict = {}  # (backend, $TESSERA_INT8_ISA) -> (name, lib): saves ~7 us per call
+
+
 def resolve_backend(backend) -> tuple[str, ctypes.CDLL | None]:
     """backend: None (best for this CPU), an ISA name, "torch", or an `int8_codegen.Schedule`."""
+    key = (backend, os.environ.get("TESSERA_INT8_ISA"))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve(backend)
+    return _RESOLVED[key]
+
+
+def _resolve(backend) -> tuple[str, ctypes.CDLL | None]:
     sched = backend if isinstance(backend, int8_codegen.Schedule) else None
     name = sched.isa if sched else (backend or cpu_isa.best_backend())
     if name not in cpu_isa.ALL_BACKENDS:
@@ -174,24 +187,9 @@ def _prepare_x(x: torch.Tensor, k: int, out_dtype):
     return x.reshape(-1, k), out_dtype  # [M, K]
 
 
-def _w8_kernel(lib, M: int, Kp: int):
-    """(C function, rows of the activation buffer): AMX tiles for large M, else VNNI micro-kernels."""
-    if lib.amx_min_m and M >= lib.amx_min_m and Kp % 64 == 0:
-        return lib.tq_w8a8_amx, _ceil(M, 32)  # whole 32-row blocks; pad rows hold u8 128 (= 0)
-    return lib.tq_w8a8, M
-
-
-def _quantize_c(lib, x2: torch.Tensor, kp: int, shift: bool, group: int, rows: int | None = None):
-    M, K = x2.shape
-    q = torch.empty(rows or M, kp, dtype=torch.uint8 if shift else torch.int8)  # [rows >= M, Kp]
-    if q.shape[0] > M:
-        q[M:] = 128
-    sa = torch.empty(M, dtype=torch.float32)
-    gs = torch.empty(M, K // group, dtype=torch.int32) if group else None  # [M, K/group]
-    fn = lib.tq_quant_f32 if x2.dtype == torch.float32 else lib.tq_quant_bf16
-    fn(x2.data_ptr(), M, K, kp, int(shift), q.data_ptr(), sa.data_ptr(), group,
-       gs.data_ptr() if gs is not None else None, torch.get_num_threads())
-    return q, sa, gs
+def _use_amx(lib, M: int, Kp: int) -> bool:
+    """AMX tiles for large M (whole 32-row blocks, K in steps of 64), else the VNNI micro-kernels."""
+    return bool(lib.amx_min_m) and M >= lib.amx_min_m and Kp % 64 == 0
 
 
 def _ptr(t: torch.Tensor | None):
@@ -215,12 +213,12 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=N
         y = _epilogue(acc, sa[:, None] * pw.scale[None, : pw.n], pw.bias, pw.n, out_dtype)
         return y.view(*x.shape[:-1], pw.n)
     Kp = pw.data.shape[1] * 4
-    fn, rows = _w8_kernel(lib, M, Kp)
-    q, sa, _ = _quantize_c(lib, x2, Kp, True, 0, rows)
+    amx = _use_amx(lib, M, Kp)
     out = torch.empty(M, pw.n, dtype=out_dtype)
-    fn(q.data_ptr(), sa.data_ptr(), pw.data.data_ptr(), pw.colsum.data_ptr(), pw.scale.data_ptr(),
-                _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16), None, M, pw.n, Kp,
-                torch.get_num_threads())
+    lib.tq_w8a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
+                  pw.colsum.data_ptr(), pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(),
+                  int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, 32) if amx else M, int(amx),
+                  torch.get_num_threads())
     return out.view(*x.shape[:-1], pw.n)
 
 
@@ -233,7 +231,8 @@ def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> 
     if name == "torch":
         return torch._int_mm(a_q, unpack_int8(pw).T)
     M, Kp = a_q.shape[0], pw.data.shape[1] * 4
-    fn, rows = _w8_kernel(lib, M, Kp)
+    amx = _use_amx(lib, M, Kp)
+    fn, rows = (lib.tq_w8a8_amx, _ceil(M, 32)) if amx else (lib.tq_w8a8, M)  # AMX pad rows: u8 128 = 0
     u = torch.nn.functional.pad(a_q, (0, Kp - pw.k, 0, rows - M)).view(torch.uint8) ^ 0x80  # [rows, Kp] = a + 128
     raw = torch.empty(M, pw.n, dtype=torch.int32)
     fn(u.data_ptr(), None, pw.data.data_ptr(), pw.colsum.data_ptr(), None, None, None, 0,
@@ -254,9 +253,8 @@ def int4_linear(x: torch.Tensor, pw: PackedInt4Weight, out_dtype=None, backend=N
             part = torch._int_mm(a_q[:, g * G:(g + 1) * G].contiguous(), w_q[:, g * G:(g + 1) * G].T)
             acc = acc + part.float() * sc[:, g]
         return _epilogue(acc, sa[:, None], pw.bias, pw.n, out_dtype).view(*x.shape[:-1], pw.n)
-    q, sa, gs = _quantize_c(lib, x2, pw.k, False, G)
     out = torch.empty(M, pw.n, dtype=out_dtype)
-    lib.tq_w4a8(q.data_ptr(), sa.data_ptr(), gs.data_ptr(), pw.data.data_ptr(), pw.scale.data_ptr(),
-                _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16), M, pw.n, pw.k, G,
-                torch.get_num_threads())
+    lib.tq_w4a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
+                  pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16),
+                  pw.n, G, torch.get_num_threads())
     return out.view(*x.shape[:-1], pw.n)
