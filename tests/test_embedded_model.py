@@ -6,7 +6,7 @@ import torch
 from tessera.config import SamplingParams
 from tessera.engine import LLM
 from tessera.engine.engine import DEFAULT_MODEL
-from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score
+from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import torch
 
 from tessera.config import SamplingParams
 from tessera.engine.stopping import StopChecker
-from tessera.kv.cache import DenseCache, StepContext
+from tessera.kv import make_cache
+from tessera.kv.cache import StepContext
 from tessera.kv.presses import NoPress, Press
 from tessera.layers.sampler import make_generators, sample
 from tessera.models.llama import LlamaForCausalLM
@@ -124,15 +125,21 @@ class LLM:
         sampling: SamplingParams | None = None,
         press: Press | None = None,
         stream: StreamCallback | None = None,
+        kv: str = "dense",
+        kv_options: dict | None = None,
     ) -> GenerationOutput:
+        """Generate for a batch of prompts (texts or token-id lists).
+
+        `press` compresses the KV cache during decoding; `kv` names the cache backend
+        (`tessera.kv.KV_BACKENDS`: "dense", and e.g. "shadowkv" when registered) with `kv_options`.
+        """
         sp = sampling or SamplingParams()
         press = press or NoPress()
         press.validate(self.config.max_position_embeddings)
         ids = self._encode(prompts)
         n, cfg, dev = len(ids), self.config, self.device
         stats = GenerationStats(prompt_tokens=sum(map(len, ids)))
-        cache = DenseCache(cfg.num_hidden_layers, n, cfg.num_key_value_heads, cfg.head_dim, self.dtype, dev,
-                           query_window=press.query_window, track_attention=press.needs_attention)
+        cache = make_cache(kv, cfg, n, self.dtype, dev, press, **(kv_options or {}))
         eos = set() if sp.ignore_eos else set(cfg.eos_ids) | ({self.tokenizer.eos_id} if self.tokenizer and self.tokenizer.eos_id is not None else set())
         stops = [StopChecker(sp, eos, self._decode_text) for _ in range(n)]
         gens = make_generators(sp, n, dev)
