@@ -22,6 +22,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=None, help="KV budget in tokens per head (presses)")
     p.add_argument("--buffer", type=int, default=None, help="decoded tokens between compressions (presses)")
     p.add_argument("--window", type=int, default=None, help="observation window of recent queries (presses)")
+    p.add_argument("--kv", default="dense", help="KV-cache backend: dense (default) or shadowkv")
+    p.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv)")
+    p.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
 
 
 def _llm(args):
@@ -38,6 +41,12 @@ def _press_factory(args):
         kw = {}  # full KV: nothing to configure
     make_press(args.press, **kw)  # fail early on a bad name or bad settings
     return lambda: make_press(args.press, **kw)
+
+
+def _kv(args) -> dict:
+    """generate() keyword arguments selecting the KV backend."""
+    opts = {k: getattr(args, k) for k in ("sparse_budget", "rank") if getattr(args, k) is not None}
+    return {"kv": args.kv, "kv_options": opts}
 
 
 def _mib(n: int) -> str:
@@ -58,7 +67,7 @@ def cmd_generate(args) -> int:
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
     stream = (lambda i, t, piece: print(piece, end="", flush=True)) if args.stream else None
-    out = llm.generate([prompt], sp, press=_press_factory(args)(), stream=stream)
+    out = llm.generate([prompt], sp, press=_press_factory(args)(), stream=stream, **_kv(args))
     c, st = out.completions[0], out.stats
     if args.stream:
         print()
@@ -101,7 +110,7 @@ def cmd_demo(args) -> int:
           f"embedded model ({llm.model.num_parameters() / 1e6:.1f}M params), greedy, batch {args.n}, {args.device}")
     t0 = time.perf_counter()
     out = llm.generate([p.prompt for p in problems], SamplingParams(max_new_tokens=llm.config.max_position_embeddings),
-                       press=_press_factory(args)())
+                       press=_press_factory(args)(), **_kv(args))
     wall = time.perf_counter() - t0
     correct = 0
     for p, c in zip(problems, out.completions):
