@@ -101,27 +101,39 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """Held-out problems with the full KV cache and with a compressing press, side by side."""
     from tessera.config import SamplingParams
+    from tessera.kv.presses import make_press
     from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score
 
     llm = _llm(args)
     problems = [make_problem(EVAL_SEED_BASE + i) for i in range(args.n)]
-    print(f"Tessera demo: {args.n} held-out register-program problems (seeds {EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.n - 1}), "
-          f"embedded model ({llm.model.num_parameters() / 1e6:.1f}M params), greedy, batch {args.n}, {args.device}")
-    t0 = time.perf_counter()
-    out = llm.generate([p.prompt for p in problems], SamplingParams(max_new_tokens=llm.config.max_position_embeddings),
-                       press=_press_factory(args)(), **_kv(args))
-    wall = time.perf_counter() - t0
-    correct = 0
-    for p, c in zip(problems, out.completions):
-        ok = score(p, c.text)
-        correct += ok
-        tail = " ".join(c.text.split()[-12:])
-        print(f"  seed {p.seed}: {p.difficulty:2d} steps, {len(c.token_ids):5d} tokens, expected {p.answer}  "
-              f"{'ok ' if ok else 'BAD'}  ...{tail}")
-    st = out.stats
-    print(f"accuracy {correct}/{len(problems)}  |  {st.generated_tokens / wall:.0f} tok/s overall, "
-          f"decode {st.decode_tokens_per_s:.0f} tok/s  |  peak KV {_mib(st.peak_kv_bytes)}  |  wall {wall:.1f} s")
+    press = args.press if args.press not in ("none", "full") else "rkv"
+    kw = {k: getattr(args, k) for k in ("budget", "buffer", "window") if getattr(args, k) is not None}
+    kw.setdefault("budget", 256)
+    runs = [("FullKV", lambda: None), (f"{press} (budget {kw['budget']})", lambda: make_press(press, **kw))]
+    runs[1][1]()  # bad settings fail before the long run
+    print(f"Tessera demo: {args.n} held-out register-program problems (seeds {EVAL_SEED_BASE}.."
+          f"{EVAL_SEED_BASE + args.n - 1}), embedded model ({llm.model.num_parameters() / 1e6:.1f}M params), "
+          f"greedy, batch {args.n}, {args.device}")
+    rows = []
+    for name, factory in runs:
+        t0 = time.perf_counter()
+        out = llm.generate([p.prompt for p in problems],
+                           SamplingParams(max_new_tokens=llm.config.max_position_embeddings), press=factory(), **_kv(args))
+        wall = time.perf_counter() - t0
+        print(f"\n{name}:")
+        correct = 0
+        for p, c in zip(problems, out.completions):
+            ok = score(p, c.text)
+            correct += ok
+            tail = " ".join(c.text.split()[-6:])
+            print(f"  seed {p.seed}: {p.difficulty:2d} steps, {len(c.token_ids):5d} tokens, expected {p.answer}, "
+                  f"{'ok ' if ok else 'BAD'} ...{tail}")
+        rows.append((name, correct, out.stats.peak_kv_bytes, out.stats.generated_tokens / wall))
+    print(f"\n{'method':24s} {'accuracy':>9s} {'peak KV':>12s} {'tok/s':>8s}")
+    for name, correct, kv, tps in rows:
+        print(f"{name:24s} {correct:4d}/{args.n:<4d} {_mib(kv):>12s} {tps:8.0f}")
     return 0
 
 
