@@ -37,3 +37,9 @@ def test_errors_are_one_line(capsys):
 def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "tessera", "info"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "tessera" in r.stdout
+
+
+def test_demo_compares_full_kv_and_rkv(capsys):
+    assert main(["demo", "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "FullKV" in out and "rkv (budget 256)" in out and "peak KV" in out
