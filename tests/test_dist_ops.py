@@ -49,7 +49,7 @@ def _op_job(op, impl, dtype_name, iters, seed):
     heap = SymmetricHeap(1 << 20) if impl == "fused" else None
     if heap is not None:  # stagger launches so a missing or wrong wait reads stale data and fails
         barrier = heap.barrier
-        heap.barrier = lambda: (barrier(), time.sleep(0.2 * (W - 1 - me)))
+        heap.barrier = lambda *a, **kw: (barrier(*a, **kw), time.sleep(0.2 * (W - 1 - me)))
     ctx = None
     if impl == "fused":
         ctx = {
@@ -114,7 +114,8 @@ def _bad_args_job(case):
     from tessera.dist import parallel_state as ps
     from tessera.dist.symm import SymmetricHeap
     from tessera.kernels import decomposed as dec
-    from tessera.kernels.ag_gemm import create_ag_gemm_context
+    from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
+    from tessera.kernels.allreduce import allreduce, create_allreduce_context
     from tessera.kernels.gemm_rs import create_gemm_rs_context
 
     me, W = ps.rank(), ps.world_size()
@@ -129,12 +130,19 @@ def _bad_args_job(case):
         create_ag_gemm_context(heap, 4, 8, 8, torch.bfloat16 if me == 1 else torch.float32, timeout_s=5)
     elif case == "heap_too_small":
         create_ag_gemm_context(heap, 256, 64, 64, torch.float32, timeout_s=5)
+    elif case == "call_shape_mismatch":  # context agreed, then rank 1 passes a wrong shard
+        ctx = create_ag_gemm_context(heap, 4, 8, 8, torch.float32, timeout_s=5)
+        ag_gemm(torch.randn(4 + (me == 1), 8), torch.randn(8, 8), ctx)
+    elif case == "call_numel_mismatch":
+        ctx = create_allreduce_context(heap, 64, torch.float32, timeout_s=5)
+        allreduce(torch.randn(32 + (me == 1)), ctx)
 
 
 @pytest.mark.parametrize("case, words", [
     ("rs_indivisible", "does not divide"), ("rs_decomposed_indivisible", "does not divide"),
     ("shape_mismatch", "ranks disagree"), ("dtype_mismatch", "ranks disagree"),
-    ("heap_too_small", "heap too small"),
+    ("heap_too_small", "heap too small"), ("call_shape_mismatch", "invalid arguments on rank(s) [1]"),
+    ("call_numel_mismatch", "disagree on the size"),
 ])
 def test_bad_arguments_raise_on_every_rank(pool, case, words):
     with pytest.raises(RankFailure) as ei:
