@@ -121,7 +121,8 @@ def fit_model(s: dict, r: dict, W: int) -> dict:
 
 
 def write_md(path: str, doc: dict) -> None:
-    head = (f"Run {doc['when']}, torch {doc['torch']}, {doc['reps']} repetitions; per repetition the slowest "
+    head = (f"Run {doc['when']} (load average {doc['loadavg']:.1f} at start), torch {doc['torch']}, "
+            f"{doc['reps']} repetitions; per repetition the slowest "
             "rank's time; median [q1, q3] in ms. Ratios are against `sequential` of the same shape set.")
     L = [f"# Overlap on this CPU ({doc['machine']}, {doc['world']} gloo ranks, 1 thread each)", "", head, ""]
     for name, r in doc["results"].items():
@@ -148,14 +149,18 @@ def write_md(path: str, doc: dict) -> None:
 
 
 NOTES = [
-    ("- Each rank owns one core, and gloo's transfer threads run on the same two cores as the GEMMs, so "
-    "'overlap' here mostly re-orders work on busy cores: a decomposed speedup near 1x is the expected "
-    "result, not a failure of the method. Loopback gloo bandwidth is also far from NVLink's."),
+    ("- Each rank owns one core; gloo's transfer threads share the same two cores with the GEMMs. A "
+     "decomposed gain here means gloo moved bytes while the rank's thread computed (visible where the "
+     "collective is long relative to the GEMM, as in AG-GEMM at the torch shapes); it is not the GPU "
+     "mechanism (copy engines / NVLink next to busy SMs), and loopback gloo is ~100x slower than NVLink. "
+     "At tiny shapes chunking only adds per-call overhead, so decomposed loses."),
+    ("- The machine is shared with other jobs: the 1-minute load average at the start is recorded above; "
+     "they widen the quartiles, so read medians with their [q1, q3]."),
     ("- Fused kernels run in Triton's interpreter (numpy, programs one after another): their times measure "
-    "the interpreter, not the overlap. They are shown on tiny shapes only, to prove the same kernels run "
-    "correctly across processes; their GPU speed is for scripts/gpu_checks/dist.py and real multi-GPU runs."),
+     "the interpreter, not the overlap. They are shown on tiny shapes only, to prove the same kernels run "
+     "correctly across processes; their GPU speed is for scripts/gpu_checks/dist.py and real multi-GPU runs."),
     ("- Multi-GPU overlap speedups (the papers' figures) cannot be measured here; docs/distributed.md quotes "
-    "them as theirs and compares them with tessera.dist.perfmodel."),
+     "them as theirs and compares them with tessera.dist.perfmodel."),
 ]
 
 
@@ -166,6 +171,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    loadavg = os.getloadavg()[0]
     pool = RankPool(args.world, gloo_timeout_s=120)
     try:
         results = {
@@ -176,7 +182,7 @@ def main():
         pool.stop()
     doc = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-           "world": args.world, "reps": args.reps, "shapes": SHAPES, "results": results,
+           "world": args.world, "reps": args.reps, "loadavg": loadavg, "shapes": SHAPES, "results": results,
            "model": fit_model(SHAPES["torch"], results["torch"], args.world), "notes": NOTES}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "overlap_cpu.json"), "w") as fh:

@@ -49,7 +49,7 @@ def _op_job(op, impl, dtype_name, iters, seed):
     heap = SymmetricHeap(1 << 20) if impl == "fused" else None
     if heap is not None:  # stagger launches so a missing or wrong wait reads stale data and fails
         barrier = heap.barrier
-        heap.barrier = lambda: (barrier(), time.sleep(0.2 * (W - 1 - me)))
+        heap.barrier = lambda *a, **kw: (barrier(*a, **kw), time.sleep(0.2 * (W - 1 - me)))
     ctx = None
     if impl == "fused":
         ctx = {
@@ -114,7 +114,8 @@ def _bad_args_job(case):
     from tessera.dist import parallel_state as ps
     from tessera.dist.symm import SymmetricHeap
     from tessera.kernels import decomposed as dec
-    from tessera.kernels.ag_gemm import create_ag_gemm_context
+    from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
+    from tessera.kernels.allreduce import allreduce, create_allreduce_context
     from tessera.kernels.gemm_rs import create_gemm_rs_context
 
     me, W = ps.rank(), ps.world_size()
@@ -129,12 +130,19 @@ def _bad_args_job(case):
         create_ag_gemm_context(heap, 4, 8, 8, torch.bfloat16 if me == 1 else torch.float32, timeout_s=5)
     elif case == "heap_too_small":
         create_ag_gemm_context(heap, 256, 64, 64, torch.float32, timeout_s=5)
+    elif case == "call_shape_mismatch":  # context agreed, then rank 1 passes a wrong shard
+        ctx = create_ag_gemm_context(heap, 4, 8, 8, torch.float32, timeout_s=5)
+        ag_gemm(torch.randn(4 + (me == 1), 8), torch.randn(8, 8), ctx)
+    elif case == "call_numel_mismatch":
+        ctx = create_allreduce_context(heap, 64, torch.float32, timeout_s=5)
+        allreduce(torch.randn(32 + (me == 1)), ctx)
 
 
 @pytest.mark.parametrize("case, words", [
     ("rs_indivisible", "does not divide"), ("rs_decomposed_indivisible", "does not divide"),
     ("shape_mismatch", "ranks disagree"), ("dtype_mismatch", "ranks disagree"),
-    ("heap_too_small", "heap too small"),
+    ("heap_too_small", "heap too small"), ("call_shape_mismatch", "invalid arguments on rank(s) [1]"),
+    ("call_numel_mismatch", "disagree on the size"),
 ])
 def test_bad_arguments_raise_on_every_rank(pool, case, words):
     with pytest.raises(RankFailure) as ei:
@@ -145,14 +153,21 @@ def test_bad_arguments_raise_on_every_rank(pool, case, words):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_virtual_ranks_in_one_process(world):
-    """The single-GPU check's mode, run here on CPU: ranks as a grid axis over one allocation."""
+    """The single-GPU check's mode, run here on CPU: ranks as a grid axis over one allocation
+    (compiled on CUDA when this suite runs on a GPU machine without the interpreter)."""
+    from tessera.dist import lang as dl
     from tessera.dist.symm import VirtualHeap
     from tessera.kernels import reference as ref
     from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
     from tessera.kernels.allreduce import allreduce, create_allreduce_context
     from tessera.kernels.gemm_rs import create_gemm_rs_context, gemm_rs
 
-    heap = VirtualHeap(1 << 20, world)
+    dev = "cpu" if dl.interpreted() or not torch.cuda.is_available() else "cuda"
+
+    def on(ts):
+        return [t.to(dev) for t in ts]
+
+    heap = VirtualHeap(1 << 20, world, dev)
     ag = create_ag_gemm_context(heap, M_LOC, N, K, torch.float32, timeout_s=5)
     rs = create_gemm_rs_context(heap, world * M_LOC, N, K, torch.float32, timeout_s=5)
     ar = create_allreduce_context(heap, NUMEL, torch.float32, True, timeout_s=5)
@@ -160,12 +175,12 @@ def test_virtual_ranks_in_one_process(world):
         g = torch.Generator().manual_seed(it)
         shards = [torch.randn(M_LOC, K, generator=g) for _ in range(world)]
         bs = [torch.randn(K, N, generator=g) for _ in range(world)]
-        for r, c in enumerate(ag_gemm(shards, bs, ag)):
-            assert _rel(c, ref.ag_gemm_ref(shards, bs[r])) <= 1e-5
+        for r, c in enumerate(ag_gemm(on(shards), on(bs), ag)):
+            assert _rel(c.cpu(), ref.ag_gemm_ref(shards, bs[r])) <= 1e-5
         a_parts = [torch.randn(world * M_LOC, K, generator=g) for _ in range(world)]
         expect = ref.gemm_rs_ref(a_parts, bs)
-        for r, o in enumerate(gemm_rs(a_parts, bs, rs)):
-            assert _rel(o, expect[r]) <= 1e-5
+        for r, o in enumerate(gemm_rs(on(a_parts), on(bs), rs)):
+            assert _rel(o.cpu(), expect[r]) <= 1e-5
         xs = [torch.randn(NUMEL, generator=g) for _ in range(world)]
-        for y in allreduce(xs, ar):
-            assert torch.equal(y, ref.allreduce_ref(xs))
+        for y in allreduce(on(xs), ar):
+            assert torch.equal(y.cpu(), ref.allreduce_ref(xs))

@@ -115,7 +115,7 @@ def bench(fn, dev, reps):
 
 
 def wait_overhead(dev, quick):
-    M = N = K = 256 if quick else 4096
+    M = N = K = 64 if quick else 4096
     tiles = (16, 16, 16) if quick else (128, 128, 64)
     dtype = torch.bfloat16
     heap = VirtualHeap(2 * (M * K + K * N + M * N) + (1 << 20), 1, dev)  # a_full, b and c copies, signals

@@ -153,10 +153,20 @@ class SymmetricHeap(_Heap):
         n = t.numel() * t.element_size()
         return self._maps[r][off: off + n].view(t.dtype).view(t.shape)
 
-    def barrier(self):
+    def barrier(self, error: str | None = None, what: str = "barrier", agree: int = 0):
+        """Barrier that also agrees on errors: a rank passing its local `error` (e.g. a bad shape)
+        makes every rank raise, for the price of a barrier (one small all-reduce), instead of
+        leaving its peers in a wait. `agree` is a value every rank must pass equal (a size)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        dist.barrier(self.group)
+        dev = self.device if dist.get_backend(self.group) == "nccl" else "cpu"
+        slots = torch.zeros(2, self.world, dtype=torch.int64, device=dev)  # [errors; agreed values]
+        slots[0, self.rank], slots[1, self.rank] = int(error is not None), agree
+        dist.all_reduce(slots, group=self.group)
+        flags, values = slots.tolist()
+        _raise_if_flagged(flags, error, what)
+        if len(set(values)) > 1:
+            raise ps.DistArgumentError(f"{what}: ranks disagree on the size of the call: {values}")
 
     def close(self):
         self._maps, self.local, self.allocs = [], None, []
@@ -191,9 +201,16 @@ class VirtualHeap(_Heap):
 
     peer = SymmetricHeap.peer
 
-    def barrier(self):
+    def barrier(self, error: str | None = None, what: str = "barrier", agree: int = 0):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        _raise_if_flagged([error is not None], error, what)
 
     def close(self):
         self._maps, self.local, self._buf = [], None, None
+
+
+def _raise_if_flagged(flags: list, error: str | None, what: str) -> None:
+    bad = [r for r, f in enumerate(flags) if f]
+    if bad:
+        raise ps.DistArgumentError(f"{what}: invalid arguments on rank(s) {bad}" + (f"; here: {error}" if error else ""))

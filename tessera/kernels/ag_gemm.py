@@ -22,7 +22,7 @@ import triton.language as tl
 
 from tessera.dist import lang as dl
 from tessera.dist import parallel_state as ps
-from tessera.kernels.tile import check_matrix, f32_dot, gemm_tile, launch_grid, round_to
+from tessera.kernels.tile import check_matrix, f32_dot, gemm_tile, launch_grid, local_error, round_to
 
 
 @triton.jit
@@ -132,10 +132,14 @@ def ag_gemm(a, b, ctx: AGGemmContext):
             h.peer(ctx.b_virtual, r).copy_(b[r])
         _launch(ctx, ctx.b_virtual, ctx.c_virtual)
         return [h.peer(ctx.c_virtual, r).clone() for r in range(h.world)]
-    check_matrix("ag_gemm A", a, (m, ctx.k), ctx.dtype, h.device)
-    ctx.a_full[rows].copy_(a)
-    ctx.ready[h.rank] = ctx.epoch
+    err = local_error(lambda: check_matrix("ag_gemm A", a, (m, ctx.k), ctx.dtype, h.device),
+                      lambda: check_matrix("ag_gemm B", b, (ctx.k, ctx.n), ctx.dtype, h.device))
+    if err is None:
+        ctx.a_full[rows].copy_(a)
+        ctx.ready[h.rank] = ctx.epoch
     c = torch.empty(h.world * m, ctx.n, dtype=ctx.dtype, device=h.device)
-    h.barrier()  # every peer finished reading the previous call's a_full before we overwrite it
+    # every peer finished reading the previous call's a_full before anyone overwrites it, and a
+    # bad argument on any rank raises on all of them
+    h.barrier(err, "ag_gemm")
     _launch(ctx, b, c)
     return c

@@ -124,15 +124,18 @@ def allreduce(x, ctx: AllReduceContext):
     any collective. With virtual ranks, x is a list (one tensor per rank)."""
     h = ctx.heap
     xs = x if h.virtual else [x]
-    n = xs[0].numel()
+    n, err = xs[0].numel(), None
     for r, xr in enumerate(xs):
         if xr.numel() != n or n > ctx.n or xr.dtype != ctx.dtype:
-            raise ValueError(f"allreduce: expected at most {ctx.n} elements of {ctx.dtype} (the same on "
-                             f"every rank), got {tuple(xr.shape)} {xr.dtype}")
+            err = (f"allreduce: expected at most {ctx.n} elements of {ctx.dtype} (the same on every rank), "
+                   f"got {tuple(xr.shape)} {xr.dtype}")
+            break
         rr = r if h.virtual else h.rank
         h.peer(ctx.stage, rr)[rr, :n].copy_(xr.reshape(-1))
     ctx.epoch += 1
-    h.barrier()  # peers are done with the previous call's stage/out
+    # peers are done with the previous call's stage/out; errors and the element count (it sizes
+    # every rank's grid) are agreed on in the same all-reduce
+    h.barrier(err, "allreduce", agree=n)
     _launch(ctx, n)
     if h.virtual:
         return [h.peer(ctx.out, r)[:n].clone().view(x[r].shape) for r in range(h.world)]

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from tessera.dist import lang as dl
 from tessera.dist import parallel_state as ps
-from tessera.kernels.tile import check_matrix, f32_dot, gemm_tile, launch_grid, round_to
+from tessera.kernels.tile import check_matrix, f32_dot, gemm_tile, launch_grid, local_error, round_to
 
 
 @triton.jit
@@ -135,7 +135,9 @@ def gemm_rs(a, b, ctx: GemmRSContext):
             h.peer(vb, r).copy_(b[r])
         _launch(ctx, va, vb, vo)
         return [h.peer(vo, r).clone() for r in range(h.world)]
+    err = local_error(lambda: check_matrix("gemm_rs A", a, (ctx.m, ctx.k), ctx.dtype, h.device),
+                      lambda: check_matrix("gemm_rs B", b, (ctx.k, ctx.n), ctx.dtype, h.device))
     out = torch.empty(ctx.m // h.world, ctx.n, dtype=ctx.dtype, device=h.device)
-    h.barrier()  # owners finished reading the previous call's partials
+    h.barrier(err, "gemm_rs")  # owners finished reading the previous call's partials; errors shared
     _launch(ctx, a, b, out)
     return out

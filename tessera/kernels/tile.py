@@ -52,6 +52,17 @@ def launch_grid(n_programs: int, heap) -> tuple:
     return (n_programs, heap.world) if heap.virtual else (n_programs,)
 
 
+def local_error(*checks) -> str | None:
+    """Run argument checks (thunks); return the first ValueError's message instead of raising, so
+    the op can share it with its peers through `heap.barrier(error)`."""
+    try:
+        for check in checks:
+            check()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def check_matrix(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype, device) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
