@@ -22,7 +22,7 @@ CHECKS=(
   "gpu-tests|60|$PY -m pytest -q -m gpu tests -p no:cacheprovider"
   "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 256 --out $RES/decode_gpu_$SLUG"
   "ngemm|80|$PY scripts/gpu_checks/ngemm.py"
-  "dist|90|$PY scripts/gpu_checks/dist.py"
+  "dist|120|$PY scripts/gpu_checks/dist.py --out $RES/dist_gpu_$SLUG.json"
 )
 SUMMARY=()
 for c in "${CHECKS[@]}"; do

@@ -30,7 +30,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _llm(args):
     from tessera.engine import LLM
 
-    return LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+    llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+    if getattr(args, "tp", 1) > 1:
+        # under torchrun: every rank loads the full model, then keeps its shard (Megatron-style)
+        from tessera.dist import parallel_state as ps
+        from tessera.dist import tp
+
+        ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
+        if ps.world_size() != args.tp:
+            raise ValueError(f"--tp {args.tp} but torchrun started {ps.world_size()} processes")
+        tp.shard_model(llm.model)
+    return llm
+
+
+def _is_main(args) -> bool:
+    """Only one rank prints under tensor parallelism."""
+    import torch.distributed as dist
+
+    return getattr(args, "tp", 1) == 1 or not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _press_factory(args):
@@ -66,9 +83,11 @@ def cmd_generate(args) -> int:
         prompt = args.prompt
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
-    stream = (lambda i, t, piece: print(piece, end="", flush=True)) if args.stream else None
+    stream = (lambda i, t, piece: print(piece, end="", flush=True)) if args.stream and _is_main(args) else None
     out = llm.generate([prompt], sp, press=_press_factory(args)(), stream=stream, **_kv(args))
     c, st = out.completions[0], out.stats
+    if not _is_main(args):
+        return 0
     if args.stream:
         print()
     else:
@@ -177,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (run under torchrun --nproc-per-node N)")
     g.set_defaults(fn=cmd_generate)
 
     e = sub.add_parser("eval", help="accuracy on N held-out problems")

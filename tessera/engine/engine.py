@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -139,7 +139,10 @@ class LLM:
         ids = self._encode(prompts)
         n, cfg, dev = len(ids), self.config, self.device
         stats = GenerationStats(prompt_tokens=sum(map(len, ids)))
-        cache = make_cache(kv, cfg, n, self.dtype, dev, press, **(kv_options or {}))
+        # the heads this process holds (fewer than the config's under tensor parallelism)
+        attn = self.model.model.layers[0].self_attn
+        local = replace(cfg, num_attention_heads=attn.n_heads, num_key_value_heads=attn.n_kv)
+        cache = make_cache(kv, local, n, self.dtype, dev, press, **(kv_options or {}))
         eos = set() if sp.ignore_eos else set(cfg.eos_ids) | ({self.tokenizer.eos_id} if self.tokenizer and self.tokenizer.eos_id is not None else set())
         stops = [StopChecker(sp, eos, self._decode_text) for _ in range(n)]
         gens = make_generators(sp, n, dev)
