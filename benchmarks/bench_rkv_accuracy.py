@@ -81,14 +81,14 @@ def report(args, avg: float, work: Path) -> None:
     res = {"model": str(args.model or "embedded tiny-reasoner"), "machine": machine(), "n": args.n,
            "difficulty": args.difficulty,
            "seeds": [args.seed_start, args.seed_start + args.n - 1], "avg_trace_tokens": avg,
-           "buffer": args.buffer, "window": args.window, "full": full, "points": rows}
+           "buffer": args.buffer, "window": args.window, "note": args.note, "full": full, "points": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     fr = sorted({v["fraction"] for v in rows})
     ms = [m for m in METHODS if any(v["method"] == m for v in rows)]
     cell = {(v["method"], v["fraction"]): v for v in rows}
-    lines = [f"# Accuracy vs KV budget ({res['model']})", "",
+    lines = [f"# Accuracy vs KV budget ({res['model']})", "", *([f"**Note:** {args.note}", ""] if args.note else []),
              (f"{args.n} held-out problems per point (seeds {res['seeds'][0]}..{res['seeds'][1]}, "
               f"{'the default difficulty mix' if args.difficulty is None else f'{args.difficulty} steps each'}), greedy, "
               f"buffer {args.buffer}, window {args.window}; average reference trace {avg:.0f} tokens. "
@@ -145,6 +145,7 @@ def main():
     ap.add_argument("--shard", default="0/1", help="i/k: run every k-th point starting at i")
     ap.add_argument("--work-dir", default="/tmp/rkv_accuracy", help="per-shard partial results")
     ap.add_argument("--report", action="store_true", help="only merge the shards and write the report")
+    ap.add_argument("--note", default="", help="caveat printed under the title (e.g. which checkpoint)")
     ap.add_argument("--out", default="benchmarks/results/rkv_accuracy")
     args = ap.parse_args()
     from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
