@@ -60,7 +60,7 @@ def run_shard(args, avg: float, work: Path) -> None:
             continue
         factory = None if m == "full" else (lambda m=m, b=b: make_press(m, budget=b, buffer=args.buffer, window=args.window))
         r = evaluate(llm, n=args.n, seed_start=args.seed_start, batch_size=args.batch_size,
-                     press_factory=factory, progress=False)
+                     press_factory=factory, difficulty=args.difficulty, progress=False)
         done[key] = {"method": m, "fraction": f, "budget": b, **{x: r[x] for x in (
             "n", "seeds", "correct", "accuracy", "mean_generated_tokens", "tokens_per_s", "wall_s", "peak_kv_bytes")}}
         out.write_text(json.dumps(done, indent=1))  # after every point: a cut-off run keeps its work
@@ -79,16 +79,18 @@ def report(args, avg: float, work: Path) -> None:
     for v in rows:
         v["vs_full"] = v["accuracy"] / full["accuracy"] if full["accuracy"] else None
     res = {"model": str(args.model or "embedded tiny-reasoner"), "machine": machine(), "n": args.n,
+           "difficulty": args.difficulty,
            "seeds": [args.seed_start, args.seed_start + args.n - 1], "avg_trace_tokens": avg,
-           "buffer": args.buffer, "window": args.window, "full": full, "points": rows}
+           "buffer": args.buffer, "window": args.window, "note": args.note, "full": full, "points": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     fr = sorted({v["fraction"] for v in rows})
     ms = [m for m in METHODS if any(v["method"] == m for v in rows)]
     cell = {(v["method"], v["fraction"]): v for v in rows}
-    lines = [f"# Accuracy vs KV budget ({res['model']})", "",
-             (f"{args.n} held-out problems per point (seeds {res['seeds'][0]}..{res['seeds'][1]}), greedy, "
+    lines = [f"# Accuracy vs KV budget ({res['model']})", "", *([f"**Note:** {args.note}", ""] if args.note else []),
+             (f"{args.n} held-out problems per point (seeds {res['seeds'][0]}..{res['seeds'][1]}, "
+              f"{'the default difficulty mix' if args.difficulty is None else f'{args.difficulty} steps each'}), greedy, "
               f"buffer {args.buffer}, window {args.window}; average reference trace {avg:.0f} tokens. "
               f"Machine: {res['machine']}. Written by `benchmarks/bench_rkv_accuracy.py`."), "",
              (f"FullKV: **{full['accuracy']:.3f}** ({full['correct']}/{full['n']}), "
@@ -133,6 +135,8 @@ def main():
     ap.add_argument("--n", type=int, default=200, help="problems per point")
     ap.add_argument("--seed-start", type=int, default=None, help="default: EVAL_SEED_BASE")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--difficulty", type=int, default=None,
+                    help="steps per problem (default: the task's own mix, traces ~1,540 tokens)")
     ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.05, 0.1, 0.16, 0.25, 0.5])
     ap.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     ap.add_argument("--buffer", type=int, default=128)
@@ -141,6 +145,7 @@ def main():
     ap.add_argument("--shard", default="0/1", help="i/k: run every k-th point starting at i")
     ap.add_argument("--work-dir", default="/tmp/rkv_accuracy", help="per-shard partial results")
     ap.add_argument("--report", action="store_true", help="only merge the shards and write the report")
+    ap.add_argument("--note", default="", help="caveat printed under the title (e.g. which checkpoint)")
     ap.add_argument("--out", default="benchmarks/results/rkv_accuracy")
     args = ap.parse_args()
     from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
@@ -153,9 +158,9 @@ def main():
         raise SystemExit(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
     # Average reference trace over the first 200 problems whatever --n is, so budgets in tokens do
     # not change with n. Word count = token count (one token per word) + the end-of-sequence token.
-    avg = statistics.mean(len(make_problem(s).solution.split()) + 1
+    avg = statistics.mean(len(make_problem(s, args.difficulty).solution.split()) + 1
                           for s in range(args.seed_start, args.seed_start + max(args.n, 200)))
-    work = Path(args.work_dir) / f"n{args.n}_s{args.seed_start}_buf{args.buffer}_w{args.window}"
+    work = Path(args.work_dir) / f"n{args.n}_s{args.seed_start}_d{args.difficulty}_buf{args.buffer}_w{args.window}"
     work.mkdir(parents=True, exist_ok=True)
     if not args.report:
         run_shard(args, avg, work)

@@ -75,8 +75,11 @@ def main():
     ap.add_argument("--buffer", type=int, default=128)
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=64, help="upper bound on the batch tried under the cap")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--out", default="benchmarks/results/rkv_efficiency")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from bench_decode import machine  # same machine description as the decode benchmark
 
@@ -94,6 +97,8 @@ def main():
         return make_press("rkv", budget=budget, buffer=args.buffer, window=args.window)
 
     t0 = time.perf_counter()
+    warm = argparse.Namespace(**{**vars(args), "new_tokens": 64})  # first-call allocations, lazy inits
+    run(llm, ids[: args.batch], warm, press())
     full = run(llm, ids[: args.batch], args)
     rkv = run(llm, ids[: args.batch], args, press())
     cap = full["peak_kv_bytes"]

@@ -141,6 +141,7 @@ def test_schedule_bounds_memory_and_keeps_positions(name, lens):
         if max(lens) <= budget or step >= 16:
             assert c.capacity() <= budget + buffer
             assert c.nbytes() <= (budget + buffer) * per_slot + ring  # ... and nbytes() reports it
+        assert c.capacity() <= max(budget, max(lens)) + buffer  # never more than a row can use
         # logical positions: every row holds distinct true positions, the newest is prompt + step - 1
         for b in range(B):
             p = c.pos[0][b, :, : int(after[b])]

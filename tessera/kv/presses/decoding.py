@@ -70,10 +70,9 @@ class ScorerPress(Press):
     # ---- scheduler --------------------------------------------------------------------------
     def after_prefill(self, cache, decoded) -> None:
         # Never evict at prefill (the HF reference's first-call quirk is not copied). Only cap
-        # the capacity so the cache never allocates beyond budget + buffer slots.
-        limit = self.budget + self.buffer
-        cache.max_capacity = limit
-        cache.shrink(extra=max(0, limit - int(cache.lens[0].max())))
+        # the capacity: no row can exceed budget + buffer, or its prompt + buffer before its
+        # first compression, so growth never allocates slots that can never be used.
+        self._cap(cache, int(cache.lens[0].max()) + self.buffer)
 
     def after_decode(self, cache, decoded: torch.Tensor) -> None:
         # lens are equal across layers: every layer appends the same tokens and compresses the
@@ -86,8 +85,13 @@ class ScorerPress(Press):
         for layer in range(cache.L):
             cache.keep(layer, rows, self.select(cache, layer, rows))
         self.compressions += len(rows)
-        limit = self.budget + self.buffer
-        cache.shrink(extra=max(0, limit - int(cache.lens[0].max())))
+        self._cap(cache, int(cache.lens[0].max()))
+
+    def _cap(self, cache, longest: int) -> None:
+        """Hold the cache at max(budget + buffer, longest) slots and free the rest."""
+        cap = max(self.budget + self.buffer, longest)
+        cache.max_capacity = cap
+        cache.shrink(extra=cap - int(cache.lens[0].max()))
 
     def select(self, cache, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """Slots to keep for `rows` [R] of `layer`: [R, Hkv, budget], position-sorted."""
