@@ -263,9 +263,9 @@ def markdown(rows, summary, info, quick: bool) -> str:
              "(fp32 in, fp32 out) include."), ""]
     busy = max(info["loadavg_at_start"][0], (info.get("loadavg_at_end") or [0])[0])
     if busy > 0.5 * info["cores"]:
-        lines += [f"**WARNING: load average {busy:.1f} on {info['cores']} cores: other jobs shared the CPU during "
+        lines += [(f"**WARNING: load average {busy:.1f} on {info['cores']} cores: other jobs shared the CPU during "
                   "this run (see the measured peak and bandwidth above); timings and ratios are not "
-                  "representative of this machine.**", ""]
+                  "representative of this machine.**"), ""]
     lines += ["| shape | M | mode | " + " | ".join(cols) + " | W8A8 vs best prepacked | W4A8 vs best int8 |",
               "|" + "---|" * (len(cols) + 5)]
     for s in summary:
