@@ -68,7 +68,7 @@ ISA_OPS["amx"] = {**ISA_OPS["avx512vnni"], "flags": (*ISA_OPS["avx512vnni"]["fla
 
 # Register budget: zmm has 32 registers (6x4 accumulators + 4 B + 1 A = 29), ymm 16.
 DEFAULT_SCHEDULES = {
-    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=32),
+    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=16),
     "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
     "avx2": Schedule("avx2", mr=2, nr=16, k_unroll=2, prefetch=16, mr_w4=1),
