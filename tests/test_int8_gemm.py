@@ -24,7 +24,7 @@ def _seed_and_one_thread():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threads_and_large_m_paths(backend):
-    # > 1M MACs runs the OpenMP path; M >= 32 and K % 64 == 0 runs the AMX tiles where available.
+    # > 1M MACs runs the OpenMP path; M >= 16 and K % 64 == 0 runs the AMX tiles where available.
     M, N, K = 70, 300, 1024
     a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
