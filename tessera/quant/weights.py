@@ -1,7 +1,7 @@
 """Round-to-nearest symmetric weight quantization: int8 per output channel, int4 per group.
 
-No calibration (GPTQ, AWQ or SmoothQuant (Xiao et al., arXiv 2211.10438) would improve int4 and outlier-heavy activations; see
-docs/ngemm.md). Scales use absmax, so the largest weight of a channel/group maps to 127 (int8) or 7
+No calibration: GPTQ, AWQ or SmoothQuant (Xiao et al., arXiv 2211.10438) would improve int4 and
+outlier-heavy activations (docs/ngemm.md). Scales use absmax, so the largest weight of a channel/group maps to 127 (int8) or 7
 (int4, before the clip search below).
 """
 
