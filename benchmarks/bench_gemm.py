@@ -160,46 +160,50 @@ def paths(mkl: MklPack | None, backend: str):
     return out
 
 
-def time_calls(fns, reps: int) -> list[float]:
-    """Time fns[i % len(fns)]() for i < reps after 2 warm-up calls; ms per call."""
-    for i in range(2):
-        fns[i % len(fns)]()
-    ts = []
-    for i in range(reps):
-        f = fns[(i + 2) % len(fns)]
-        t = time.perf_counter()
-        f()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return ts
-
-
 def summarize(ts: list[float]) -> dict:
     ts = sorted(ts)
     q = statistics.quantiles(ts, n=10) if len(ts) >= 5 else [ts[0]] * 9
     return {"median_ms": statistics.median(ts), "min_ms": ts[0], "p10_ms": q[0], "p90_ms": q[-1], "n": len(ts)}
 
 
-def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps):
+def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, interleave=False):
+    """Time every path on one (N, K). interleave: build all pools first, then alternate the paths
+    call by call, so that load from other jobs hits every path alike (costs the memory of all pools)."""
     rows = []
     w = torch.randn(N, K) * 0.02
-    for path, (prep, copy, call, nbytes) in paths(mkl, backend).items():
-        st0 = prep(w)
-        pool_n = max(2, -(-POOL_BYTES // nbytes(w)))
-        pool = [st0] + [copy(st0) for _ in range(pool_n - 1)] if cold_Ms else [st0]
+    todo = list(paths(mkl, backend).items())
+    groups = [todo] if interleave else [[t] for t in todo]
+    for group in groups:
+        pools = {}
+        for path, (prep, copy, call, nbytes) in group:
+            st0 = prep(w)
+            pool_n = max(2, -(-POOL_BYTES // nbytes(w)))
+            pools[path] = [st0] + [copy(st0) for _ in range(pool_n - 1)] if cold_Ms else [st0]
         for M in Ms:
             x = torch.randn(M, K)
             r = max(3, reps if M <= 64 else reps // 6)
             for mode in ("hot", "cold"):
                 if mode == "cold" and M not in cold_Ms:
                     continue
-                fns = [call(st, x) for st in (pool if mode == "cold" else [st0])]
-                s = summarize(time_calls(fns, r))
-                s.update(shape=name, N=N, K=K, M=M, path=path, mode=mode, weight_bytes=nbytes(w),
-                         pool=len(fns), gops=2 * M * N * K / s["median_ms"] / 1e6)
-                rows.append(s)
-                print(f"{name:22s} M={M:5d} {mode:4s} {path:26s} {s['median_ms']:9.3f} ms "
-                      f"[{s['p10_ms']:.3f}-{s['p90_ms']:.3f}] {s['gops']:7.1f} GOP/s", flush=True)
-        del pool, st0
+                fns = {p: [c(st, x) for st in (pools[p] if mode == "cold" else pools[p][:1])]
+                       for p, (_, _, c, _) in group}
+                for fs in fns.values():  # warm-up
+                    fs[0]()
+                    fs[1 % len(fs)]()
+                ts = {p: [] for p in fns}
+                for i in range(r):
+                    for p, fs in fns.items():
+                        t = time.perf_counter()
+                        fs[(i + 2) % len(fs)]()
+                        ts[p].append((time.perf_counter() - t) * 1e3)
+                for path, (_, _, _, nbytes) in group:
+                    s = summarize(ts[path])
+                    s.update(shape=name, N=N, K=K, M=M, path=path, mode=mode, weight_bytes=nbytes(w),
+                             pool=len(fns[path]), gops=2 * M * N * K / s["median_ms"] / 1e6)
+                    rows.append(s)
+                    print(f"{name:22s} M={M:5d} {mode:4s} {path:26s} {s['median_ms']:9.3f} ms (min {s['min_ms']:.3f}) "
+                          f"[{s['p10_ms']:.3f}-{s['p90_ms']:.3f}] {s['gops']:7.1f} GOP/s", flush=True)
+        del pools
     return rows
 
 
@@ -296,6 +300,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two shapes, M in {1, 16, 256}, few repetitions")
     ap.add_argument("--mkl", help="path to libmkl_rt.so (pip download mkl; unzip the wheel's data/lib)")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate the paths call by call (fairer on a shared machine; needs all pools in memory)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gemm"))
     args = ap.parse_args()
     nt = torch.get_num_threads()
@@ -313,10 +319,11 @@ def main():
         Ms, cold_Ms, reps = [1, 4, 16, 64, 256, 1024], [1, 4, 16, 64], args.reps or 24
     rows = []
     for name, (N, K) in big.items():
-        rows += bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps)
+        rows += bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, args.interleave)
     for name, (N, K) in small.items():  # the embedded model is ~10 MB: it lives in L3 when decoding
-        rows += bench_shape(name, N, K, Ms, [], mkl, backend, reps)
+        rows += bench_shape(name, N, K, Ms, [], mkl, backend, reps, args.interleave)
     info["loadavg_at_end"] = os.getloadavg()
+    info["interleaved"] = args.interleave
     summary = analyze(rows, info)
     out = Path(args.out if not args.quick else args.out + "_quick")
     out.parent.mkdir(parents=True, exist_ok=True)
