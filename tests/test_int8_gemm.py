@@ -10,7 +10,7 @@ from tessera.kernels import int8_reference as R
 BACKENDS = [*cpu_isa.supported_isas(), "torch"]
 # M covers 1, every M-tail of the 6-row micro-tile and a multi-tile case; N and K cover panel and k tails.
 SHAPES = [(1, 1, 1), (1, 64, 64), (1, 65, 5), (2, 63, 7), (5, 130, 260), (6, 64, 12), (7, 200, 129),
-          (13, 17, 33), (17, 129, 515)]
+          (13, 17, 33), (17, 129, 515), (9, 100, 128), (16, 70, 64), (24, 65, 192)]  # last 2: AMX 16/32-row
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _seed_and_one_thread():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threads_and_large_m_paths(backend):
-    # > 1M MACs runs the OpenMP path; M >= 32 and K % 64 == 0 runs the AMX tiles where available.
+    # > 1M MACs runs the OpenMP path; M >= 16 and K % 64 == 0 runs the AMX tiles where available.
     M, N, K = 70, 300, 1024
     a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)

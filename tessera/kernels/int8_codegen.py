@@ -36,7 +36,7 @@ class Schedule:
     k_unroll: int  # k-steps per loop iteration
     prefetch: int  # prefetch distance in k-steps of the B stream (0: none)
     mr_w4: int  # W4A8 rows per micro-tile (needs int and float accumulators)
-    amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles (`tq_w8a8_amx`); 0 = never
+    amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles; 0 = never
 
     def __post_init__(self):
         lanes = ISA_OPS[self.isa]["lanes"]
@@ -68,7 +68,7 @@ ISA_OPS["amx"] = {**ISA_OPS["avx512vnni"], "flags": (*ISA_OPS["avx512vnni"]["fla
 
 # Register budget: zmm has 32 registers (6x4 accumulators + 4 B + 1 A = 29), ymm 16.
 DEFAULT_SCHEDULES = {
-    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=32),
+    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=16),
     "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
     "avx2": Schedule("avx2", mr=2, nr=16, k_unroll=2, prefetch=16, mr_w4=1),
@@ -213,23 +213,40 @@ void tq_quant_{T}(const {CT}* x, long M, long K, long Kp, int shift, uint8_t* q,
 
 # AMX (Sapphire Rapids+): `tdpbusd` multiplies a 16x64 u8 tile of A by a 16x(16x4) s8 tile of B in
 # exactly our VNNI layout, so B tiles load straight from the packed panels with a 256-byte stride.
-# A 32x32 output block uses 4 accumulator tiles + 2 A + 2 B = all 8 tiles. Needs Kp % 64 == 0 and
-# A padded to a multiple of 32 rows (the host does both); tile config is per thread.
+# Needs Kp % 64 == 0 and A padded to whole 16- or 32-row blocks (the host does both).
 _AMX = r"""
 #include <sys/syscall.h>
 #include <unistd.h>
 int tq_amx_init(void) { return (int)syscall(SYS_arch_prctl, 0x1023 /* REQ_XCOMP_PERM */, 18 /* XTILEDATA */); }
 typedef struct { uint8_t palette, start; uint8_t res[14]; uint16_t colsb[16]; uint8_t rows[16]; } tq_tilecfg;
 
+static void tq_tiles_on(void) {  /* 8 tiles of 16 rows x 64 bytes; the config is per thread */
+  tq_tilecfg cfg; memset(&cfg, 0, sizeof cfg); cfg.palette = 1;
+  for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+  _tile_loadconfig(&cfg);
+}
+
+static inline void w8_store(const int32_t* acc, long ld, long mr, long nn, long m0, long n0,
+                            const float* sa, const int32_t* colsum, const float* sw, const float* bias,
+                            void* out, int out_bf16, int32_t* raw, long N) {
+  for (long i = 0; i < mr; i++) for (long j = 0; j < nn; j++) {
+    const long n = n0 + j, idx = (m0 + i) * N + n;
+    const int32_t v = acc[i * ld + j] - 128 * colsum[n];
+    if (raw) { raw[idx] = v; continue; }
+    float y = (float)v * (sa[m0 + i] * sw[n]);
+    if (bias) y = y + bias[n];
+    store_out(out, idx, y, out_bf16);
+  }
+}
+
+/* M > 16: 32x32 output blocks, 4 accumulator tiles + 2 A + 2 B; A padded to 32-row blocks. */
 void tq_w8a8_amx(const uint8_t* A, const float* sa, const int8_t* B, const int32_t* colsum,
                  const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw,
                  long M, long N, long Kp, int nt) {
   const long mb = (M + 31) / 32, ntiles = (N + PANEL - 1) / PANEL * 2 * mb;
   #pragma omp parallel num_threads(nt)
   {
-    tq_tilecfg cfg; memset(&cfg, 0, sizeof cfg); cfg.palette = 1;
-    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
-    _tile_loadconfig(&cfg);
+    tq_tiles_on();
     int32_t acc[32 * 32] __attribute__((aligned(64)));
     #pragma omp for schedule(static)
     for (long t = 0; t < ntiles; t++) {  /* m-blocks innermost: a thread keeps its B half-panel in L2 */
@@ -239,21 +256,44 @@ void tq_w8a8_amx(const uint8_t* A, const float* sa, const int8_t* B, const int32
       const uint8_t* a0 = A + m0 * Kp;
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
       for (long k = 0; k < Kp; k += 64) {
+        const int8_t* bk = bp + (k / 4) * PANEL * 4;
         _tile_loadd(4, a0 + k, Kp); _tile_loadd(5, a0 + 16 * Kp + k, Kp);
-        _tile_loadd(6, bp + (k / 4) * PANEL * 4, PANEL * 4); _tile_loadd(7, bp + (k / 4) * PANEL * 4 + 64, PANEL * 4);
+        _tile_loadd(6, bk, PANEL * 4); _tile_loadd(7, bk + 64, PANEL * 4);
         _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
       }
       _tile_stored(0, acc, 128); _tile_stored(1, acc + 16, 128);
       _tile_stored(2, acc + 512, 128); _tile_stored(3, acc + 528, 128);
-      const long mr = M - m0 < 32 ? M - m0 : 32, nn = N - n0 < 32 ? N - n0 : 32;
-      for (long i = 0; i < mr; i++) for (long j = 0; j < nn; j++) {
-        const long n = n0 + j, idx = (m0 + i) * N + n;
-        const int32_t v = acc[i * 32 + j] - 128 * colsum[n];
-        if (raw) { raw[idx] = v; continue; }
-        float y = (float)v * (sa[m0 + i] * sw[n]);
-        if (bias) y = y + bias[n];
-        store_out(out, idx, y, out_bf16);
+      w8_store(acc, 32, M - m0 < 32 ? M - m0 : 32, N - n0 < 32 ? N - n0 : 32, m0, n0,
+               sa, colsum, sw, bias, out, out_bf16, raw, N);
+    }
+    _tile_release();
+  }
+}
+
+/* M <= 16: one 16-row A tile against a whole 64-column panel (4 accumulators, B tile 5 reused). */
+void tq_w8a8_amx16(const uint8_t* A, const float* sa, const int8_t* B, const int32_t* colsum,
+                   const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw,
+                   long M, long N, long Kp, int nt) {
+  const long np = (N + PANEL - 1) / PANEL;
+  #pragma omp parallel num_threads(nt) if (M * N * Kp >= (1L << 20))
+  {
+    tq_tiles_on();
+    int32_t acc[16 * 64] __attribute__((aligned(64)));
+    #pragma omp for schedule(static)
+    for (long p = 0; p < np; p++) {
+      const int8_t* bp = B + p * Kp * PANEL;
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (long k = 0; k < Kp; k += 64) {
+        const int8_t* bk = bp + (k / 4) * PANEL * 4;
+        _tile_loadd(4, A + k, Kp);
+        _tile_loadd(5, bk, PANEL * 4); _tile_loadd(6, bk + 64, PANEL * 4); _tile_loadd(7, bk + 128, PANEL * 4);
+        _tile_dpbusd(0, 4, 5); _tile_dpbusd(1, 4, 6); _tile_dpbusd(2, 4, 7);
+        _tile_loadd(5, bk + 192, PANEL * 4); _tile_dpbusd(3, 4, 5);
       }
+      _tile_stored(0, acc, 256); _tile_stored(1, acc + 16, 256);
+      _tile_stored(2, acc + 32, 256); _tile_stored(3, acc + 48, 256);
+      w8_store(acc, 64, M, N - p * PANEL < 64 ? N - p * PANEL : 64, 0, p * PANEL,
+               sa, colsum, sw, bias, out, out_bf16, raw, N);
     }
     _tile_release();
   }
@@ -349,7 +389,8 @@ def generate(s: Schedule) -> str:
     parts += [_driver(s, "w8"), _driver(s, "w4")]
     if s.isa == "amx":
         parts.append(_AMX)
-    amx_call = "tq_w8a8_amx(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, M, N, Kp, nt)" if s.isa == "amx" else "(void)0"
+    amx_call = ("(amx == 16 ? tq_w8a8_amx16 : tq_w8a8_amx)(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, "
+                "M, N, Kp, nt)") if s.isa == "amx" else "(void)0"
     parts.append(_FUSED.replace("AMX_CALL", amx_call))
     return "\n".join(parts)
 

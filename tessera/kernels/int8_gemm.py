@@ -48,7 +48,7 @@ def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
     lib.tq_w4a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _I, _L, _L, _I]
     lib.amx_min_m = 0
     if s.amx_min_m:
-        lib.tq_w8a8_amx.argtypes = lib.tq_w8a8.argtypes
+        lib.tq_w8a8_amx.argtypes = lib.tq_w8a8_amx16.argtypes = lib.tq_w8a8.argtypes
         if lib.tq_amx_init() == 0:  # the kernel lets this process use the AMX tile state
             lib.amx_min_m = s.amx_min_m
         else:
@@ -187,9 +187,11 @@ def _prepare_x(x: torch.Tensor, k: int, out_dtype):
     return x.reshape(-1, k), out_dtype  # [M, K]
 
 
-def _use_amx(lib, M: int, Kp: int) -> bool:
-    """AMX tiles for large M (whole 32-row blocks, K in steps of 64), else the VNNI micro-kernels."""
-    return bool(lib.amx_min_m) and M >= lib.amx_min_m and Kp % 64 == 0
+def _amx_rows(lib, M: int, Kp: int) -> int:
+    """AMX block height for this call (16: one 16-row tile, 32: 32-row blocks), or 0: VNNI kernels."""
+    if not lib.amx_min_m or M < lib.amx_min_m or Kp % 64:
+        return 0
+    return 16 if M <= 16 else 32
 
 
 def _ptr(t: torch.Tensor | None):
@@ -213,11 +215,11 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=N
         y = _epilogue(acc, sa[:, None] * pw.scale[None, : pw.n], pw.bias, pw.n, out_dtype)
         return y.view(*x.shape[:-1], pw.n)
     Kp = pw.data.shape[1] * 4
-    amx = _use_amx(lib, M, Kp)
+    amx = _amx_rows(lib, M, Kp)
     out = torch.empty(M, pw.n, dtype=out_dtype)
     lib.tq_w8a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
                   pw.colsum.data_ptr(), pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(),
-                  int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, 32) if amx else M, int(amx),
+                  int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, amx) if amx else M, amx,
                   torch.get_num_threads())
     return out.view(*x.shape[:-1], pw.n)
 
@@ -231,8 +233,9 @@ def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> 
     if name == "torch":
         return torch._int_mm(a_q, unpack_int8(pw).T)
     M, Kp = a_q.shape[0], pw.data.shape[1] * 4
-    amx = _use_amx(lib, M, Kp)
-    fn, rows = (lib.tq_w8a8_amx, _ceil(M, 32)) if amx else (lib.tq_w8a8, M)  # AMX pad rows: u8 128 = 0
+    amx = _amx_rows(lib, M, Kp)
+    fn = {0: lib.tq_w8a8, 16: getattr(lib, "tq_w8a8_amx16", None), 32: getattr(lib, "tq_w8a8_amx", None)}[amx]
+    rows = _ceil(M, amx) if amx else M  # AMX pad rows become u8 128 = int8 0 below
     u = torch.nn.functional.pad(a_q, (0, Kp - pw.k, 0, rows - M)).view(torch.uint8) ^ 0x80  # [rows, Kp] = a + 128
     raw = torch.empty(M, pw.n, dtype=torch.int32)
     fn(u.data_ptr(), None, pw.data.data_ptr(), pw.colsum.data_ptr(), None, None, None, 0,

@@ -1,7 +1,7 @@
 """Round-to-nearest symmetric weight quantization: int8 per output channel, int4 per group.
 
-No calibration (GPTQ/AWQ/SmoothQuant would improve int4 and outlier-heavy activations; see
-docs/ngemm.md). Scales use absmax, so the largest weight of a channel/group maps to 127 (int8) or 7
+No calibration: GPTQ, AWQ or SmoothQuant (Xiao et al., arXiv 2211.10438) would improve int4 and
+outlier-heavy activations (docs/ngemm.md). Scales use absmax, so the largest weight of a channel/group maps to 127 (int8) or 7
 (int4, before the clip search below).
 """
 
@@ -19,7 +19,8 @@ def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: Clipping ratios tried per int4 group: with 15 levels, clipping the group's absmax a little
-#: trades a rare large error for a finer step everywhere (the weight-only half of AWQ's clip search).
+#: trades a rare large error for a finer step everywhere (the weight-only half of the clip search in
+#: AWQ, Lin et al., arXiv 2306.00978).
 INT4_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 
 
