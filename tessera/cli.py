@@ -22,6 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=None, help="KV budget in tokens per head (presses)")
     p.add_argument("--buffer", type=int, default=None, help="decoded tokens between compressions (presses)")
     p.add_argument("--window", type=int, default=None, help="observation window of recent queries (presses)")
+    p.add_argument("--quant", default="none", choices=["none", "w8a8", "w4a8"],
+                   help="int8 (w8a8) or int4-weight (w4a8) linear layers (NGEMM kernels)")
     p.add_argument("--kv", default="dense", help="KV-cache backend: dense (default) or shadowkv")
     p.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv)")
     p.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
@@ -31,6 +33,10 @@ def _llm(args):
     from tessera.engine import LLM
 
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+    if getattr(args, "quant", "none") != "none":
+        from tessera.quant import quantize_model
+
+        quantize_model(llm.model, args.quant)  # module swap + state-dict conversion, lm_head stays fp
     if getattr(args, "tp", 1) > 1:
         # under torchrun: every rank loads the full model, then keeps its shard (Megatron-style)
         from tessera.dist import parallel_state as ps

@@ -43,3 +43,9 @@ def test_demo_compares_full_kv_and_rkv(capsys):
     assert main(["demo", "--n", "1"]) == 0
     out = capsys.readouterr().out
     assert "FullKV" in out and "rkv (budget 256)" in out and "peak KV" in out
+
+
+def test_generate_quantized(capsys):
+    for scheme in ("w8a8", "w4a8"):
+        assert main(["generate", "--quant", scheme, "--difficulty", "2", "--max-new-tokens", "200"]) == 0
+        assert "tok/s" in capsys.readouterr().out
