@@ -175,7 +175,7 @@ def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, interleave=False):
     groups = [todo] if interleave else [[t] for t in todo]
     for group in groups:
         pools = {}
-        for path, (prep, copy, call, nbytes) in group:
+        for path, (prep, copy, _call, nbytes) in group:
             st0 = prep(w)
             pool_n = max(2, -(-POOL_BYTES // nbytes(w)))
             pools[path] = [st0] + [copy(st0) for _ in range(pool_n - 1)] if cold_Ms else [st0]

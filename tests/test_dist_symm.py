@@ -154,7 +154,7 @@ def test_put_get_signal_notify_add_over_epochs(pool):
     res = pool.run(_lang_ring, 3, timeout=60)
     for me, iters in enumerate(res):
         prv = (me + 1) % 2
-        for epoch, (pushed, pulled, sig, cnt) in enumerate(iters, 1):
+        for epoch, (pushed, pulled, sig, _cnt) in enumerate(iters, 1):
             expect = [float(i + 100 * prv + epoch) for i in range(8)]
             assert pushed == expect and pulled == expect
             assert sig[prv] == epoch  # epoch-valued: never reset between iterations

@@ -60,7 +60,7 @@ def test_generated_traces_follow_the_format_and_the_arithmetic(llm):
 
     probs = [make_problem(EVAL_SEED_BASE + 10_000 + i, difficulty=12) for i in range(4)]
     out = llm.generate([p.prompt for p in probs], SamplingParams(max_new_tokens=1500))
-    for p, c in zip(probs, out.completions):
+    for c in out.completions:
         assert c.finish_reason == "eos"
         assert [int(k) for k in re.findall(r"(?<!verify )step (\d+) : v\d+ = v\d+", c.text)][:12] == list(range(1, 13))
         assert "wait , let me verify" in c.text and re.search(r"answer : \d$", c.text)

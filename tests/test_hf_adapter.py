@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-
 from tessera.engine.engine import DEFAULT_MODEL
 from tessera.kv.hf import PressCache
 from tessera.kv.presses import make_press
+
+transformers = pytest.importorskip("transformers")
 
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
