@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tessera.kernels.shadowkv_score import landmark_scores_ref
+
 
 def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int):
     """k [H, T, D] post-RoPE context keys (T a multiple of chunk_size).
@@ -36,9 +38,13 @@ def select_chunks(q: torch.Tensor, landmarks: torch.Tensor, ids: torch.Tensor, k
     KV head.
     """
     H, n, D = landmarks.shape
-    G = q.shape[0] // H
-    logits = torch.einsum("hgd,hnd->hgn", q.float().view(H, G, D), landmarks.float()) / D**0.5
-    pooled = torch.softmax(logits, -1).amax(1)  # [H, n]
+    q = q.view(H, q.shape[0] // H, D)  # [H, G, D]
+    if q.is_cuda:  # fused Triton scoring (no [H, G, n] logits in memory); torch reference elsewhere
+        from tessera.kernels.shadowkv_score import landmark_scores
+
+        pooled = landmark_scores(q, landmarks)  # [H, n]
+    else:
+        pooled = landmark_scores_ref(q, landmarks)
     top = pooled.topk(k, dim=-1).indices  # [H, k]
     return ids.gather(1, top)
 
