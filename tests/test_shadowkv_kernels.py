@@ -19,3 +19,21 @@ def test_landmark_scores_match_reference(H, G, n, D):
 def test_landmark_scores_rejects_bad_shapes():
     with pytest.raises(ValueError, match="landmark_scores"):
         landmark_scores(torch.randn(2, 4, 16), torch.randn(3, 10, 16))
+
+
+@pytest.mark.parametrize("H,T,r,D,C", [(2, 48, 20, 16, 8), (3, 40, 7, 24, 4)])  # rank not a block multiple, odd D/2
+def test_rebuild_keys_match_torch_path(H, T, r, D, C):
+    from tessera.kernels.shadowkv_rebuild import rebuild_keys
+    from tessera.kv.shadowkv.lowrank import rebuild
+    from tessera.layers.rope import RotaryEmbedding
+
+    torch.manual_seed(r)
+    u, sv = torch.randn(T, r), torch.randn(H, r, D)
+    rope = RotaryEmbedding(D, 10000.0)
+    heads = torch.tensor([0, H - 1, 1, 0])
+    chunks = torch.tensor([0, T // C - 1, 2, 3])
+    got = rebuild_keys(u, sv, heads, chunks, C, 11, rope.inv_freq, block_r=8)
+    ref = rebuild(u, sv, heads, chunks, C, 11, rope)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="rebuild_keys"):
+        rebuild_keys(u, sv[:, :, :-1], heads, chunks, C, 0, rope.inv_freq)

@@ -31,6 +31,10 @@ def rebuild(u: torch.Tensor, sv: torch.Tensor, heads: torch.Tensor, chunks: torc
 
     u [T, r], sv [H, r, D]; token t of chunk c is context row c*chunk_size + t at position pos0 + row.
     """
+    if u.is_cuda:  # fused gather + GEMM + RoPE in one Triton pass; the torch code below is its reference
+        from tessera.kernels.shadowkv_rebuild import rebuild_keys
+
+        return rebuild_keys(u, sv, heads, chunks, chunk_size, pos0, rope.inv_freq)
     rows = chunks[:, None] * chunk_size + torch.arange(chunk_size, device=u.device)  # [M, C]
     k = torch.bmm(u[rows].float(), sv[heads].float())  # [M, C, D] pre-RoPE
     cos, sin = rope.cos_sin((rows + pos0).reshape(1, -1), torch.float32)  # [1, 1, M*C, D]
