@@ -37,3 +37,18 @@ def test_rebuild_keys_match_torch_path(H, T, r, D, C):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="rebuild_keys"):
         rebuild_keys(u, sv[:, :, :-1], heads, chunks, C, 0, rope.inv_freq)
+
+
+@pytest.mark.parametrize("Hq,H,T,D", [(4, 2, 70, 16), (3, 3, 9, 24)])  # GQA over several blocks; MHA, odd D
+def test_decode_attention_matches_sdpa(Hq, H, T, D):
+    import torch.nn.functional as F
+
+    from tessera.kernels.shadowkv_attn import decode_attention
+
+    torch.manual_seed(T)
+    q, k, v = torch.randn(Hq, D), torch.randn(H, T, D), torch.randn(H, T, D)
+    got = decode_attention(q, k, v, block_n=16)
+    ref = F.scaled_dot_product_attention(q[None, :, None], k[None], v[None], enable_gqa=Hq != H)[0, :, 0]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="decode_attention"):
+        decode_attention(torch.randn(5, D), k, v)

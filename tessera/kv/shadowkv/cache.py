@@ -5,8 +5,9 @@ dense local window and outlier chunks on the fast tier and moves the context val
 Each decode step selects the top chunks per KV head, rebuilds their keys and fetches their values (only
 for chunks that were not already resident) and attends over [local | outliers | selected | decoded].
 
-Pure-PyTorch reference path, one sequence at a time inside a step (rows have different prompt lengths
-and therefore different chunk counts); the Triton kernels of issue 4 are not written yet.
+Pure-PyTorch reference path on CPU, one sequence at a time inside a step (rows have different prompt
+lengths and therefore different chunk counts). On CUDA the scoring, rebuild and decode attention go
+through Triton kernels (tessera/kernels/shadowkv_*.py), so far checked only under the interpreter.
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ class ShadowKVCache(KVCache):
             else:
                 keys = torch.cat([s.local_k, s.gen_k[:, :s.gen_len]], 1)
                 vals = torch.cat([s.local_v, s.gen_v[:, :s.gen_len]], 1)
-            outs.append(F.scaled_dot_product_attention(q[b:b + 1], keys[None], vals[None], enable_gqa=Hq != self.H))
+            if q.is_cuda:  # Triton GQA decode over the gathered buffer; SDPA is its reference on CPU
+                from tessera.kernels.shadowkv_attn import decode_attention
+
+                outs.append(decode_attention(q[b, :, 0], keys, vals)[None, :, None])
+            else:
+                outs.append(F.scaled_dot_product_attention(q[b:b + 1], keys[None], vals[None], enable_gqa=Hq != self.H))
         return torch.cat(outs, 0)  # [B, Hq, 1, D]
 
     def _refresh_slots(self, s: RowState, q: torch.Tensor) -> None:
