@@ -1,6 +1,8 @@
 """The host tier that holds the values of the whole context (ShadowKV keeps only K factors on the GPU).
 
-On CUDA the buffer is pinned CPU memory, so a fetch is a non-blocking H2D copy. On CPU there is no second
+On CUDA the buffer is pinned CPU memory; a fetch gathers the chunks on the CPU and copies them to the
+GPU (synchronously for now: the gathered tensor is not pinned; upstream reads pinned memory zero-copy
+from a kernel instead, which is future work). On CPU there is no second
 memory, so the tier is a separate buffer and a fetch is a real copy; either way every byte that crosses
 tiers is counted, which is the quantity the design is about.
 """
@@ -26,7 +28,7 @@ class HostValues:
         self.bytes_fetched += out.numel() * out.element_size()
         if self.device.type == "cpu":
             return out  # the index above already made a copy out of the host buffer
-        return out.to(self.device, non_blocking=True)
+        return out.to(self.device)
 
     def nbytes(self) -> int:
         return self.v.numel() * self.v.element_size()
