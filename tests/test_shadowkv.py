@@ -207,3 +207,22 @@ def test_fast_tier_is_much_smaller_than_dense():
     assert fast < 0.3 * dense_bytes, (fast, dense_bytes)
     assert host == 2 * (800 // 8 - 4) * 8 * 64 * 4  # every context value, and only those, on the host
     assert 0 < skv.bytes_transferred() <= 2 * 2 * 64 * 64 * 4  # <= 2 steps x budget x heads
+
+
+@torch.inference_mode()
+def test_select_drops_rows_and_keeps_the_rest_exact():
+    model = _model()
+    prompts = _prompts([130, 70, 100])
+    dense, skv = _caches(model, 3, rank=32, sparse_budget=256, outlier_chunks=2)
+    _run(model, dense, prompts, steps=1)
+    _run(model, skv, prompts, steps=1)
+    moved = skv.bytes_transferred()
+    rows = torch.tensor([2, 0])
+    dense.select(rows)
+    skv.select(rows)
+    assert len(skv.rows[0]) == 2 and skv.bytes_transferred() == moved  # departed rows still counted
+    seq = torch.tensor([101, 131])
+    tok = torch.tensor([[5], [7]])
+    ctx = StepContext(seq[:, None], torch.ones(2, dtype=torch.long), False)
+    torch.testing.assert_close(model(tok, seq[:, None], skv, ctx), model(tok, seq[:, None], dense, ctx),
+                               atol=2e-4, rtol=2e-4)
