@@ -114,8 +114,8 @@ def cmd_eval(args) -> int:
 
     llm = _llm(args)
     res = evaluate(llm, n=args.n, seed_start=args.seed_start, batch_size=args.batch_size,
-                   press_factory=_press_factory(args), difficulty=args.difficulty)
-    res.update(model=str(args.model or "embedded tiny-reasoner"), press=args.press, device=args.device)
+                   press_factory=_press_factory(args), difficulty=args.difficulty, **_kv(args))
+    res.update(model=str(args.model or "embedded tiny-reasoner"), press=args.press, device=args.device, **_kv(args))
     print(f"accuracy {res['accuracy']:.3f} ({res['correct']}/{res['n']}, seeds {res['seeds'][0]}..{res['seeds'][1]}), "
           f"{res['tokens_per_s']:.0f} tok/s, peak KV {_mib(res['peak_kv_bytes'])}")
     if args.output:

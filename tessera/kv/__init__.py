@@ -31,3 +31,7 @@ def make_cache(name: str, cfg, batch: int, dtype, device, press, **options) -> K
     if name not in KV_BACKENDS:
         raise ValueError(f"unknown KV backend {name!r}; known: {', '.join(sorted(KV_BACKENDS))}")
     return KV_BACKENDS[name](cfg, batch, dtype, device, press, **options)
+
+
+# Backends in subpackages register themselves on import (after register_backend exists).
+from tessera.kv import shadowkv as _shadowkv  # noqa: E402, F401

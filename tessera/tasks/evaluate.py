@@ -20,6 +20,8 @@ def evaluate(
     press_factory: Callable[[], Press] | None = None,
     difficulty: int | None = None,
     progress: bool = True,
+    kv: str = "dense",
+    kv_options: dict | None = None,
 ) -> dict:
     """Greedy-decode `n` problems (seeds seed_start .. seed_start+n-1) and score the answers.
 
@@ -38,7 +40,7 @@ def evaluate(
         batch = problems[i : i + batch_size]
         out = llm.generate([p.prompt for p in batch],
                            SamplingParams(max_new_tokens=llm.config.max_position_embeddings),
-                           press=press_factory() if press_factory else None)
+                           press=press_factory() if press_factory else None, kv=kv, kv_options=kv_options)
         for p, c in zip(batch, out.completions):
             results.append({"seed": p.seed, "difficulty": p.difficulty, "answer": p.answer,
                             "correct": score(p, c.text), "generated_tokens": len(c.token_ids),

@@ -1,0 +1,54 @@
+"""Triton kernel: ShadowKV decode attention over the gathered buffer [local | outliers | selected | decoded].
+
+Because selected keys are stored post-RoPE, the buffer is an ordinary dense KV list per KV head (order is
+irrelevant), so the "sparse" attention is a dense GQA decode over a short buffer (arXiv 2410.21465 uses
+flash_attn_with_kvcache for this). One program per KV head serves its G query heads with an online
+softmax over key blocks. Checked under TRITON_INTERPRET=1 only; not yet timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, T, G, D, scale,
+                   BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    h = tl.program_id(0)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    qm = (g[:, None] < G) & (d[None, :] < D)
+    q = tl.load(q_ptr + (h * G + g[:, None]) * D + d[None, :], mask=qm, other=0.0).to(tl.float32) * scale
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        km = (n[:, None] < T) & (d[None, :] < D)
+        k = tl.load(k_ptr + (h * T + n[:, None]) * D + d[None, :], mask=km, other=0.0).to(tl.float32)  # [BN, BD]
+        v = tl.load(v_ptr + (h * T + n[:, None]) * D + d[None, :], mask=km, other=0.0).to(tl.float32)
+        logit = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [BG, BN]
+        logit = tl.where(n[None, :] < T, logit, float("-inf"))
+        m_new = tl.maximum(m, tl.max(logit, axis=1))
+        p = tl.exp(logit - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        s = s * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        m = m_new
+    tl.store(out_ptr + (h * G + g[:, None]) * D + d[None, :], (acc / s[:, None]).to(out_ptr.dtype.element_ty),
+             mask=qm)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_n: int = 64) -> torch.Tensor:
+    """q [Hq, D] one token, k/v [H, T, D] (Hq a multiple of H) -> out [Hq, D]; softmax scale 1/sqrt(D)."""
+    Hq, D = q.shape
+    H, T, D2 = k.shape
+    if D2 != D or v.shape != k.shape or Hq % H or T < 1:
+        raise ValueError(f"decode_attention: q [Hq, D], k/v [H, T, D] with H | Hq, T >= 1; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    out = torch.empty_like(q)
+    _decode_kernel[(H,)](q.contiguous(), k.contiguous(), v.contiguous(), out, T, Hq // H, D, 1.0 / D**0.5,
+                         BLOCK_G=triton.next_power_of_2(Hq // H), BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D))
+    return out

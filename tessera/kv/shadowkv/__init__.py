@@ -1,0 +1,29 @@
+"""ShadowKV (Sun et al., arXiv 2410.21465): low-rank pre-RoPE keys, offloaded values, sparse chunk decode.
+
+Registered as the KV backend "shadowkv": `llm.generate(prompts, sp, kv="shadowkv",
+kv_options={"sparse_budget": 2048, "rank": 160})`, or `tessera generate --kv shadowkv --sparse-budget N
+--rank R`. Presses do not compose with it (it already decides what is attended).
+"""
+
+from __future__ import annotations
+
+from tessera.kv import register_backend
+from tessera.kv.shadowkv.cache import ShadowKVCache
+from tessera.kv.shadowkv.options import ShadowKVOptions
+from tessera.layers.rope import RotaryEmbedding
+
+__all__ = ["ShadowKVCache", "ShadowKVOptions"]
+
+
+@register_backend("shadowkv")
+def _shadowkv(cfg, batch, dtype, device, press, **options) -> ShadowKVCache:
+    from tessera.kv.presses import NoPress
+
+    if press is not None and not isinstance(press, NoPress):
+        raise ValueError(f"the shadowkv backend does not compose with the press {type(press).__name__}")
+    known = {"rank", "sparse_budget", "chunk_size", "local_chunks", "outlier_chunks"}
+    if set(options) - known:
+        raise ValueError(f"unknown shadowkv options {sorted(set(options) - known)}; known: {sorted(known)}")
+    opts = ShadowKVOptions(**options)
+    rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    return ShadowKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, rope, opts, device)

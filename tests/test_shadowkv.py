@@ -1,0 +1,228 @@
+"""ShadowKV backend: exactness at full budget and rank, selection vs an independent transcription,
+batches with different prompt lengths, MHA, short-prompt fallback, errors, fast-tier memory."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tessera.config import ModelConfig, SamplingParams
+from tessera.engine.engine import LLM
+from tessera.kv import make_cache
+from tessera.kv.cache import DenseCache, StepContext
+from tessera.kv.presses import NoPress
+from tessera.kv.shadowkv import ShadowKVOptions
+from tessera.kv.shadowkv.lowrank import factorize, rebuild
+from tessera.kv.shadowkv.selection import assign_slots, landmarks_and_outliers, select_chunks
+from tessera.layers.rope import RotaryEmbedding, apply_rope
+from tessera.models import LlamaForCausalLM
+
+
+def _model(heads=4, kv_heads=2, head_dim=16, layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                      max_position_embeddings=4096, rope_theta=10000.0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.inference_mode()
+def _run(model, cache, prompts, steps=4, seed=1):
+    """Right-padded prefill then `steps` decode steps with fixed random tokens -> logits [steps+1, B, V]."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([len(p) for p in prompts])
+    S = int(lens.max())
+    inp = torch.zeros(len(prompts), S, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        inp[i, : len(p)] = torch.tensor(p)
+    pos = torch.arange(S).expand(len(prompts), S)
+    out = [model(inp, pos, cache, StepContext(pos, lens, True), logits_index=lens - 1)[:, -1]]
+    seq = lens.clone()
+    for _ in range(steps):
+        tok = torch.randint(0, model.config.vocab_size, (len(prompts), 1), generator=g)
+        out.append(model(tok, seq[:, None], cache, StepContext(seq[:, None], torch.ones_like(seq), False))[:, -1])
+        seq = seq + 1
+    return torch.stack(out)
+
+
+def _prompts(lengths, vocab=97, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def _caches(model, batch, **opts):
+    cfg = model.config
+    dense = DenseCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, torch.float32, "cpu")
+    return dense, make_cache("shadowkv", cfg, batch, torch.float32, "cpu", NoPress(), **opts)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 2, 16), (4, 4, 24)])  # GQA; MHA with odd head dim
+def test_full_budget_and_rank_equals_dense_for_a_ragged_batch(heads, kv_heads, head_dim):
+    model = _model(heads, kv_heads, head_dim)
+    prompts = _prompts([150, 97])  # 14 and 8 context chunks outside the local window
+    dense, skv = _caches(model, 2, rank=kv_heads * head_dim, sparse_budget=256, outlier_chunks=3)
+    steps = 5
+    ref, got = _run(model, dense, prompts, steps), _run(model, skv, prompts, steps)
+    torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
+    s = skv.rows[0][0]
+    assert s.sparse and s.landmarks.shape[1] == 14 - 3 and s.local_k.shape[1] == 150 - 14 * 8 + 3 * 8
+    # every chunk is selected every step: step 1 misses all, the next steps hit all
+    assert skv.hit_rate() == pytest.approx((steps - 1) / steps)
+    # each non-outlier chunk's values crossed tiers exactly once (outliers live on the fast tier)
+    once = sum(r.landmarks.numel() * 8 * 4 for rows in skv.rows for r in rows)
+    assert skv.bytes_transferred() == once < skv.host_nbytes()
+
+
+def test_small_budget_attends_exactly_the_selected_chunks():
+    """With full rank, a sparse step equals dense attention restricted to the chunks chosen by an
+    independent transcription of the scoring rule (plus local window, outliers and decoded tokens)."""
+    model = _model()
+    dense, skv = _caches(model, 1, rank=32, sparse_budget=16, outlier_chunks=2)
+    prompts = _prompts([200])
+    _run(model, dense, prompts, steps=0)
+    _run(model, skv, prompts, steps=0)
+    s = skv.rows[0][0]
+    torch.manual_seed(3)
+    q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+    ctx = StepContext(torch.tensor([[200]]), torch.tensor([1]), False)
+    with torch.inference_mode():
+        out = skv.attend(0, q, k, v, ctx)
+    kd, vd = dense.k[0][0, :, :200], dense.v[0][0, :, :200]  # [H, 200, D] post-RoPE originals
+    n_ctx = 21 * 8
+    for h in range(2):
+        ids = s.landmark_ids[h].tolist()
+        lm = torch.stack([kd[h, c * 8:(c + 1) * 8].mean(0) for c in ids])  # [n, D]
+        score = torch.stack([torch.softmax(q[0, g, 0] @ lm.T / 4.0, -1) for g in (2 * h, 2 * h + 1)]).amax(0)
+        chosen = [ids[i] for i in score.topk(2).indices.tolist()]
+        outl = sorted(set(range(21)) - set(ids))
+        toks = [t for c in sorted(chosen + outl) for t in range(c * 8, c * 8 + 8)] + list(range(n_ctx, 200))
+        kk = torch.cat([kd[h, toks], k[0, h]], 0)
+        vv = torch.cat([vd[h, toks], v[0, h]], 0)
+        for g in (2 * h, 2 * h + 1):
+            ref = torch.softmax(q[0, g, 0] @ kk.T / 4.0, -1) @ vv
+            torch.testing.assert_close(out[0, g, 0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_full_rank_rebuild_reproduces_post_rope_keys():
+    torch.manual_seed(4)
+    H, T, D = 3, 40, 8
+    k_pre = torch.randn(H, T, D)
+    u, sv = factorize(k_pre, H * D, torch.float32)
+    assert u.shape == (T, H * D) and sv.shape == (H, H * D, D)
+    rope = RotaryEmbedding(D, 500.0)
+    heads, chunks = torch.tensor([0, 2, 1]), torch.tensor([4, 0, 2])
+    got = rebuild(u, sv, heads, chunks, 8, 7, rope)  # context starts at position 7
+    cos, sin = rope.cos_sin(torch.arange(7, 7 + T)[None], torch.float32)
+    post = apply_rope(k_pre[None], cos, sin)[0]  # [H, T, D]
+    for i, (h, c) in enumerate(zip(heads.tolist(), chunks.tolist())):
+        torch.testing.assert_close(got[i], post[h, c * 8:(c + 1) * 8], atol=1e-4, rtol=1e-4)
+    # low rank is capped by the sequence length and is an approximation, not a copy
+    u2, _ = factorize(k_pre[:, :5], 100, torch.float32)
+    assert u2.shape == (5, 5)
+
+
+def test_landmarks_outliers_and_selection_vs_loops():
+    torch.manual_seed(5)
+    H, n, C, D, G = 2, 12, 4, 8, 3
+    k = torch.randn(H, n * C, D)
+    k[1, 9 * C:10 * C] = k[1, 9 * C]
+    k[1, 10 * C - 1] *= -1  # chunk 9 of head 1 is [x, x, x, -x]: cosine -1 to its mean, the worst possible
+    lm, ids, out = landmarks_and_outliers(k, C, 2)
+    for h in range(H):
+        mins = []
+        for c in range(n):
+            blk = k[h, c * C:(c + 1) * C]
+            m = blk.mean(0)
+            mins.append(min(float(F.cosine_similarity(x, m, dim=0)) for x in blk))
+        expect_out = sorted(sorted(range(n), key=lambda c: mins[c])[:2])
+        assert out[h].tolist() == expect_out
+        assert ids[h].tolist() == [c for c in range(n) if c not in expect_out]
+        for j, c in enumerate(ids[h].tolist()):
+            torch.testing.assert_close(lm[h, j], k[h, c * C:(c + 1) * C].mean(0))
+    assert 9 in out[1].tolist()
+    q = torch.randn(H * G, D)
+    top = select_chunks(q, lm, ids, 3)
+    for h in range(H):
+        best = [max(torch.softmax(q[h * G + g] @ lm[h].T / D**0.5, -1)[j].item() for g in range(G))
+                for j in range(lm.shape[1])]
+        expect = {ids[h, j].item() for j in sorted(range(len(best)), key=lambda j: -best[j])[:3]}
+        assert set(top[h].tolist()) == expect
+
+
+def test_slot_reuse_keeps_hits_in_place():
+    slots = torch.tensor([[5, 1, 9, 3], [-1, -1, -1, -1]])
+    wanted = torch.tensor([[9, 7, 5, 2], [4, 6, 8, 0]])
+    heads, where, chunks, hits = assign_slots(slots, wanted)
+    assert hits == 2
+    new = slots.clone()
+    new[heads, where] = chunks
+    assert new[0, 0] == 5 and new[0, 2] == 9  # hits did not move
+    for h in range(2):
+        assert sorted(new[h].tolist()) == sorted(wanted[h].tolist())
+    assert heads.tolist().count(1) == 4  # an empty head misses everything
+
+
+def test_short_prompt_falls_back_to_dense():
+    model = _model()
+    prompts = _prompts([20, 39])  # < (local_chunks + 1) * chunk_size = 40 tokens
+    dense, skv = _caches(model, 2, sparse_budget=64)
+    torch.testing.assert_close(_run(model, skv, prompts), _run(model, dense, prompts))
+    assert not skv.rows[1][0].sparse and skv.host_nbytes() == 0 and skv.hit_rate() == 0.0
+
+
+def test_engine_generate_ragged_batch_and_select():
+    model = _model()
+    llm = LLM(model)
+    prompts = _prompts([120, 60, 90])
+    sp = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    ref = llm.generate(prompts, sp)
+    got = llm.generate(prompts, sp, kv="shadowkv", kv_options={"rank": 32, "sparse_budget": 128})
+    assert [c.token_ids for c in got.completions] == [c.token_ids for c in ref.completions]
+
+
+def test_errors():
+    cfg = _model().config
+    mk = lambda **o: make_cache("shadowkv", cfg, 1, torch.float32, "cpu", NoPress(), **o)  # noqa: E731
+    with pytest.raises(ValueError, match="exceeds the key width"):
+        mk(rank=33)  # Hkv*D = 32
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        mk(sparse_budget=100)
+    with pytest.raises(ValueError, match="unknown shadowkv options"):
+        mk(budget=64)
+    with pytest.raises(ValueError, match=">= 1"):
+        ShadowKVOptions(rank=0)
+    from tessera.kv.presses import make_press
+    with pytest.raises(ValueError, match="does not compose"):
+        make_cache("shadowkv", cfg, 1, torch.float32, "cpu", make_press("streamingllm", budget=64))
+    assert mk().rank == 32  # default 160 is capped by the key width
+
+
+def test_fast_tier_is_much_smaller_than_dense():
+    model = _model(head_dim=64, layers=1)  # key width 128
+    prompts = _prompts([800])
+    dense, skv = _caches(model, 1, rank=16, sparse_budget=64, outlier_chunks=4)
+    _run(model, dense, prompts, steps=2)
+    _run(model, skv, prompts, steps=2)
+    fast, host = skv.nbytes(), skv.host_nbytes()
+    dense_bytes = dense.nbytes()
+    assert fast < 0.3 * dense_bytes, (fast, dense_bytes)
+    assert host == 2 * (800 // 8 - 4) * 8 * 64 * 4  # every context value, and only those, on the host
+    assert 0 < skv.bytes_transferred() <= 2 * 2 * 64 * 64 * 4  # <= 2 steps x budget x heads
+
+
+@torch.inference_mode()
+def test_select_drops_rows_and_keeps_the_rest_exact():
+    model = _model()
+    prompts = _prompts([130, 70, 100])
+    dense, skv = _caches(model, 3, rank=32, sparse_budget=256, outlier_chunks=2)
+    _run(model, dense, prompts, steps=1)
+    _run(model, skv, prompts, steps=1)
+    moved = skv.bytes_transferred()
+    rows = torch.tensor([2, 0])
+    dense.select(rows)
+    skv.select(rows)
+    assert len(skv.rows[0]) == 2 and skv.bytes_transferred() == moved  # departed rows still counted
+    seq = torch.tensor([101, 131])
+    tok = torch.tensor([[5], [7]])
+    ctx = StepContext(seq[:, None], torch.ones(2, dtype=torch.long), False)
+    torch.testing.assert_close(model(tok, seq[:, None], skv, ctx), model(tok, seq[:, None], dense, ctx),
+                               atol=2e-4, rtol=2e-4)
