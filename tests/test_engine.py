@@ -3,18 +3,13 @@
 import pytest
 import torch
 
-from tessera.config import ModelConfig, SamplingParams
+from tessera.config import SamplingParams
 from tessera.engine import LLM
-from tessera.models import LlamaForCausalLM
 
 
 @pytest.fixture(scope="module")
-def llm():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=96,
-                      eos_token_id=2)
-    return LLM(LlamaForCausalLM(cfg))
+def llm(tiny_llm):
+    return tiny_llm(96)
 
 
 PROMPTS = [[1, 5, 7, 9, 11], [1, 3], [1, 4, 4, 4, 4, 4, 4, 8, 9, 10, 12]]

@@ -6,11 +6,9 @@ import math
 import pytest
 import torch
 
-from tessera.config import ModelConfig, SamplingParams
-from tessera.engine import LLM
+from tessera.config import SamplingParams
 from tessera.kv.cache import DenseCache, StepContext
 from tessera.kv.presses import H2OPress, RKVPress, SnapKVPress, StreamingLLMPress, make_press
-from tessera.models import LlamaForCausalLM
 
 
 # ---- independent transcription of R-KV (shared/reference/rkv.md §1.2-1.4), plain loops --------
@@ -209,12 +207,8 @@ def test_snapkv_sums_window_attention_and_avg_pools():
 
 # ---- engine integration -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def llm():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                      eos_token_id=2)
-    return LLM(LlamaForCausalLM(cfg))
+def llm(tiny_llm):
+    return tiny_llm(256)
 
 
 PROMPTS = [[1, 5, 7, 9, 11], [1, 3, 4, 4, 4, 4, 4, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
