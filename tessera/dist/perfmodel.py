@@ -59,26 +59,27 @@ def _fused(c: Cluster, s: Shape, t_gemm, t_comm) -> float:
     return max(t_gemm / (1 - c.sm_steal), t_comm) + t_tile + -(-tiles // c.sms) * c.wait_ns * 1e-9
 
 
-def ag_gemm(c: Cluster, s: Shape) -> dict:
-    """A [M/W, K] per rank gathered, times B [K, N]."""
+def _overlap_times(c: Cluster, s: Shape, comm_bytes: int, comm_last: bool) -> dict:
+    """Sequential / decomposed / fused times of a GEMM split in W chunks overlapped with a ring
+    collective of `comm_bytes` per rank. `comm_last`: the collective's last chunk follows the last
+    GEMM chunk (GEMM-RS); otherwise the first GEMM chunk runs on local data first (AG-GEMM)."""
     W = c.ranks
     t_gemm = _gemm_s(c, s.m, s.n, s.k)
-    t_comm = _ring_s(c, s.m // W * s.k * s.elem_bytes)
+    t_comm = _ring_s(c, comm_bytes)
     t_g, t_c = t_gemm / W / c.split_efficiency, t_comm / (W - 1)
     return {"sequential": t_comm + t_gemm,
-            "decomposed": t_g + (W - 1) * max(t_g, t_c) + W * c.launch_us * 1e-6,
+            "decomposed": t_g + (W - 1) * max(t_g, t_c) + (t_c if comm_last else 0.0) + W * c.launch_us * 1e-6,
             "fused": _fused(c, s, t_gemm, t_comm), "t_gemm": t_gemm, "t_comm": t_comm}
+
+
+def ag_gemm(c: Cluster, s: Shape) -> dict:
+    """A [M/W, K] per rank gathered, times B [K, N]."""
+    return _overlap_times(c, s, s.m // c.ranks * s.k * s.elem_bytes, comm_last=False)
 
 
 def gemm_rs(c: Cluster, s: Shape) -> dict:
     """A [M, K/W] @ B [K/W, N] per rank, reduce-scattered over M (fp32-free: output dtype moves)."""
-    W = c.ranks
-    t_gemm = _gemm_s(c, s.m, s.n, s.k)
-    t_comm = _ring_s(c, s.m // W * s.n * s.elem_bytes)
-    t_g, t_c = t_gemm / W / c.split_efficiency, t_comm / (W - 1)
-    return {"sequential": t_comm + t_gemm,
-            "decomposed": t_g + (W - 1) * max(t_g, t_c) + t_c + W * c.launch_us * 1e-6,
-            "fused": _fused(c, s, t_gemm, t_comm), "t_gemm": t_gemm, "t_comm": t_comm}
+    return _overlap_times(c, s, s.m // c.ranks * s.n * s.elem_bytes, comm_last=True)
 
 
 def speedups(times: dict) -> dict:
