@@ -56,10 +56,15 @@ def _is_main(args) -> bool:
     return getattr(args, "tp", 1) == 1 or not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _press_kwargs(args) -> dict:
+    """The press settings given on the command line (unset ones keep the press's defaults)."""
+    return {k: getattr(args, k) for k in ("budget", "buffer", "window") if getattr(args, k) is not None}
+
+
 def _press_factory(args):
     from tessera.kv.presses import make_press
 
-    kw = {k: getattr(args, k) for k in ("budget", "buffer", "window") if getattr(args, k) is not None}
+    kw = _press_kwargs(args)
     if args.press in ("none", "full"):
         kw = {}  # full KV: nothing to configure
     make_press(args.press, **kw)  # fail early on a bad name or bad settings
@@ -134,7 +139,7 @@ def cmd_demo(args) -> int:
     llm = _llm(args)
     problems = [make_problem(EVAL_SEED_BASE + i) for i in range(args.n)]
     press = args.press if args.press not in ("none", "full") else "rkv"
-    kw = {k: getattr(args, k) for k in ("budget", "buffer", "window") if getattr(args, k) is not None}
+    kw = _press_kwargs(args)
     kw.setdefault("budget", 256)
     runs = [("FullKV", lambda: None), (f"{press} (budget {kw['budget']})", lambda: make_press(press, **kw))]
     runs[1][1]()  # bad settings fail before the long run

@@ -41,12 +41,11 @@ class GenerationStats:
     generated_tokens: int = 0
     peak_kv_bytes: int = 0
     decode_steps: int = 0
+    batch_first_tokens: int = 0  # tokens produced by prefill (one per sequence), not by decode
 
     @property
     def decode_tokens_per_s(self) -> float:
         return (self.generated_tokens - self.batch_first_tokens) / self.decode_s if self.decode_s else 0.0
-
-    batch_first_tokens: int = 0  # tokens produced by prefill (one per sequence), not by decode
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tessera.config import ModelConfig
+from tessera.layers.rope import RotaryEmbedding
 from tessera.models.llama import LlamaForCausalLM
 
 
@@ -62,8 +63,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # buffers were created on meta: rebuild the rotary table for real
-    from tessera.layers.rope import RotaryEmbedding
-
     model.model.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     return model.to(device=device, dtype=dtype).eval()
 
