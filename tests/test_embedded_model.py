@@ -62,7 +62,7 @@ def test_generated_traces_follow_the_format_and_the_arithmetic(llm):
     out = llm.generate([p.prompt for p in probs], SamplingParams(max_new_tokens=1500))
     for c in out.completions:
         assert c.finish_reason == "eos"
-        assert [int(k) for k in re.findall(r"(?<!verify )step (\d+) : v\d+ = v\d+", c.text)][:12] == list(range(1, 13))
+        assert [int(k) for k in re.findall(r"(?<!verify )step #(\d+) \. r", c.text)][:12] == list(range(1, 13))
         assert "wait , let me verify" in c.text and re.search(r"answer : \d$", c.text)
         sums = re.findall(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+) , mod 10 is (\d+)", c.text)
         assert len(sums) >= 12

@@ -1,14 +1,22 @@
 """Synthetic reasoning problems with long, redundant chains of thought ("register programs").
 
-A problem is a small program in single-assignment form: a few input registers with digits, then
-`n_steps` operations `vC = vA op vB` (mod 10) over registers defined earlier, and a question that
-combines the *first* computed register with the *last* one. The reference solution is written the
-way R1-style reasoning models write: it restates the task, works each step out in full ("v3 is 4 .
-v8 is 7 . 4 + 7 = 11 , mod 10 is 1"), stops every few steps to say "wait , let me verify" and
-redoes an earlier step, restates all values before answering, and finally needs the value of a
-register computed at the very start of the trace. So the trace holds real redundancy (every value
-is written several times) and a long-range dependency, which is what decode-time KV compression
-(R-KV) is evaluated on.
+A problem is a register that starts at a digit and a rule `x -> x * a + b` (mod 10) applied to it
+`n_steps` times; the question combines the *first* intermediate result with the *last* one. The
+reference solution is written the way R1-style reasoning models write: it restates the task, works
+every step out in full ("step #5 . r4 = 3 . 3 * 3 = 9 , 9 + 7 = 16 , mod 10 is 6 . so r5 = 6 ."),
+stops every other step to say "wait , let me verify" and redoes it, restates the rule and the
+results before answering, and finally needs `r1`, the result written at the very start of the
+trace. So the trace holds real redundancy (every result is written several times) and a
+long-range dependency, which is what decode-time KV compression (R-KV) is evaluated on.
+
+Why the task looks the way it does: everything a step needs is *local* (the previous result was
+written a few tokens back; the rule's digits follow the most recent `*` and `+`), and the one far
+look-up, `r1 = D`, has a one-token key. A 3-4M-parameter model learns local copying and the mod-10
+tables in minutes on a CPU, but keyed retrieval from far back is slow to learn. Two earlier
+designs taught us this: programs over 100 named registers (`vC = vA op vB`, 0.5B GPU tokens: a
+third of the look-ups wrong), and a different random operation per step (`step #k +7 .`, 40 CPU
+minutes: the model learned to copy an operation from its own earlier steps but not from the
+prompt, about 10% right). See the notes in docs/kv_compression.md.
 
 Everything is a pure function of `(seed, difficulty)`: the same seed always gives the same
 problem, on every machine. Text is whitespace-separated words; the embedded tokenizer maps each
@@ -21,27 +29,26 @@ import random
 from dataclasses import dataclass
 
 MOD = 10
-N_REGISTERS = 100  # register names v0 .. v99
-OPS = ("+", "-", "*")
-VERIFY_EVERY = 3  # a "wait , let me verify" loop after every 3rd step
+VERIFY_EVERY = 2  # a "wait , let me verify" loop after every 2nd step
+MAX_STEPS = 120
 
 #: Words that can appear in a problem or a trace. The tokenizer is built from this list.
-NUMBER_WORDS = [str(i) for i in range(-9, 82)]  # a-b in [-9, 9], a*b up to 81, step numbers < 82
-REGISTER_WORDS = [f"v{i}" for i in range(N_REGISTERS)]
+NUMBER_WORDS = [str(i) for i in range(0, 91)]  # x * a <= 81, x * a + b <= 90
+STEP_WORDS = [f"#{i}" for i in range(1, MAX_STEPS + 1)]  # "#k": step k
+RESULT_WORDS = [f"r{i}" for i in range(MAX_STEPS + 1)]  # rk: the register after step k
 TEXT_WORDS = (
-    "problem : registers start with . then compute ; find the sum of and mod 10 ? think "
-    "let me work through steps one by step is , so = + - * wait verify correct yes . all done "
-    "restate values question asks for answer the program has first last register value"
+    "problem : a register starts at . apply the rule x -> * + , times the last step is find sum "
+    "of first result and mod 10 ? think let me work through steps one by = is so wait verify yes "
+    "correct all done restate rule was results question asks for answer"
 ).split()
 #: Training uses seeds below this; every accuracy we report uses seeds from here on.
 EVAL_SEED_BASE = 1_000_000
-MAX_STEPS = 81  # step numbers must stay number words
 
 
 @dataclass(frozen=True)
 class Problem:
     seed: int
-    difficulty: int  # number of computed steps
+    difficulty: int  # number of steps
     prompt: str  # ends with "think :"; the model continues from here
     solution: str  # the chain of thought, ending with "answer : D"
     answer: int
@@ -51,74 +58,47 @@ class Problem:
         return f"{self.prompt} {self.solution}"
 
 
-def _apply(op: str, a: int, b: int) -> int:
-    return a + b if op == "+" else a - b if op == "-" else a * b
-
-
-def _step_words(name: str, a: str, op: str, b: str, va: int, vb: int) -> list[str]:
-    raw = _apply(op, va, vb)
-    return [name, "=", a, op, b, ".", a, "is", str(va), ".", b, "is", str(vb), ".",
-            str(va), op, str(vb), "=", str(raw), ",", "mod", "10", "is", str(raw % MOD), "."]
+def _work(k: int, x: int, a: int, b: int) -> list[str]:
+    """Step k from the register before it: `step #k . r4 = 3 . 3 * 3 = 9 , 9 + 7 = 16 , mod 10 is 6 .`"""
+    return ["step", f"#{k}", ".", f"r{k - 1}", "=", str(x), ".", str(x), "*", str(a), "=", str(x * a), ",",
+            str(x * a), "+", str(b), "=", str(x * a + b), ",", "mod", "10", "is", str((x * a + b) % MOD), "."]
 
 
 def make_problem(seed: int, difficulty: int | None = None) -> Problem:
-    """Generate problem `seed`. `difficulty` = number of computed steps (default: drawn from the
-    seed in [12, 61], skewed to short ones, so traces average about 1,400 tokens and the longest
-    pass 3,000)."""
+    """Generate problem `seed`. `difficulty` = number of steps (default: drawn from the seed in
+    [10, 69], skewed to short ones, so that traces average about 1,500 tokens, some pass 3,000,
+    and prompt + trace stay under 4,096 positions)."""
     rng = random.Random(seed * 7919 + 17)
-    n_steps = difficulty if difficulty is not None else 12 + int(50 * rng.random() ** 2)
-    if not 2 <= n_steps <= MAX_STEPS:
-        raise ValueError(f"difficulty must be in [2, {MAX_STEPS}], got {n_steps}")
-    n_inputs = rng.randint(3, 5)
-    if n_inputs + n_steps > N_REGISTERS:
-        raise ValueError(f"difficulty {n_steps} needs more than {N_REGISTERS} registers")
-    names = rng.sample(REGISTER_WORDS, n_inputs + n_steps)
-    values: dict[str, int] = {}
-    for nm in names[:n_inputs]:
-        values[nm] = rng.randrange(MOD)
-    program = []  # (dst, a, op, b)
-    for i in range(n_steps):
-        defined = names[: n_inputs + i]
-        # prefer recent registers (like real derivations) but reach far back now and then
-        a = defined[-1 - min(int(rng.expovariate(0.3)), len(defined) - 1)]
-        b = rng.choice(defined)
-        op = rng.choice(OPS)
-        dst = names[n_inputs + i]
-        values[dst] = _apply(op, values[a], values[b]) % MOD
-        program.append((dst, a, op, b))
-    first, last = program[0][0], program[-1][0]
-    answer = (values[first] + values[last]) % MOD
+    n = difficulty if difficulty is not None else 10 + int(60 * rng.random() ** 2)
+    if not 2 <= n <= MAX_STEPS:
+        raise ValueError(f"difficulty must be in [2, {MAX_STEPS}], got {n}")
+    a, b = rng.randint(2, 9), rng.randint(1, 9)
+    r = [rng.randrange(MOD)]  # r[k]: the register after step k
+    for _ in range(n):
+        r.append((r[-1] * a + b) % MOD)
+    answer = (r[1] + r[n]) % MOD
 
-    p = ["problem", ":", "registers", "start", "with"]
-    for j, nm in enumerate(names[:n_inputs]):
-        p += [nm, "=", str(values[nm]), "," if j < n_inputs - 1 else "."]
-    p += ["then", "compute"]
-    for j, (dst, a, op, b) in enumerate(program):
-        # numbered, so that "step k :" in the trace finds its operation by plain induction
-        p += ["step", str(j + 1), ":", dst, "=", a, op, b, ";" if j < n_steps - 1 else "."]
-    p += ["find", "the", "sum", "of", first, "and", last, "mod", "10", "?", "think", ":"]
+    p = ["problem", ":", "a", "register", "starts", "at", str(r[0]), ".", "apply", "the", "rule",
+         "x", "->", "x", "*", str(a), "+", str(b), ",", str(n) if n < 91 else "many", "times", ".",
+         "the", "last", "step", "is", f"#{n}", ".", "find", "the", "sum", "of", "the", "first", "result",
+         "and", "the", "last", "result", "mod", "10", "?", "think", ":"]
 
-    s = ["let", "me", "work", "through", "the", "program", "step", "by", "step", ".",
-         "the", "program", "has", str(n_steps), "steps", "."]
-    for i, (dst, a, op, b) in enumerate(program):
-        s += ["step", str(i + 1), ":"] + _step_words(dst, a, op, b, values[a], values[b])
-        s += ["so", dst, "=", str(values[dst]), "."]
-        if (i + 1) % VERIFY_EVERY == 0:
-            k = rng.randrange(i + 1)  # re-check an earlier step, sometimes far back
-            vd, va, vo, vb = program[k]
-            s += ["wait", ",", "let", "me", "verify", "step", str(k + 1), ":"]
-            s += _step_words(vd, va, vo, vb, values[va], values[vb])
-            s += ["yes", ",", vd, "=", str(values[vd]), "is", "correct", "."]
-    s += ["all", "steps", "done", ".", "let", "me", "restate", "values", ":"]
-    for j, (dst, *_rest) in enumerate(program):
-        s += ["step", str(j + 1), ":", dst, "=", str(values[dst]), "," if j < n_steps - 1 else "."]
-    vf, vl = values[first], values[last]
-    s += ["the", "question", "asks", "for", "the", "sum", "of", first, "and", last, ".",
-          "the", "first", "register", first, "is", str(vf), ".",
-          "the", "last", "register", last, "is", str(vl), ".",
-          str(vf), "+", str(vl), "=", str(vf + vl), ",", "mod", "10", "is", str(answer), ".",
+    s = ["let", "me", "work", "through", "the", "steps", "one", "by", "one", ".",
+         "the", "rule", "is", "x", "->", "x", "*", str(a), "+", str(b), ".",
+         "the", "last", "step", "is", f"#{n}", ".", "the", "register", "starts", "at", "r0", "=", str(r[0]), "."]
+    for k in range(1, n + 1):
+        s += _work(k, r[k - 1], a, b) + ["so", f"r{k}", "=", str(r[k]), "."]
+        if k % VERIFY_EVERY == 0:
+            s += ["wait", ",", "let", "me", "verify"] + _work(k, r[k - 1], a, b)
+            s += ["yes", ",", f"r{k}", "=", str(r[k]), "is", "correct", "."]
+    s += ["all", "steps", "done", ".", "let", "me", "restate", ":", "the", "rule", "was", "x", "->",
+          "x", "*", str(a), "+", str(b), ".", "the", "question", "asks", "for", "the", "sum", "of",
+          "the", "first", "result", "and", "the", "last", "result", ".",
+          "the", "first", "result", "r1", "=", str(r[1]), ".",
+          "the", "last", "result", f"r{n}", "=", str(r[n]), ".",
+          str(r[1]), "+", str(r[n]), "=", str(r[1] + r[n]), ",", "mod", "10", "is", str(answer), ".",
           "answer", ":", str(answer)]
-    return Problem(seed, n_steps, " ".join(p), " ".join(s), answer)
+    return Problem(seed, n, " ".join(p), " ".join(s), answer)
 
 
 def extract_answer(text: str) -> int | None:
@@ -140,6 +120,6 @@ def score(problem: Problem, generated: str) -> bool:
 def vocabulary() -> list[str]:
     """Every word a problem or a trace can contain, in a fixed order."""
     seen: dict[str, None] = {}
-    for w in NUMBER_WORDS + REGISTER_WORDS + TEXT_WORDS + ["steps", "wait", "10", "?"]:
+    for w in NUMBER_WORDS + STEP_WORDS + RESULT_WORDS + TEXT_WORDS + ["many"]:
         seen.setdefault(w, None)
     return list(seen)
