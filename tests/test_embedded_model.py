@@ -69,3 +69,14 @@ def test_generated_traces_follow_the_format_and_the_arithmetic(llm):
         for a, op, b, z, w in sums:
             a, b, z, w = int(a), int(b), int(z), int(w)
             assert z == {"+": a + b, "-": a - b, "*": a * b}[op] and w == z % 10
+
+
+def test_solves_held_out_problems(llm):
+    """The README's accuracy figure in small: greedy, full KV cache, held-out seeds, 16 steps each
+    (the 200-problem figure is benchmarks/results/embedded_accuracy.json)."""
+    from tessera.tasks.reasoning import score
+
+    probs = [make_problem(EVAL_SEED_BASE + 20_000 + i, difficulty=16) for i in range(8)]
+    out = llm.generate([p.prompt for p in probs], SamplingParams(max_new_tokens=1500))
+    solved = sum(score(p, c.text) for p, c in zip(probs, out.completions))
+    assert solved >= 7, f"{solved}/8"

@@ -10,8 +10,9 @@ from tessera.tasks.reasoning import EVAL_SEED_BASE, extract_answer, make_problem
 
 def execute(prompt: str) -> tuple[list[int], int]:
     """Independent interpreter of a problem statement -> (register after each step, expected answer)."""
-    m = re.search(r"starts at (\d) \. apply the rule x -> x \* (\d) \+ (\d) , (\d+) times", prompt)
-    r0, a, b, n = map(int, m.groups())
+    m = re.search(r"starts at (\d) \. apply the rule x -> x \* (\d) \+ (\d) , (\d) (\d) times", prompt)
+    r0, a, b, tens, ones = map(int, m.groups())
+    n = 10 * tens + ones
     r = [r0]
     for _ in range(n):
         r.append((r[-1] * a + b) % 10)
@@ -60,6 +61,14 @@ def test_the_answer_needs_the_first_result():
     assert words.index("r1") < 80 < len(words) - 40  # written at the start, needed at the end
     assert f"the first result r1 = {execute(p.prompt)[0][1]} ." in p.solution
     assert "wait , let me verify" in p.solution
+
+
+def test_the_count_down_ends_the_steps():
+    p = make_problem(EVAL_SEED_BASE + 4, difficulty=23)
+    assert ", 2 3 times ." in p.prompt and "so r1 = " in p.solution
+    counts = [int(t) * 10 + int(o) for t, o in re.findall(r"so r\d+ = \d , (\d) (\d) times", p.solution)]
+    assert counts == list(range(22, -1, -1))
+    assert p.solution.split(", 0 0 times .")[1].startswith(" all steps done")
 
 
 @pytest.mark.parametrize("seed", [0, EVAL_SEED_BASE + 9])

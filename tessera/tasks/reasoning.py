@@ -3,20 +3,22 @@
 A problem is a register that starts at a digit and a rule `x -> x * a + b` (mod 10) applied to it
 `n_steps` times; the question combines the *first* intermediate result with the *last* one. The
 reference solution is written the way R1-style reasoning models write: it restates the task, works
-every step out in full ("step #5 . r4 = 3 . 3 * 3 = 9 , 9 + 7 = 16 , mod 10 is 6 . so r5 = 6 ."),
-stops every other step to say "wait , let me verify" and redoes it, restates the rule and the
+every step out in full ("step #5 . r4 = 3 . 3 * 3 = 9 , 9 + 7 = 16 , mod 10 is 6 . so r5 = 6 ,
+1 5 times ."), counting down the steps still to do, stops every other step to say "wait , let me verify" and redoes it, restates the rule and the
 results before answering, and finally needs `r1`, the result written at the very start of the
 trace. So the trace holds real redundancy (every result is written several times) and a
 long-range dependency, which is what decode-time KV compression (R-KV) is evaluated on.
 
 Why the task looks the way it does: everything a step needs is *local* (the previous result was
-written a few tokens back; the rule's digits follow the most recent `*` and `+`), and the one far
-look-up, `r1 = D`, has a one-token key. A 3-4M-parameter model learns local copying and the mod-10
+written a few tokens back; the rule's digits follow the most recent `*` and `+`; whether to stop
+follows from the count-down just written), and the one far look-up, `r1 = D`, has a one-token key. A 3-4M-parameter model learns local copying and the mod-10
 tables in minutes on a CPU, but keyed retrieval from far back is slow to learn. Two earlier
 designs taught us this: programs over 100 named registers (`vC = vA op vB`, 0.5B GPU tokens: a
 third of the look-ups wrong), and a different random operation per step (`step #k +7 .`, 40 CPU
 minutes: the model learned to copy an operation from its own earlier steps but not from the
-prompt, about 10% right). See the notes in docs/kv_compression.md.
+prompt, about 10% right). A first version of this task stated "the last step is #N" instead of
+counting down: the model never learned to copy the rare `#N` token from the prompt, so it never
+stopped.
 
 Everything is a pure function of `(seed, difficulty)`: the same seed always gives the same
 problem, on every machine. Text is whitespace-separated words; the embedded tokenizer maps each
@@ -30,12 +32,12 @@ from dataclasses import dataclass
 
 MOD = 10
 VERIFY_EVERY = 2  # a "wait , let me verify" loop after every 2nd step
-MAX_STEPS = 120
+MAX_STEPS = 99  # the count-down is written as two digits
 
 #: Words that can appear in a problem or a trace. The tokenizer is built from this list.
 NUMBER_WORDS = [str(i) for i in range(0, 91)]  # x * a <= 81, x * a + b <= 90
-STEP_WORDS = [f"#{i}" for i in range(1, MAX_STEPS + 1)]  # "#k": step k
-RESULT_WORDS = [f"r{i}" for i in range(MAX_STEPS + 1)]  # rk: the register after step k
+STEP_WORDS = [f"#{i}" for i in range(1, 121)]  # "#k": step k
+RESULT_WORDS = [f"r{i}" for i in range(121)]  # rk: the register after step k
 TEXT_WORDS = (
     "problem : a register starts at . apply the rule x -> * + , times the last step is find sum "
     "of first result and mod 10 ? think let me work through steps one by = is so wait verify yes "
@@ -64,9 +66,15 @@ def _work(k: int, x: int, a: int, b: int) -> list[str]:
             str(x * a), "+", str(b), "=", str(x * a + b), ",", "mod", "10", "is", str((x * a + b) % MOD), "."]
 
 
+def _digits(n: int) -> list[str]:
+    """A count as two digit tokens, `30` -> `3 0`: the tiny model copies single digits from the
+    prompt reliably but misreads whole-number tokens (it wrote 38 or 48 for 45)."""
+    return [str(n // 10), str(n % 10)]
+
+
 def make_problem(seed: int, difficulty: int | None = None) -> Problem:
     """Generate problem `seed`. `difficulty` = number of steps (default: drawn from the seed in
-    [10, 69], skewed to short ones, so that traces average about 1,500 tokens, some pass 3,000,
+    [10, 69], skewed to short ones, so that traces average about 1,600 tokens, some pass 3,000,
     and prompt + trace stay under 4,096 positions)."""
     rng = random.Random(seed * 7919 + 17)
     n = difficulty if difficulty is not None else 10 + int(60 * rng.random() ** 2)
@@ -79,15 +87,15 @@ def make_problem(seed: int, difficulty: int | None = None) -> Problem:
     answer = (r[1] + r[n]) % MOD
 
     p = ["problem", ":", "a", "register", "starts", "at", str(r[0]), ".", "apply", "the", "rule",
-         "x", "->", "x", "*", str(a), "+", str(b), ",", str(n) if n < 91 else "many", "times", ".",
-         "the", "last", "step", "is", f"#{n}", ".", "find", "the", "sum", "of", "the", "first", "result",
+         "x", "->", "x", "*", str(a), "+", str(b), ",", *_digits(n), "times", ".", "find", "the", "sum", "of", "the", "first", "result",
          "and", "the", "last", "result", "mod", "10", "?", "think", ":"]
 
     s = ["let", "me", "work", "through", "the", "steps", "one", "by", "one", ".",
-         "the", "rule", "is", "x", "->", "x", "*", str(a), "+", str(b), ".",
-         "the", "last", "step", "is", f"#{n}", ".", "the", "register", "starts", "at", "r0", "=", str(r[0]), "."]
+         "the", "rule", "is", "x", "->", "x", "*", str(a), "+", str(b), ",", *_digits(n), "times", ".",
+         "the", "register", "starts", "at", "r0", "=", str(r[0]), "."]
     for k in range(1, n + 1):
-        s += _work(k, r[k - 1], a, b) + ["so", f"r{k}", "=", str(r[k]), "."]
+        # a count-down of the steps still to do: the stop decision stays local too
+        s += _work(k, r[k - 1], a, b) + ["so", f"r{k}", "=", str(r[k]), ",", *_digits(n - k), "times", "."]
         if k % VERIFY_EVERY == 0:
             s += ["wait", ",", "let", "me", "verify"] + _work(k, r[k - 1], a, b)
             s += ["yes", ",", f"r{k}", "=", str(r[k]), "is", "correct", "."]
