@@ -37,6 +37,7 @@ MODEL = dict(
 
 
 _TOK = None
+_TRAIN_PROMPT = False  # --train-prompt: the loss covers the prompt too
 _EQ_ID = -1  # token id of "=", set in main()
 _IS_REGISTER = torch.zeros(0, dtype=torch.bool)  # [V] True for the result tokens r0, r1, ..
 
@@ -77,7 +78,7 @@ def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None):
         mask = torch.zeros((len(b), T), dtype=torch.bool)
         for i, (full, n_prompt) in enumerate(b):
             ids[i, : len(full)] = torch.tensor(full)
-            mask[i, n_prompt : len(full)] = True  # predict the trace tokens (and </s>)
+            mask[i, (1 if _TRAIN_PROMPT else n_prompt) : len(full)] = True  # predict the trace tokens (and </s>)
         out.append((ids, mask))
     return out
 
@@ -117,7 +118,10 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip torch.compile (it fuses the elementwise ops: about 2x tokens/s on the CPU)")
+    ap.add_argument("--train-prompt", action="store_true", help="put the prompt tokens in the loss too")
     args = ap.parse_args()
+    global _TRAIN_PROMPT
+    _TRAIN_PROMPT = args.train_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)
