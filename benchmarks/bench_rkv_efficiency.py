@@ -1,8 +1,8 @@
 """KV memory and decode throughput of R-KV vs FullKV at long generations, in one run.
 
-The embedded model stops at 4,096 positions, so this uses a model with the embedded model's
-architecture (6 layers, hidden 256, GQA 4/2 heads, head_dim 64) but *random weights* and 16,384
-positions; EOS is ignored so every sequence generates exactly `--new-tokens` tokens (default
+The embedded model stops at 4,096 positions, so this uses a model with the embedded model's width
+(hidden 256, GQA 4/2 heads, head_dim 64, its vocabulary) and 6 layers, but *random weights* and
+16,384 positions; EOS is ignored so every sequence generates exactly `--new-tokens` tokens (default
 8,192) after a held-out problem prompt. Accuracy is not measured here (bench_rkv_accuracy.py).
 
 Measured, same machine, same run:
@@ -31,7 +31,10 @@ def build(args):
     from tessera.models import LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=245, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+    from tessera.engine.engine import DEFAULT_MODEL
+    from tessera.tokenizer import Tokenizer
+
+    cfg = ModelConfig(vocab_size=Tokenizer(DEFAULT_MODEL).vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=16384,
                       eos_token_id=2, tie_word_embeddings=True)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
