@@ -118,7 +118,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip torch.compile (it fuses the elementwise ops: about 2x tokens/s on the CPU)")
-    ap.add_argument("--train-prompt", action="store_true", help="put the prompt tokens in the loss too")
+    ap.add_argument("--train-prompt", action=argparse.BooleanOptionalAction, default=True,
+                    help="put the prompt tokens in the loss too (it is what taught the model to copy from the prompt)")
     args = ap.parse_args()
     global _TRAIN_PROMPT
     _TRAIN_PROMPT = args.train_prompt
