@@ -37,9 +37,6 @@ MODEL = dict(
 
 
 _TOK = None
-_TRAIN_PROMPT = False  # --train-prompt: the loss covers the prompt too
-_EQ_ID = -1  # token id of "=", set in main()
-_IS_REGISTER = torch.zeros(0, dtype=torch.bool)  # [V] True for the result tokens r0, r1, ..
 
 
 def _init_worker(tok_dir):
@@ -58,7 +55,7 @@ def encode_problem(seed_share):
     return prompt + _TOK.encode(p.solution, add_bos=False) + [_TOK.eos_id], len(prompt)
 
 
-def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None):
+def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train_prompt=True):
     """Length-bucketed batches: (input_ids [B, T], loss mask [B, T]) with the prompt masked out."""
     work = [(s, short_share) for s in seeds]
     items = pool.map(encode_problem, work, chunksize=64) if pool else [encode_problem(w) for w in work]
@@ -78,25 +75,27 @@ def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None):
         mask = torch.zeros((len(b), T), dtype=torch.bool)
         for i, (full, n_prompt) in enumerate(b):
             ids[i, : len(full)] = torch.tensor(full)
-            mask[i, (1 if _TRAIN_PROMPT else n_prompt) : len(full)] = True  # predict the trace tokens (and </s>)
+            # predict the trace tokens (and </s>), and the prompt's too unless --no-train-prompt
+            mask[i, (1 if train_prompt else n_prompt) : len(full)] = True
         out.append((ids, mask))
     return out
 
 
 def loss_fn(fwd, ids, mask):
-    """(loss, token accuracy, hits and count of *value* tokens) over the unmasked targets.
-
-    Value tokens are the D of `rk = D`: the register look-ups a solution stands or falls on, and the
-    tokens an earlier format of the task failed on while overall token accuracy looked fine."""
+    """(loss, token accuracy, per-target hits [B, T-1]) over the unmasked targets."""
     with torch.autocast(ids.device.type, dtype=torch.bfloat16):
         logits = fwd(ids[:, :-1])  # [B, T-1, V]
     tgt = ids[:, 1:]
     m = mask[:, 1:]
     hit = logits.argmax(-1) == tgt  # [B, T-1]
+    return F.cross_entropy(logits.float()[m], tgt[m]), hit[m].float().mean(), hit
+
+
+def value_targets(ids, mask, eq_id, is_result):
+    """[B, T-1] True where the target is the D of `rk = D`: the look-ups a solution stands or falls
+    on, and the tokens an earlier format of the task failed on while token accuracy looked fine."""
     prev = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-2]], 1)  # token before the input token
-    val = m & (ids[:, :-1] == _EQ_ID) & _IS_REGISTER.to(ids.device)[prev]
-    return (F.cross_entropy(logits.float()[m], tgt[m]), hit[m].float().mean(),
-            int(hit[val].sum()), int(val.sum()))
+    return mask[:, 1:] & (ids[:, :-1] == eq_id) & is_result.to(ids.device)[prev]
 
 
 def main():
@@ -121,8 +120,6 @@ def main():
     ap.add_argument("--train-prompt", action=argparse.BooleanOptionalAction, default=True,
                     help="put the prompt tokens in the loss too (it is what taught the model to copy from the prompt)")
     args = ap.parse_args()
-    global _TRAIN_PROMPT
-    _TRAIN_PROMPT = args.train_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,10 +127,9 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tok = build_word_tokenizer(vocabulary(), args.out, MODEL["max_position_embeddings"])
-    global _EQ_ID, _IS_REGISTER
-    _EQ_ID = tok.encode("=", add_bos=False)[0]
-    _IS_REGISTER = torch.zeros(tok.vocab_size, dtype=torch.bool)
-    _IS_REGISTER[tok.encode(" ".join(RESULT_WORDS), add_bos=False)] = True
+    eq_id = tok.encode("=", add_bos=False)[0]
+    is_result = torch.zeros(tok.vocab_size, dtype=torch.bool)  # [V] True for r0, r1, ..
+    is_result[tok.encode(" ".join(RESULT_WORDS), add_bos=False)] = True
     cfg = ModelConfig(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
                       pad_token_id=tok.pad_id, **MODEL)
     model = LlamaForCausalLM(cfg)
@@ -168,8 +164,10 @@ def main():
         pool = mp.get_context("fork").Pool(args.workers, _init_worker, (args.out,))
     else:
         _init_worker(args.out)
-    eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032), args.tokens_per_batch)
+    eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032), args.tokens_per_batch,
+                                train_prompt=args.train_prompt)
     eval_batches = [(i.to(args.device), m.to(args.device)) for i, m in eval_batches]
+    vals = [value_targets(i, m, eq_id, is_result) for i, m in eval_batches]  # fixed: computed once
     log = open(work / "train.log", "a")
     last_ckpt = time.time()
     rng = random.Random(args.seed + state["step"])
@@ -178,7 +176,7 @@ def main():
         assert seeds[-1] < EVAL_SEED_BASE, "training would reach the held-out evaluation seeds"
         state["next_seed"] += args.pool
         short = args.short_share if state["elapsed"] < args.curriculum_minutes * 60 else 0.0
-        batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool)
+        batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool, args.train_prompt)
         rng.shuffle(batches)
         for ids, mask in batches:
             ids, mask = ids.to(args.device, non_blocking=True), mask.to(args.device, non_blocking=True)
@@ -188,7 +186,7 @@ def main():
             for g in opt.param_groups:
                 g["lr"] = lr
             model.train()
-            loss, acc, _, _ = loss_fn(fwd, ids, mask)
+            loss, acc, _ = loss_fn(fwd, ids, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -211,7 +209,7 @@ def main():
                     ev = [loss_fn(fwd, i, m) for i, m in eval_batches]
                 msg = (f"eval step {state['step']} loss {sum(e[0].item() for e in ev) / len(ev):.4f} "
                        f"tok-acc {sum(e[1].item() for e in ev) / len(ev):.4f} "
-                       f"value-acc {sum(e[2] for e in ev) / max(1, sum(e[3] for e in ev)):.4f}")
+                       f"value-acc {sum(int(e[2][v].sum()) for e, v in zip(ev, vals)) / max(1, sum(int(v.sum()) for v in vals)):.4f}")
                 print(msg, flush=True)
                 log.write(msg + "\n")
             if time.time() - last_ckpt > 180:
