@@ -36,6 +36,8 @@ MAX_STEPS = 99  # the count-down is written as two digits
 
 #: Words that can appear in a problem or a trace. The tokenizer is built from this list.
 NUMBER_WORDS = [str(i) for i in range(0, 91)]  # x * a <= 81, x * a + b <= 90
+# Words #100..#120, r100..r120 and "many" are never written now (difficulty <= MAX_STEPS); they stay
+# so that the vocabulary, and with it the committed tokenizer and embedding, keep their shape.
 STEP_WORDS = [f"#{i}" for i in range(1, 121)]  # "#k": step k
 RESULT_WORDS = [f"r{i}" for i in range(121)]  # rk: the register after step k
 TEXT_WORDS = (
