@@ -9,7 +9,7 @@ Training seeds are < 1,000,000; evaluation seeds start at 1,000,000
 (`tessera.tasks.reasoning.EVAL_SEED_BASE`), so the reported accuracy is on problems never seen in
 training.
 
-    python scripts/train_tiny.py --minutes 75 --out tessera/assets/tiny-reasoner   # what `make train` runs
+    python scripts/train_tiny.py --minutes 60 --out tessera/assets/tiny-reasoner   # what `make train` runs
 """
 
 from __future__ import annotations
@@ -45,18 +45,20 @@ def _init_worker(tok_dir):
 
 
 def encode_problem(seed_share):
-    """(seed, short_share) -> (token ids of prompt + trace + </s>, prompt length)."""
+    """(seed, short_share) -> (token ids of prompt + trace + </s>, prompt length, positions of the
+    far copies: the step count restated from the prompt and `r1` at the end)."""
     s, short_share = seed_share
     # `short_share` of the problems get 2..14 steps (a curriculum: the skills, lookups, copying and
     # the mod-10 tables, are the same at every length and far cheaper to learn short)
     d = 2 + s % 13 if (s * 2654435761 % 1000) / 1000 < short_share else None
     p = make_problem(s, d)
     prompt = _TOK.encode(p.prompt)
-    return prompt + _TOK.encode(p.solution, add_bos=False) + [_TOK.eos_id], len(prompt)
+    trace = _TOK.encode(p.solution, add_bos=False)  # one token per word: far_copies index it directly
+    return prompt + trace + [_TOK.eos_id], len(prompt), [len(prompt) + i for i in p.far_copies]
 
 
 def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train_prompt=True):
-    """Length-bucketed batches: (input_ids [B, T], loss mask [B, T]) with the prompt masked out."""
+    """Length-bucketed batches: (input_ids [B, T], loss mask [B, T], far-copy targets [B, T])."""
     work = [(s, short_share) for s in seeds]
     items = pool.map(encode_problem, work, chunksize=64) if pool else [encode_problem(w) for w in work]
     items.sort(key=lambda x: len(x[0]))
@@ -73,22 +75,28 @@ def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train
         T = max(len(x[0]) for x in b)
         ids = torch.full((len(b), T), tok.pad_id, dtype=torch.long)
         mask = torch.zeros((len(b), T), dtype=torch.bool)
-        for i, (full, n_prompt) in enumerate(b):
+        far = torch.zeros((len(b), T), dtype=torch.bool)
+        for i, (full, n_prompt, far_pos) in enumerate(b):
             ids[i, : len(full)] = torch.tensor(full)
             # predict the trace tokens (and </s>), and the prompt's too unless --no-train-prompt
             mask[i, (1 if train_prompt else n_prompt) : len(full)] = True
-        out.append((ids, mask))
+            far[i, far_pos] = True
+        out.append((ids, mask, far))
     return out
 
 
-def loss_fn(fwd, ids, mask):
-    """(loss, token accuracy, per-target hits [B, T-1]) over the unmasked targets."""
+def loss_fn(fwd, ids, mask, far, far_weight=1.0):
+    """(loss, token accuracy, per-target hits [B, T-1]) over the unmasked targets; the far-copy
+    targets count `far_weight` times in the loss (they are ~3 tokens in 1,600, and the ones that
+    decide the answer: without the weight their gradient drowns in the local steps')."""
     with torch.autocast(ids.device.type, dtype=torch.bfloat16):
         logits = fwd(ids[:, :-1])  # [B, T-1, V]
     tgt = ids[:, 1:]
     m = mask[:, 1:]
     hit = logits.argmax(-1) == tgt  # [B, T-1]
-    return F.cross_entropy(logits.float()[m], tgt[m]), hit[m].float().mean(), hit
+    ce = F.cross_entropy(logits.float()[m], tgt[m], reduction="none")  # [N]
+    w = 1.0 + (far_weight - 1.0) * far[:, 1:][m].float()  # [N]
+    return (ce * w).sum() / w.sum(), hit[m].float().mean(), hit
 
 
 def value_targets(ids, mask, eq_id, is_result):
@@ -102,13 +110,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tessera/assets/tiny-reasoner")
     ap.add_argument("--work", default="runs/tiny", help="checkpoints and logs")
-    ap.add_argument("--minutes", type=float, default=75.0, help="training budget (time spent in training steps)")
+    ap.add_argument("--minutes", type=float, default=60.0, help="training budget (time spent in training steps)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
     ap.add_argument("--pool", type=int, default=512, help="problems generated per refill")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--short-share", type=float, default=0.7, help="share of short problems in the curriculum")
-    ap.add_argument("--curriculum-minutes", type=float, default=40.0, help="curriculum phase length")
+    ap.add_argument("--curriculum-minutes", type=float, default=30.0, help="curriculum phase length")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the same recipe, just faster)")
     ap.add_argument("--init-from", default=None, help="start from the weights of this HF dir")
@@ -119,6 +127,8 @@ def main():
                     help="skip torch.compile (it fuses the elementwise ops: about 2x tokens/s on the CPU)")
     ap.add_argument("--train-prompt", action=argparse.BooleanOptionalAction, default=True,
                     help="put the prompt tokens in the loss too (it is what taught the model to copy from the prompt)")
+    ap.add_argument("--far-weight", type=float, default=20.0,
+                    help="loss weight of the far-copy tokens (the restated step count, r1 at the end)")
     args = ap.parse_args()
 
     if args.threads:
@@ -164,13 +174,29 @@ def main():
         pool = mp.get_context("fork").Pool(args.workers, _init_worker, (args.out,))
     else:
         _init_worker(args.out)
-    eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032), args.tokens_per_batch,
+    eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_064), args.tokens_per_batch,
                                 train_prompt=args.train_prompt)
-    eval_batches = [(i.to(args.device), m.to(args.device)) for i, m in eval_batches]
-    vals = [value_targets(i, m, eq_id, is_result) for i, m in eval_batches]  # fixed: computed once
+    eval_batches = [tuple(t.to(args.device) for t in b) for b in eval_batches]
+    vals = [value_targets(i, m, eq_id, is_result) for i, m, _ in eval_batches]  # fixed: computed once
+    fars = [f[:, 1:] for _, _, f in eval_batches]
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            ev = [loss_fn(fwd, *b) for b in eval_batches]
+
+        def acc(masks):
+            return sum(int(e[2][v].sum()) for e, v in zip(ev, masks)) / max(1, sum(int(v.sum()) for v in masks))
+
+        msg = (f"eval step {state['step']} loss {sum(e[0].item() for e in ev) / len(ev):.4f} "
+               f"tok-acc {sum(e[1].item() for e in ev) / len(ev):.4f} value-acc {acc(vals):.4f} far-acc {acc(fars):.4f}")
+        print(msg, flush=True)
+        log.write(msg + "\n")
+
     log = open(work / "train.log", "a")
     last_ckpt = time.time()
     rng = random.Random(args.seed + state["step"])
+    evaluate()  # where a resumed or initialised run starts from
     while state["elapsed"] < budget:
         seeds = range(state["next_seed"], state["next_seed"] + args.pool)
         assert seeds[-1] < EVAL_SEED_BASE, "training would reach the held-out evaluation seeds"
@@ -178,15 +204,15 @@ def main():
         short = args.short_share if state["elapsed"] < args.curriculum_minutes * 60 else 0.0
         batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool, args.train_prompt)
         rng.shuffle(batches)
-        for ids, mask in batches:
-            ids, mask = ids.to(args.device, non_blocking=True), mask.to(args.device, non_blocking=True)
+        for ids, mask, far in batches:
+            ids, mask, far = (t.to(args.device, non_blocking=True) for t in (ids, mask, far))
             t0 = time.time()
             frac = state["elapsed"] / budget
             lr = args.lr * min(1.0, (state["elapsed"] + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
             for g in opt.param_groups:
                 g["lr"] = lr
             model.train()
-            loss, acc, _ = loss_fn(fwd, ids, mask)
+            loss, acc, _ = loss_fn(fwd, ids, mask, far, args.far_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -204,14 +230,7 @@ def main():
                 log.write(msg + "\n")
                 log.flush()
             if state["step"] % 50 == 0:
-                model.eval()
-                with torch.no_grad():
-                    ev = [loss_fn(fwd, i, m) for i, m in eval_batches]
-                msg = (f"eval step {state['step']} loss {sum(e[0].item() for e in ev) / len(ev):.4f} "
-                       f"tok-acc {sum(e[1].item() for e in ev) / len(ev):.4f} "
-                       f"value-acc {sum(int(e[2][v].sum()) for e, v in zip(ev, vals)) / max(1, sum(int(v.sum()) for v in vals)):.4f}")
-                print(msg, flush=True)
-                log.write(msg + "\n")
+                evaluate()
             if time.time() - last_ckpt > 180:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
                 save_model(model, args.out)

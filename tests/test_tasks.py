@@ -63,6 +63,17 @@ def test_the_answer_needs_the_first_result():
     assert "wait , let me verify" in p.solution
 
 
+@pytest.mark.parametrize("seed", [3, EVAL_SEED_BASE + 5])
+def test_far_copies_mark_the_count_and_the_first_result(seed):
+    p = make_problem(seed)
+    words, (r, _) = p.solution.split(), execute(p.prompt)
+    count, first = p.far_copies[:2], p.far_copies[2]
+    assert " ".join(words[i] for i in count) == f"{p.difficulty // 10} {p.difficulty % 10}"
+    assert words[count[1] + 1] == "times" and count[0] < 30  # restated from the prompt
+    assert words[first - 2 : first + 1] == ["r1", "=", str(r[1])] and first > len(words) - 30
+    assert first - words.index("r1") > 20 * p.difficulty  # the first result was written far back
+
+
 def test_the_count_down_ends_the_steps():
     p = make_problem(EVAL_SEED_BASE + 4, difficulty=23)
     assert ", 2 3 times ." in p.prompt and "so r1 = " in p.solution

@@ -56,6 +56,11 @@ class Problem:
     prompt: str  # ends with "think :"; the model continues from here
     solution: str  # the chain of thought, ending with "answer : D"
     answer: int
+    #: indices into `solution.split()` of the words copied from far back: the step count restated
+    #: from the prompt (two digits) and `r1`'s value at the end. They are a handful of tokens in a
+    #: thousand, yet every wrong answer of the embedded model traced back to one of them, so
+    #: training weights them up and logs their accuracy.
+    far_copies: tuple[int, ...] = ()
 
     @property
     def text(self) -> str:
@@ -95,6 +100,7 @@ def make_problem(seed: int, difficulty: int | None = None) -> Problem:
     s = ["let", "me", "work", "through", "the", "steps", "one", "by", "one", ".",
          "the", "rule", "is", "x", "->", "x", "*", str(a), "+", str(b), ",", *_digits(n), "times", ".",
          "the", "register", "starts", "at", "r0", "=", str(r[0]), "."]
+    far = [s.index("times") - 2, s.index("times") - 1]
     for k in range(1, n + 1):
         # a count-down of the steps still to do: the stop decision stays local too
         s += _work(k, r[k - 1], a, b) + ["so", f"r{k}", "=", str(r[k]), ",", *_digits(n - k), "times", "."]
@@ -104,11 +110,12 @@ def make_problem(seed: int, difficulty: int | None = None) -> Problem:
     s += ["all", "steps", "done", ".", "let", "me", "restate", ":", "the", "rule", "was", "x", "->",
           "x", "*", str(a), "+", str(b), ".", "the", "question", "asks", "for", "the", "sum", "of",
           "the", "first", "result", "and", "the", "last", "result", ".",
-          "the", "first", "result", "r1", "=", str(r[1]), ".",
-          "the", "last", "result", f"r{n}", "=", str(r[n]), ".",
+          "the", "first", "result", "r1", "=", str(r[1]), "."]
+    far.append(len(s) - 2)
+    s += ["the", "last", "result", f"r{n}", "=", str(r[n]), ".",
           str(r[1]), "+", str(r[n]), "=", str(r[1] + r[n]), ",", "mod", "10", "is", str(answer), ".",
           "answer", ":", str(answer)]
-    return Problem(seed, n, " ".join(p), " ".join(s), answer)
+    return Problem(seed, n, " ".join(p), " ".join(s), answer, tuple(far))
 
 
 def extract_answer(text: str) -> int | None:
