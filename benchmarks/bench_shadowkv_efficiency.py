@@ -67,7 +67,7 @@ def queries(n, Hq, D, device, drift, seed=2):
 def run_length(T, args):
     from tessera.kv.cache import DenseCache
     from tessera.kv.shadowkv import ShadowKVCache, ShadowKVOptions
-    from tessera.kv.shadowkv.state import build_row
+    from tessera.kv.shadowkv.state import LayerState, build_row
 
     H, Hq, D, dev = args.kv_heads, args.heads, args.head_dim, args.device
     k_pre, k, v, rope = make_kv(T, H, D, dev)
@@ -80,7 +80,7 @@ def run_length(T, args):
     for mode, drift in (("drifting", 0.3), ("independent", 0.0)):
         skv = ShadowKVCache(1, H, D, rope, opts, dev)
         t0 = time.perf_counter()
-        skv.rows[0] = [build_row(k_pre, k, v, 0, opts, skv.rank)]
+        skv.layers[0] = LayerState.pack([build_row(k_pre, k, v, 0, opts, skv.rank)], opts.chunk_size)
         build_s = time.perf_counter() - t0
         qs = queries(args.steps + 2, Hq, D, dev, drift)
         lat_s = time_steps(skv, qs, H, D, T, dev)

@@ -26,8 +26,9 @@ def _model(heads=4, kv_heads=2, head_dim=16, layers=2, seed=0):
 
 
 @torch.inference_mode()
-def _run(model, cache, prompts, steps=4, seed=1):
-    """Right-padded prefill then `steps` decode steps with fixed random tokens -> logits [steps+1, B, V]."""
+def _run(model, cache, prompts, steps=4, seed=1, tokens=None):
+    """Right-padded prefill then `steps` decode steps with fixed random tokens (or `tokens` [steps, B])
+    -> logits [steps+1, B, V]."""
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor([len(p) for p in prompts])
     S = int(lens.max())
@@ -37,8 +38,8 @@ def _run(model, cache, prompts, steps=4, seed=1):
     pos = torch.arange(S).expand(len(prompts), S)
     out = [model(inp, pos, cache, StepContext(pos, lens, True), logits_index=lens - 1)[:, -1]]
     seq = lens.clone()
-    for _ in range(steps):
-        tok = torch.randint(0, model.config.vocab_size, (len(prompts), 1), generator=g)
+    for i in range(steps):
+        tok = tokens[i][:, None] if tokens is not None else torch.randint(0, model.config.vocab_size, (len(prompts), 1), generator=g)
         out.append(model(tok, seq[:, None], cache, StepContext(seq[:, None], torch.ones_like(seq), False))[:, -1])
         seq = seq + 1
     return torch.stack(out)
@@ -63,12 +64,14 @@ def test_full_budget_and_rank_equals_dense_for_a_ragged_batch(heads, kv_heads, h
     steps = 5
     ref, got = _run(model, dense, prompts, steps), _run(model, skv, prompts, steps)
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
-    s = skv.rows[0][0]
-    assert s.sparse and s.landmarks.shape[1] == 14 - 3 and s.local_k.shape[1] == 150 - 14 * 8 + 3 * 8
+    s = skv.layers[0]  # both rows padded into one batch state
+    assert s.sparse and s.n_landmarks.tolist() == [14 - 3] * kv_heads + [8 - 3] * kv_heads
+    local = 150 - 14 * 8 + 3 * 8
+    assert s.local_k.shape[2] == local and s.static_valid[1, :local].sum() == 97 - 8 * 8 + 3 * 8
     # every chunk is selected every step: step 1 misses all, the next steps hit all
     assert skv.hit_rate() == pytest.approx((steps - 1) / steps)
     # each non-outlier chunk's values crossed tiers exactly once (outliers live on the fast tier)
-    once = sum(r.landmarks.numel() * 8 * 4 for rows in skv.rows for r in rows)
+    once = sum(int(st.n_landmarks.sum()) * 8 * head_dim * 4 for st in skv.layers)
     assert skv.bytes_transferred() == once < skv.host_nbytes()
 
 
@@ -80,7 +83,7 @@ def test_small_budget_attends_exactly_the_selected_chunks():
     prompts = _prompts([200])
     _run(model, dense, prompts, steps=0)
     _run(model, skv, prompts, steps=0)
-    s = skv.rows[0][0]
+    s = skv.layers[0]
     torch.manual_seed(3)
     q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
     ctx = StepContext(torch.tensor([[200]]), torch.tensor([1]), False)
@@ -89,7 +92,7 @@ def test_small_budget_attends_exactly_the_selected_chunks():
     kd, vd = dense.k[0][0, :, :200], dense.v[0][0, :, :200]  # [H, 200, D] post-RoPE originals
     n_ctx = 21 * 8
     for h in range(2):
-        ids = s.landmark_ids[h].tolist()
+        ids = s.landmark_ids[0, h].tolist()
         lm = torch.stack([kd[h, c * 8:(c + 1) * 8].mean(0) for c in ids])  # [n, D]
         score = torch.stack([torch.softmax(q[0, g, 0] @ lm.T / 4.0, -1) for g in (2 * h, 2 * h + 1)]).amax(0)
         chosen = [ids[i] for i in score.topk(2).indices.tolist()]
@@ -100,6 +103,23 @@ def test_small_budget_attends_exactly_the_selected_chunks():
         for g in (2 * h, 2 * h + 1):
             ref = torch.softmax(q[0, g, 0] @ kk.T / 4.0, -1) @ vv
             torch.testing.assert_close(out[0, g, 0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_padded_batch_decodes_each_row_as_if_alone():
+    """Rows of different lengths (one too short for the scheme) at a small budget: the batched step with
+    its padding and disabled slots gives every row the logits it gets in a batch of one."""
+    model = _model()
+    prompts = _prompts([200, 30, 121])
+    opts = dict(rank=12, sparse_budget=16, outlier_chunks=2)
+    _, skv = _caches(model, 3, **opts)
+    tokens = torch.randint(0, 97, (4, 3), generator=torch.Generator().manual_seed(7))
+    got = _run(model, skv, prompts, steps=4, tokens=tokens)  # [5, 3, V]
+    for b, p in enumerate(prompts):
+        _, alone = _caches(model, 1, **opts)
+        ref = _run(model, alone, [p], steps=4, tokens=tokens[:, b:b + 1])[:, 0]
+        torch.testing.assert_close(got[:, b], ref, atol=2e-4, rtol=2e-4)
+    assert skv.layers[0].slot_ids[1].eq(-2).all()  # the dense row has no slot to fill
+    assert 0 < skv.hit_rate() < 1
 
 
 def test_full_rank_rebuild_reproduces_post_rope_keys():
@@ -140,11 +160,13 @@ def test_landmarks_outliers_and_selection_vs_loops():
             torch.testing.assert_close(lm[h, j], k[h, c * C:(c + 1) * C].mean(0))
     assert 9 in out[1].tolist()
     q = torch.randn(H * G, D)
-    top = select_chunks(q, lm, ids, 3)
+    n_valid = torch.tensor([lm.shape[1], 4])  # head 1 as a padded batch row with 4 real landmarks
+    top = select_chunks(q.view(H, G, D), lm, ids, n_valid, 3)
     for h in range(H):
-        best = [max(torch.softmax(q[h * G + g] @ lm[h].T / D**0.5, -1)[j].item() for g in range(G))
-                for j in range(lm.shape[1])]
-        expect = {ids[h, j].item() for j in sorted(range(len(best)), key=lambda j: -best[j])[:3]}
+        n = int(n_valid[h])
+        best = [max(torch.softmax(q[h * G + g] @ lm[h, :n].T / D**0.5, -1)[j].item() for g in range(G))
+                for j in range(n)]
+        expect = {ids[h, j].item() for j in sorted(range(n), key=lambda j: -best[j])[:3]}
         assert set(top[h].tolist()) == expect
 
 
@@ -166,7 +188,7 @@ def test_short_prompt_falls_back_to_dense():
     prompts = _prompts([20, 39])  # < (local_chunks + 1) * chunk_size = 40 tokens
     dense, skv = _caches(model, 2, sparse_budget=64)
     torch.testing.assert_close(_run(model, skv, prompts), _run(model, dense, prompts))
-    assert not skv.rows[1][0].sparse and skv.host_nbytes() == 0 and skv.hit_rate() == 0.0
+    assert not skv.layers[1].sparse and skv.host_nbytes() == 0 and skv.hit_rate() == 0.0
 
 
 def test_engine_generate_ragged_batch_and_select():
@@ -220,7 +242,7 @@ def test_select_drops_rows_and_keeps_the_rest_exact():
     rows = torch.tensor([2, 0])
     dense.select(rows)
     skv.select(rows)
-    assert len(skv.rows[0]) == 2 and skv.bytes_transferred() == moved  # departed rows still counted
+    assert skv.layers[0].local_k.shape[0] == 2 and skv.bytes_transferred() == moved  # departed rows still counted
     seq = torch.tensor([101, 131])
     tok = torch.tensor([[5], [7]])
     ctx = StepContext(seq[:, None], torch.ones(2, dtype=torch.long), False)

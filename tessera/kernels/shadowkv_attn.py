@@ -3,7 +3,8 @@
 Because selected keys are stored post-RoPE, the buffer is an ordinary dense KV list per KV head (order is
 irrelevant), so the "sparse" attention is a dense GQA decode over a short buffer (arXiv 2410.21465 uses
 flash_attn_with_kvcache for this). One program per KV head serves its G query heads with an online
-softmax over key blocks. Checked under TRITON_INTERPRET=1 only; not yet timed on a GPU.
+softmax over key blocks. A batch flattens to B x H KV heads; an optional `valid` mask [H, T] skips the
+padding between one row's local window, its sparse slots and its decoded tokens. Checked under TRITON_INTERPRET=1 only; not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, T, G, D, scale,
+def _decode_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, out_ptr, T, G, D, scale, HAS_VALID: tl.constexpr,
                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     h = tl.program_id(0)
     g = tl.arange(0, BLOCK_G)
@@ -30,10 +31,14 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, T, G, D, scale,
         k = tl.load(k_ptr + (h * T + n[:, None]) * D + d[None, :], mask=km, other=0.0).to(tl.float32)  # [BN, BD]
         v = tl.load(v_ptr + (h * T + n[:, None]) * D + d[None, :], mask=km, other=0.0).to(tl.float32)
         logit = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [BG, BN]
-        logit = tl.where(n[None, :] < T, logit, float("-inf"))
+        live = n < T
+        if HAS_VALID:
+            live = live & (tl.load(valid_ptr + h * T + n, mask=n < T, other=0) != 0)
+        logit = tl.where(live[None, :], logit, float("-inf"))
         m_new = tl.maximum(m, tl.max(logit, axis=1))
-        p = tl.exp(logit - m_new[:, None])
-        alpha = tl.exp(m - m_new)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block of padding only: no -inf - -inf
+        p = tl.exp(logit - m_safe[:, None])
+        alpha = tl.exp(m - m_safe)
         s = s * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
         m = m_new
@@ -41,14 +46,18 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, T, G, D, scale,
              mask=qm)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_n: int = 64) -> torch.Tensor:
-    """q [Hq, D] one token, k/v [H, T, D] (Hq a multiple of H) -> out [Hq, D]; softmax scale 1/sqrt(D)."""
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None = None,
+                     block_n: int = 64) -> torch.Tensor:
+    """q [Hq, D] one token, k/v [H, T, D] (Hq a multiple of H), valid [H, T] bool or None (all) -> out [Hq, D];
+    softmax scale 1/sqrt(D). Every head needs at least one valid key."""
     Hq, D = q.shape
     H, T, D2 = k.shape
-    if D2 != D or v.shape != k.shape or Hq % H or T < 1:
-        raise ValueError(f"decode_attention: q [Hq, D], k/v [H, T, D] with H | Hq, T >= 1; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if D2 != D or v.shape != k.shape or Hq % H or T < 1 or (valid is not None and valid.shape != (H, T)):
+        raise ValueError(f"decode_attention: q [Hq, D], k/v [H, T, D] with H | Hq, T >= 1, valid [H, T]; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     out = torch.empty_like(q)
-    _decode_kernel[(H,)](q.contiguous(), k.contiguous(), v.contiguous(), out, T, Hq // H, D, 1.0 / D**0.5,
+    mask = valid.to(torch.int8).contiguous() if valid is not None else q  # q: an unused placeholder pointer
+    _decode_kernel[(H,)](q.contiguous(), k.contiguous(), v.contiguous(), mask, out, T, Hq // H, D, 1.0 / D**0.5,
+                         HAS_VALID=valid is not None,
                          BLOCK_G=triton.next_power_of_2(Hq // H), BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D))
     return out

@@ -2,7 +2,9 @@
 original positions (arXiv 2410.21465; upstream does this as a CUTLASS gather-GEMM plus a separate RoPE
 kernel because its RoPE epilogue is unfinished; here it is one pass).
 
-out[m, t] = rope(U[chunk[m]*C + t] @ SV[head[m]], pos0 + chunk[m]*C + t), half-split (HF) RoPE.
+out[m, t] = rope(U[chunk[m]*C + t] @ SV[head[m]], pos0[m] + chunk[m]*C + t), half-split (HF) RoPE. A batch
+passes U flattened over its rows ([B*T, r]), SV over rows x heads, and a per-miss pos0 that makes the
+flattened row index land on the row's own positions.
 One program per (chunk, head) pair; the rank is reduced in blocks with broadcast-multiply-sum, so any
 chunk size and head dim work (tl.dot would need tiles of 16). Checked against the torch path
 (`tessera.kv.shadowkv.lowrank.rebuild`) under TRITON_INTERPRET=1 only; not yet timed on a GPU.
@@ -16,11 +18,12 @@ import triton.language as tl
 
 
 @triton.jit
-def _rebuild_kernel(u_ptr, sv_ptr, head_ptr, chunk_ptr, inv_ptr, out_ptr, pos0, R, C, HALF,
+def _rebuild_kernel(u_ptr, sv_ptr, head_ptr, chunk_ptr, pos_ptr, inv_ptr, out_ptr, R, C, HALF,
                     BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
     m = tl.program_id(0)
     h = tl.load(head_ptr + m)
     c = tl.load(chunk_ptr + m)
+    pos0 = tl.load(pos_ptr + m)
     t = tl.arange(0, BLOCK_C)
     j = tl.arange(0, BLOCK_H)
     row = c * C + t  # [BC] context rows of this chunk
@@ -47,8 +50,8 @@ def _rebuild_kernel(u_ptr, sv_ptr, head_ptr, chunk_ptr, inv_ptr, out_ptr, pos0, 
 
 
 def rebuild_keys(u: torch.Tensor, sv: torch.Tensor, heads: torch.Tensor, chunks: torch.Tensor, chunk_size: int,
-                 pos0: int, inv_freq: torch.Tensor, block_r: int = 32) -> torch.Tensor:
-    """u [T, r], sv [H, r, D], heads/chunks [M], inv_freq [D/2] -> post-RoPE keys [M, chunk_size, D]."""
+                 pos0: int | torch.Tensor, inv_freq: torch.Tensor, block_r: int = 32) -> torch.Tensor:
+    """u [T, r], sv [H, r, D], heads/chunks [M], pos0 int or [M], inv_freq [D/2] -> post-RoPE keys [M, chunk_size, D]."""
     T, R = u.shape
     H, R2, D = sv.shape
     if R2 != R or D % 2 or inv_freq.numel() != D // 2 or heads.shape != chunks.shape:
@@ -59,8 +62,9 @@ def rebuild_keys(u: torch.Tensor, sv: torch.Tensor, heads: torch.Tensor, chunks:
     out = torch.empty(M, chunk_size, D, dtype=u.dtype, device=u.device)
     if M == 0:
         return out
-    _rebuild_kernel[(M,)](u.contiguous(), sv.contiguous(), heads.contiguous(), chunks.contiguous(),
-                          inv_freq.float().contiguous(), out, pos0, R, chunk_size, D // 2,
+    pos = torch.as_tensor(pos0, dtype=torch.int64, device=u.device).expand(M).contiguous()
+    _rebuild_kernel[(M,)](u.contiguous(), sv.contiguous(), heads.contiguous(), chunks.contiguous(), pos,
+                          inv_freq.float().contiguous(), out, R, chunk_size, D // 2,
                           BLOCK_C=triton.next_power_of_2(chunk_size), BLOCK_R=block_r,
                           BLOCK_H=triton.next_power_of_2(D // 2))
     return out

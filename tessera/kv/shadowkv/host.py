@@ -14,7 +14,8 @@ import torch
 
 class HostValues:
     def __init__(self, v: torch.Tensor, chunk_size: int):
-        """v [H, T, D] context values (T a multiple of chunk_size) on the fast device."""
+        """v [H, T, D] context values (T a multiple of chunk_size) on the fast device; H may be
+        batch x KV heads."""
         H, T, D = v.shape
         self.device = v.device
         pin = v.device.type == "cuda"
@@ -29,6 +30,12 @@ class HostValues:
         if self.device.type == "cpu":
             return out  # the index above already made a copy out of the host buffer
         return out.to(self.device)
+
+    def select(self, heads: torch.Tensor) -> None:
+        """Keep the values of flattened heads `heads` (rows that left the batch free their host memory);
+        the transfer count keeps what departed rows fetched."""
+        kept = self.v[heads.cpu()]
+        self.v = kept.pin_memory() if self.v.is_pinned() else kept
 
     def nbytes(self) -> int:
         return self.v.numel() * self.v.element_size()

@@ -26,10 +26,11 @@ def factorize(k_pre: torch.Tensor, rank: int, dtype) -> tuple[torch.Tensor, torc
 
 
 def rebuild(u: torch.Tensor, sv: torch.Tensor, heads: torch.Tensor, chunks: torch.Tensor, chunk_size: int,
-            pos0: int, rope: RotaryEmbedding) -> torch.Tensor:
+            pos0: int | torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
     """Post-RoPE keys of `chunks` [M] (chunk ids) of KV heads `heads` [M] -> [M, chunk_size, D].
 
-    u [T, r], sv [H, r, D]; token t of chunk c is context row c*chunk_size + t at position pos0 + row.
+    u [T, r], sv [H, r, D]; token t of chunk c is row c*chunk_size + t of u, at position pos0 + row
+    (pos0 an int, or [M] per chunk: a batch flattens u over its rows and offsets each row's positions).
     """
     if u.is_cuda:  # fused gather + GEMM + RoPE in one Triton pass; the torch code below is its reference
         from tessera.kernels.shadowkv_rebuild import rebuild_keys
@@ -37,6 +38,7 @@ def rebuild(u: torch.Tensor, sv: torch.Tensor, heads: torch.Tensor, chunks: torc
         return rebuild_keys(u, sv, heads, chunks, chunk_size, pos0, rope.inv_freq)
     rows = chunks[:, None] * chunk_size + torch.arange(chunk_size, device=u.device)  # [M, C]
     k = torch.bmm(u[rows].float(), sv[heads].float())  # [M, C, D] pre-RoPE
-    cos, sin = rope.cos_sin((rows + pos0).reshape(1, -1), torch.float32)  # [1, 1, M*C, D]
+    pos = rows + (pos0[:, None] if torch.is_tensor(pos0) else pos0)  # [M, C]
+    cos, sin = rope.cos_sin(pos.reshape(1, -1), torch.float32)  # [1, 1, M*C, D]
     M, C, D = k.shape
     return apply_rope(k.reshape(1, 1, M * C, D), cos, sin).view(M, C, D).to(u.dtype)

@@ -13,6 +13,9 @@ import torch.nn.functional as F
 
 from tessera.kernels.shadowkv_score import landmark_scores_ref
 
+EMPTY = -1  # a sparse slot that holds no chunk yet
+DISABLED = -2  # a slot past its row's own budget (rows of a batch differ): never filled, never attended
+
 
 def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int):
     """k [H, T, D] post-RoPE context keys (T a multiple of chunk_size).
@@ -31,20 +34,20 @@ def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int):
     return mean.gather(1, keep[..., None].expand(-1, -1, D)).to(k.dtype), keep, outliers
 
 
-def select_chunks(q: torch.Tensor, landmarks: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
-    """q [Hq, D] post-RoPE query, landmarks [H, n, D] with chunk ids [H, n] -> top-k chunk ids [H, k].
+def select_chunks(q: torch.Tensor, landmarks: torch.Tensor, ids: torch.Tensor, n_valid: torch.Tensor, k: int
+                  ) -> torch.Tensor:
+    """q [H, G, D] post-RoPE queries, landmarks [H, n, D] with chunk ids [H, n] of which the first
+    n_valid [H] are real (the rest pad a batch) -> top-k chunk ids [H, k]; H may be batch x KV heads.
 
-    softmax(q . landmark / sqrt(D)) over chunks per query head, max-pooled over the GQA group, top-k per
-    KV head.
+    softmax(q . landmark / sqrt(D)) over a head's real chunks per query head, max-pooled over the GQA
+    group, top-k per KV head. A head with fewer than k real chunks gets -1 in the surplus places.
     """
-    H, n, D = landmarks.shape
-    q = q.view(H, q.shape[0] // H, D)  # [H, G, D]
     if q.is_cuda:  # fused Triton scoring (no [H, G, n] logits in memory); torch reference elsewhere
         from tessera.kernels.shadowkv_score import landmark_scores
 
-        pooled = landmark_scores(q, landmarks)  # [H, n]
+        pooled = landmark_scores(q, landmarks, n_valid)  # [H, n], -1 at padding
     else:
-        pooled = landmark_scores_ref(q, landmarks)
+        pooled = landmark_scores_ref(q, landmarks, n_valid)
     top = pooled.topk(k, dim=-1).indices  # [H, k]
     return ids.gather(1, top)
 
@@ -54,7 +57,7 @@ def assign_slots(slot_ids: torch.Tensor, wanted: torch.Tensor):
 
     Chunks already resident keep their slot (a hit: no rebuild, no fetch); each missing chunk takes a slot
     whose chunk is no longer wanted. Returns (heads [M], slots [M], chunks [M]) of the misses to fill, and
-    the number of hits.
+    the number of hits. DISABLED slots are wanted as DISABLED: they match themselves and are not counted.
     """
     H, k = wanted.shape
     resident = (wanted[:, :, None] == slot_ids[:, None, :]).any(-1)  # [H, k] wanted chunk already in a slot
@@ -64,4 +67,4 @@ def assign_slots(slot_ids: torch.Tensor, wanted: torch.Tensor):
     n_miss = (~resident).sum(-1)  # [H]; equals the number of free slots (both sets have k distinct ids)
     take = torch.arange(k, device=wanted.device)[None] < n_miss[:, None]  # [H, k]
     heads = torch.arange(H, device=wanted.device)[:, None].expand(H, k)[take]
-    return heads, free_first[take], wanted.gather(1, miss_first)[take], int(resident.sum())
+    return heads, free_first[take], wanted.gather(1, miss_first)[take], int((resident & (wanted >= 0)).sum())
