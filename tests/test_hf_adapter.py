@@ -1,4 +1,4 @@
-"""transformers adapter: our presses inside `model.generate(..., cache=PressCache(model, press))`.
+"""transformers adapter: our presses (and the ShadowKV backend) inside `model.generate(..., cache=PressCache(...))`.
 
 Tiny random configs of each supported family are built in-process (never downloaded)."""
 
@@ -78,6 +78,43 @@ def test_errors():
     generate(model, 3, cache)
     with pytest.raises(NotImplementedError):
         cache.reorder_cache(torch.tensor([0, 1]))
+
+
+def long_prompts(n=150, pads=37):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 97, (2, n), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :pads], ids[1, :pads] = 0, 0  # row 1: 113 real tokens after left padding
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_shadowkv_full_budget_and_rank_is_token_identical(family):
+    """ShadowKV from HF generate: pre-RoPE keys recovered by rotating back; at full rank and a budget
+    above the context it must pick exactly plain generate's tokens (left-padded batch)."""
+    model = tiny(family)
+    ids, mask = long_prompts()
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    cache = PressCache(model, kv="shadowkv", kv_options=dict(rank=32, sparse_budget=256, outlier_chunks=2))
+    assert torch.equal(model.generate(**kw), model.generate(**kw, cache=cache))
+    assert cache.dense.layers[0].sparse and cache.dense.hit_rate() > 0.8  # every chunk selected, then reused
+
+
+def test_shadowkv_small_budget_keeps_keys_low_rank_and_errors():
+    model = tiny("llama")
+    ids, mask = long_prompts(400, 100)
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    cache, dense = PressCache(model, kv="shadowkv", kv_options=dict(rank=8, sparse_budget=16, outlier_chunks=2)), PressCache(model)
+    out = model.generate(**kw, cache=cache)
+    model.generate(**kw, cache=dense)
+    assert out.shape[1] == 408 and cache.dense.host_nbytes() > cache.dense.bytes_transferred() > 0
+    assert cache.dense.layers[0].u.shape[-1] == 8 and cache.nbytes() < 0.6 * dense.nbytes()
+    with pytest.raises(ValueError, match="does not compose"):
+        PressCache(model, make_press("rkv", budget=64), kv="shadowkv")
+    with pytest.raises(ValueError, match="unknown shadowkv options"):
+        PressCache(model, kv="shadowkv", kv_options={"budget": 64})
+    with pytest.raises(NotImplementedError, match="dense backend"):
+        cache.physical_length()
 
 
 MODEL = Path(os.environ.get("TESSERA_TEST_MODEL", DEFAULT_MODEL))

@@ -4,6 +4,8 @@
     cache = PressCache(model, make_press("rkv", budget=256))
     out = model.generate(**inputs, past_key_values=cache, max_new_tokens=2048)
 
+    cache = PressCache(model, kv="shadowkv", kv_options={"sparse_budget": 2048})   # ShadowKV backend
+
 How it works. HF attention modules call `cache.update(k, v, layer_idx, kwargs=...)` and then the
 attention function named by `config._attn_implementation`. `PressCache` switches the model to the
 attention function registered here ("tessera_kv"), whose work is done by a `DenseCache`: it
@@ -17,6 +19,11 @@ reports the logical length too (shared/reference/rkv.md §5.7). HF's decode-time
 HF's logical bookkeeping, is ignored: after per-head eviction no 2D mask can describe the cache.
 Left padding is read from the prefill mask and the pad slots are never stored.
 
+ShadowKV (`kv="shadowkv"`): the backend factorises *pre*-RoPE keys, but HF hands the cache post-RoPE
+keys. RoPE is a rotation, so the adapter recovers the pre-RoPE keys exactly by rotating back at the
+tokens' logical positions with Tessera's RotaryEmbedding built from the same config (the parity tests
+pin it to HF's), and hands them to the backend before the prefill attention.
+
 Not supported (clear errors): beam search / cache reordering, chunked prefill or a second prompt
 into a used cache, sliding-window attention beyond its window, attention scalings other than
 1/sqrt(head_dim).
@@ -29,8 +36,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from tessera.kv.cache import DenseCache, StepContext
+from tessera.config import ModelConfig
+from tessera.kv.cache import DenseCache, KVCache, StepContext
 from tessera.kv.presses.base import NoPress, Press
+from tessera.layers.rope import RotaryEmbedding, apply_rope
 
 ATTN_NAME = "tessera_kv"
 
@@ -74,18 +83,26 @@ class _Layer(CacheLayerMixin):
 
 
 class PressCache(Cache):
-    """An HF `Cache` backed by a `DenseCache` and driven by a Tessera press. One per `generate` call."""
+    """An HF `Cache` backed by a Tessera KV backend (`kv`: "dense", driven by a press, or "shadowkv" with
+    `kv_options`). One per `generate` call."""
 
-    def __init__(self, model, press: Press | None = None):
+    def __init__(self, model, press: Press | None = None, kv: str = "dense", kv_options: dict | None = None):
         cfg = model.config.get_text_config(decoder=True)
         if getattr(cfg, "model_type", None) not in ("llama", "qwen2", "qwen3", "mistral"):
             raise ValueError(f"PressCache supports llama, qwen2, qwen3 and mistral models, not {cfg.model_type!r}")
         self.press = press or NoPress()
         self.press.validate(cfg.max_position_embeddings)
+        self.kv, self.kv_options = kv, dict(kv_options or {})
+        self._cfg = ModelConfig.from_hf(cfg.to_dict())
+        if kv != "dense":  # build one now so that bad options or a press that does not compose fail here
+            from tessera.kv import make_cache
+
+            make_cache(kv, self._cfg, 1, torch.float32, "cpu", self.press, **self.kv_options)
+        self._rope: RotaryEmbedding | None = None
         self.num_layers = cfg.num_hidden_layers
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.dense: DenseCache | None = None
+        self.dense: KVCache | None = None  # the backend (named `dense` for the default case)
         self.seen = 0  # logical tokens fed so far (pads included, as HF counts them)
         self._pending = None
         self._ctx: StepContext | None = None
@@ -100,7 +117,9 @@ class PressCache(Cache):
         return self.dense.nbytes() if self.dense is not None else 0
 
     def physical_length(self) -> int:
-        """Slots the longest row holds now (<= budget + buffer once a press compresses)."""
+        """Slots the longest row holds now (<= budget + buffer once a press compresses); dense backend only."""
+        if self.dense is not None and not isinstance(self.dense, DenseCache):
+            raise NotImplementedError(f"physical_length is defined for the dense backend, not {self.kv!r}")
         return int(self.dense.lens[0].max()) if self.dense is not None else 0
 
     def reorder_cache(self, beam_idx):
@@ -120,6 +139,10 @@ class PressCache(Cache):
         if self._order is not None:  # left padding -> right padding, as DenseCache expects
             g = self._order[:, None, :, None]
             q, k, v = (t.gather(2, g.expand(-1, t.shape[1], -1, D)) for t in (q, k, v))
+        if self._ctx.is_prefill and getattr(self.dense, "wants_pre_rope_keys", False):
+            cos, sin = self._rope.to(k.device).cos_sin(self._ctx.positions, torch.float32)
+            k_pre = apply_rope(k.float(), cos, -sin).to(k.dtype)  # rotate back: RoPE is orthogonal
+            self.dense.observe_pre_rope_keys(layer, k_pre, self._ctx)
         out = self.dense.attend(layer, q, k, v, self._ctx)
         if self._order is not None:
             out = out.scatter(2, self._order[:, None, :, None].expand(-1, Hq, -1, D), out.clone())
@@ -132,8 +155,14 @@ class PressCache(Cache):
         dev = q.device
         prefill = self.dense is None
         if prefill:
-            self.dense = DenseCache(self.num_layers, B, self.n_kv, D, k.dtype, dev,
-                                    query_window=self.press.query_window, track_attention=self.press.needs_attention)
+            if self.kv == "dense":
+                self.dense = DenseCache(self.num_layers, B, self.n_kv, D, k.dtype, dev,
+                                        query_window=self.press.query_window, track_attention=self.press.needs_attention)
+            else:
+                from tessera.kv import make_cache
+
+                self.dense = make_cache(self.kv, self._cfg, B, k.dtype, dev, self.press, **self.kv_options)
+                self._rope = RotaryEmbedding(self._cfg.head_dim, self._cfg.rope_theta, self._cfg.rope_scaling)
             self.decoded = torch.zeros(B, dtype=torch.long, device=dev)
             # which prompt tokens are real: the last query row of a (left-padded) causal mask
             real = torch.ones(B, S, dtype=torch.bool, device=dev) if mask is None else mask[:, 0, -1, -S:].bool()
@@ -145,6 +174,8 @@ class PressCache(Cache):
             if S != 1:
                 raise NotImplementedError("PressCache: only one prompt per cache and one token per decode step")
             if position_ids is None:
+                if not isinstance(self.dense, DenseCache):
+                    raise NotImplementedError(f"PressCache({self.kv!r}) needs the position_ids that generate passes")
                 position_ids = self.dense.pos[0].amax((1, 2)).long()[:, None] + 1
             self._order = None
             self._ctx = StepContext(positions=position_ids.to(dev).view(B, 1).long(),
