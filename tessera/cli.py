@@ -24,8 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help="observation window of recent queries (presses)")
     p.add_argument("--quant", default="none", choices=["none", "w8a8", "w4a8"],
                    help="int8 (w8a8) or int4-weight (w4a8) linear layers (NGEMM kernels)")
-    p.add_argument("--kv", default="dense", help="KV-cache backend: dense (default) or shadowkv")
-    p.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv)")
+    p.add_argument("--kv", default="dense", help="KV-cache backend: dense (default), shadowkv, or quest (ShadowKV's page-selection baseline)")
+    p.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv, quest)")
     p.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
 
 

@@ -4,8 +4,9 @@ batches with different prompt lengths, MHA, short-prompt fallback, errors, fast-
 import pytest
 import torch
 import torch.nn.functional as F
+from kv_helpers import random_prompts, run_steps, tiny_model
 
-from tessera.config import ModelConfig, SamplingParams
+from tessera.config import SamplingParams
 from tessera.engine.engine import LLM
 from tessera.kv import make_cache
 from tessera.kv.cache import DenseCache, StepContext
@@ -14,40 +15,6 @@ from tessera.kv.shadowkv import ShadowKVOptions
 from tessera.kv.shadowkv.lowrank import factorize, rebuild
 from tessera.kv.shadowkv.selection import assign_slots, landmarks_and_outliers, select_chunks
 from tessera.layers.rope import RotaryEmbedding, apply_rope
-from tessera.models import LlamaForCausalLM
-
-
-def _model(heads=4, kv_heads=2, head_dim=16, layers=2, seed=0):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                      max_position_embeddings=4096, rope_theta=10000.0)
-    return LlamaForCausalLM(cfg).eval()
-
-
-@torch.inference_mode()
-def _run(model, cache, prompts, steps=4, seed=1, tokens=None):
-    """Right-padded prefill then `steps` decode steps with fixed random tokens (or `tokens` [steps, B])
-    -> logits [steps+1, B, V]."""
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.tensor([len(p) for p in prompts])
-    S = int(lens.max())
-    inp = torch.zeros(len(prompts), S, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        inp[i, : len(p)] = torch.tensor(p)
-    pos = torch.arange(S).expand(len(prompts), S)
-    out = [model(inp, pos, cache, StepContext(pos, lens, True), logits_index=lens - 1)[:, -1]]
-    seq = lens.clone()
-    for i in range(steps):
-        tok = tokens[i][:, None] if tokens is not None else torch.randint(0, model.config.vocab_size, (len(prompts), 1), generator=g)
-        out.append(model(tok, seq[:, None], cache, StepContext(seq[:, None], torch.ones_like(seq), False))[:, -1])
-        seq = seq + 1
-    return torch.stack(out)
-
-
-def _prompts(lengths, vocab=97, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
 def _caches(model, batch, **opts):
@@ -58,11 +25,11 @@ def _caches(model, batch, **opts):
 
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 2, 16), (4, 4, 24)])  # GQA; MHA with odd head dim
 def test_full_budget_and_rank_equals_dense_for_a_ragged_batch(heads, kv_heads, head_dim):
-    model = _model(heads, kv_heads, head_dim)
-    prompts = _prompts([150, 97])  # 14 and 8 context chunks outside the local window
+    model = tiny_model(heads, kv_heads, head_dim)
+    prompts = random_prompts([150, 97])  # 14 and 8 context chunks outside the local window
     dense, skv = _caches(model, 2, rank=kv_heads * head_dim, sparse_budget=256, outlier_chunks=3)
     steps = 5
-    ref, got = _run(model, dense, prompts, steps), _run(model, skv, prompts, steps)
+    ref, got = run_steps(model, dense, prompts, steps), run_steps(model, skv, prompts, steps)
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
     s = skv.layers[0]  # both rows padded into one batch state
     assert s.sparse and s.n_landmarks.tolist() == [14 - 3] * kv_heads + [8 - 3] * kv_heads
@@ -78,11 +45,11 @@ def test_full_budget_and_rank_equals_dense_for_a_ragged_batch(heads, kv_heads, h
 def test_small_budget_attends_exactly_the_selected_chunks():
     """With full rank, a sparse step equals dense attention restricted to the chunks chosen by an
     independent transcription of the scoring rule (plus local window, outliers and decoded tokens)."""
-    model = _model()
+    model = tiny_model()
     dense, skv = _caches(model, 1, rank=32, sparse_budget=16, outlier_chunks=2)
-    prompts = _prompts([200])
-    _run(model, dense, prompts, steps=0)
-    _run(model, skv, prompts, steps=0)
+    prompts = random_prompts([200])
+    run_steps(model, dense, prompts, steps=0)
+    run_steps(model, skv, prompts, steps=0)
     s = skv.layers[0]
     torch.manual_seed(3)
     q, k, v = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
@@ -108,15 +75,15 @@ def test_small_budget_attends_exactly_the_selected_chunks():
 def test_a_padded_batch_decodes_each_row_as_if_alone():
     """Rows of different lengths (one too short for the scheme) at a small budget: the batched step with
     its padding and disabled slots gives every row the logits it gets in a batch of one."""
-    model = _model()
-    prompts = _prompts([200, 30, 121])
+    model = tiny_model()
+    prompts = random_prompts([200, 30, 121])
     opts = dict(rank=12, sparse_budget=16, outlier_chunks=2)
     _, skv = _caches(model, 3, **opts)
     tokens = torch.randint(0, 97, (4, 3), generator=torch.Generator().manual_seed(7))
-    got = _run(model, skv, prompts, steps=4, tokens=tokens)  # [5, 3, V]
+    got = run_steps(model, skv, prompts, steps=4, tokens=tokens)  # [5, 3, V]
     for b, p in enumerate(prompts):
         _, alone = _caches(model, 1, **opts)
-        ref = _run(model, alone, [p], steps=4, tokens=tokens[:, b:b + 1])[:, 0]
+        ref = run_steps(model, alone, [p], steps=4, tokens=tokens[:, b:b + 1])[:, 0]
         torch.testing.assert_close(got[:, b], ref, atol=2e-4, rtol=2e-4)
     assert skv.layers[0].slot_ids[1].eq(-2).all()  # the dense row has no slot to fill
     assert 0 < skv.hit_rate() < 1
@@ -184,17 +151,17 @@ def test_slot_reuse_keeps_hits_in_place():
 
 
 def test_short_prompt_falls_back_to_dense():
-    model = _model()
-    prompts = _prompts([20, 39])  # < (local_chunks + 1) * chunk_size = 40 tokens
+    model = tiny_model()
+    prompts = random_prompts([20, 39])  # < (local_chunks + 1) * chunk_size = 40 tokens
     dense, skv = _caches(model, 2, sparse_budget=64)
-    torch.testing.assert_close(_run(model, skv, prompts), _run(model, dense, prompts))
+    torch.testing.assert_close(run_steps(model, skv, prompts), run_steps(model, dense, prompts))
     assert not skv.layers[1].sparse and skv.host_nbytes() == 0 and skv.hit_rate() == 0.0
 
 
 def test_engine_generate_ragged_batch_and_select():
-    model = _model()
+    model = tiny_model()
     llm = LLM(model)
-    prompts = _prompts([120, 60, 90])
+    prompts = random_prompts([120, 60, 90])
     sp = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
     ref = llm.generate(prompts, sp)
     got = llm.generate(prompts, sp, kv="shadowkv", kv_options={"rank": 32, "sparse_budget": 128})
@@ -202,7 +169,7 @@ def test_engine_generate_ragged_batch_and_select():
 
 
 def test_errors():
-    cfg = _model().config
+    cfg = tiny_model().config
     mk = lambda **o: make_cache("shadowkv", cfg, 1, torch.float32, "cpu", NoPress(), **o)  # noqa: E731
     with pytest.raises(ValueError, match="exceeds the key width"):
         mk(rank=33)  # Hkv*D = 32
@@ -219,11 +186,11 @@ def test_errors():
 
 
 def test_fast_tier_is_much_smaller_than_dense():
-    model = _model(head_dim=64, layers=1)  # key width 128
-    prompts = _prompts([800])
+    model = tiny_model(head_dim=64, layers=1)  # key width 128
+    prompts = random_prompts([800])
     dense, skv = _caches(model, 1, rank=16, sparse_budget=64, outlier_chunks=4)
-    _run(model, dense, prompts, steps=2)
-    _run(model, skv, prompts, steps=2)
+    run_steps(model, dense, prompts, steps=2)
+    run_steps(model, skv, prompts, steps=2)
     fast, host = skv.nbytes(), skv.host_nbytes()
     dense_bytes = dense.nbytes()
     assert fast < 0.3 * dense_bytes, (fast, dense_bytes)
@@ -233,11 +200,11 @@ def test_fast_tier_is_much_smaller_than_dense():
 
 @torch.inference_mode()
 def test_select_drops_rows_and_keeps_the_rest_exact():
-    model = _model()
-    prompts = _prompts([130, 70, 100])
+    model = tiny_model()
+    prompts = random_prompts([130, 70, 100])
     dense, skv = _caches(model, 3, rank=32, sparse_budget=256, outlier_chunks=2)
-    _run(model, dense, prompts, steps=1)
-    _run(model, skv, prompts, steps=1)
+    run_steps(model, dense, prompts, steps=1)
+    run_steps(model, skv, prompts, steps=1)
     moved = skv.bytes_transferred()
     rows = torch.tensor([2, 0])
     dense.select(rows)

@@ -34,4 +34,5 @@ def make_cache(name: str, cfg, batch: int, dtype, device, press, **options) -> K
 
 
 # Backends in subpackages register themselves on import (after register_backend exists).
+from tessera.kv import quest as _quest  # noqa: E402, F401
 from tessera.kv import shadowkv as _shadowkv  # noqa: E402, F401

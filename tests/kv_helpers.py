@@ -1,0 +1,40 @@
+"""Shared by the KV-backend tests: a tiny random model, random prompts, and a prefill + decode driver."""
+
+import torch
+
+from tessera.config import ModelConfig
+from tessera.kv.cache import StepContext
+from tessera.models import LlamaForCausalLM
+
+
+def tiny_model(heads=4, kv_heads=2, head_dim=16, layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                      max_position_embeddings=4096, rope_theta=10000.0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.inference_mode()
+def run_steps(model, cache, prompts, steps=4, seed=1, tokens=None):
+    """Right-padded prefill then `steps` decode steps with fixed random tokens (or `tokens` [steps, B])
+    -> logits [steps+1, B, V]."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([len(p) for p in prompts])
+    S = int(lens.max())
+    inp = torch.zeros(len(prompts), S, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        inp[i, : len(p)] = torch.tensor(p)
+    pos = torch.arange(S).expand(len(prompts), S)
+    out = [model(inp, pos, cache, StepContext(pos, lens, True), logits_index=lens - 1)[:, -1]]
+    seq = lens.clone()
+    for i in range(steps):
+        tok = tokens[i][:, None] if tokens is not None else torch.randint(0, model.config.vocab_size, (len(prompts), 1), generator=g)
+        out.append(model(tok, seq[:, None], cache, StepContext(seq[:, None], torch.ones_like(seq), False))[:, -1])
+        seq = seq + 1
+    return torch.stack(out)
+
+
+def random_prompts(lengths, vocab=97, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
