@@ -23,6 +23,7 @@ CHECKS=(
   "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 256 --out $RES/decode_gpu_$SLUG"
   "ngemm|80|$PY scripts/gpu_checks/ngemm.py"
   "dist|120|$PY scripts/gpu_checks/dist.py --out $RES/dist_gpu_$SLUG.json"
+  "shadowkv|180|$PY scripts/gpu_checks/shadowkv.py --out $RES/shadowkv_efficiency_gpu_$SLUG"
 )
 SUMMARY=()
 for c in "${CHECKS[@]}"; do
