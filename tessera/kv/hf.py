@@ -93,10 +93,11 @@ class PressCache(Cache):
         self.press = press or NoPress()
         self.press.validate(cfg.max_position_embeddings)
         self.kv, self.kv_options = kv, dict(kv_options or {})
-        self._cfg = ModelConfig.from_hf(cfg.to_dict())
+        self._cfg = None  # our config, for the other backends only (the dense path takes any RoPE scaling)
         if kv != "dense":  # build one now so that bad options or a press that does not compose fail here
             from tessera.kv import make_cache
 
+            self._cfg = ModelConfig.from_hf(cfg.to_dict())
             make_cache(kv, self._cfg, 1, torch.float32, "cpu", self.press, **self.kv_options)
         self._rope: RotaryEmbedding | None = None
         self.num_layers = cfg.num_hidden_layers
