@@ -238,6 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         # user errors get one clear line, not a stack trace
         print(f"tessera {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, tear the process group down together: a rank that exits while its peer's gloo
+    pair is still open can make the peer abort (SIGABRT) at interpreter shutdown (seen once in CI)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
