@@ -27,6 +27,16 @@ def _dense(cfg, batch, dtype, device, press, **options) -> KVCache:
                       query_window=press.query_window, track_attention=press.needs_attention)
 
 
+def check_backend_args(name: str, press, options: dict, known: set[str]) -> None:
+    """For backends that decide what is attended themselves: no press on top, only known options."""
+    from tessera.kv.presses import NoPress
+
+    if press is not None and not isinstance(press, NoPress):
+        raise ValueError(f"the {name} backend does not compose with the press {type(press).__name__}")
+    if set(options) - known:
+        raise ValueError(f"unknown {name} options {sorted(set(options) - known)}; known: {sorted(known)}")
+
+
 def make_cache(name: str, cfg, batch: int, dtype, device, press, **options) -> KVCache:
     if name not in KV_BACKENDS:
         raise ValueError(f"unknown KV backend {name!r}; known: {', '.join(sorted(KV_BACKENDS))}")

@@ -29,6 +29,15 @@ class StepContext:
     is_prefill: bool
 
 
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, new_lens: torch.Tensor) -> torch.Tensor:
+    """Causal attention over a right-padded prompt batch: q [B, Hq, S, D], k/v [B, H, S, D], new_lens [B]
+    real tokens per row -> [B, Hq, S, D] (pad rows attend to the real prefix only; their outputs are unused)."""
+    S = k.shape[2]
+    i = torch.arange(S, device=k.device)
+    mask = (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < new_lens[:, None, None])  # [B, S, S]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
+
+
 class KVCache:
     """Protocol every backend implements (dense here; R-KV presses act on it; ShadowKV replaces it)."""
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tessera.kv import register_backend
-from tessera.kv.cache import KVCache, StepContext
+from tessera.kv import check_backend_args, register_backend
+from tessera.kv.cache import KVCache, StepContext, prefill_attention
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,7 @@ class QuestCache(KVCache):
         B, H, S, D = k.shape
         P = self.opts.page_size
         n = ctx.new_lens  # [B]
-        i = torch.arange(S, device=k.device)
-        mask = (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < n[:, None, None])  # [B, S, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != H)
+        out = prefill_attention(q, k, v, n)
         n_pages = ((n - self.opts.local_tokens).clamp(min=0) // P)  # [B] pages outside the local window
         T = int(n_pages.max()) * P  # padded context length
         ctx_k, ctx_v = k[:, :, :T].clone(), v[:, :, :T].clone()  # [B, H, T, D]; rows past a row's pages: padding
@@ -88,8 +86,11 @@ class QuestCache(KVCache):
         local_valid = local < n[:, None]
         idx = local.clamp(max=S - 1)[:, None, :, None].expand(B, H, L, D)
         n_sel = n_pages.clamp(max=self.opts.sparse_budget // P)  # [B] pages attended per step
+        K = int(n_sel.max()) if B else 0
+        sel_valid = (torch.arange(K, device=k.device)[None] < n_sel[:, None]).repeat_interleave(P, 1)  # [B, K*P]
+        page_real = torch.arange(kmin.shape[2], device=k.device)[None] < n_pages[:, None]  # [B, N]
         self.layers[layer] = dict(
-            ctx_k=ctx_k, ctx_v=ctx_v, kmin=kmin, kmax=kmax, n_pages=n_pages, n_sel=n_sel,
+            ctx_k=ctx_k, ctx_v=ctx_v, kmin=kmin, kmax=kmax, n_pages=n_pages, page_real=page_real, sel_valid=sel_valid,
             local_k=k.gather(2, idx), local_v=v.gather(2, idx), local_valid=local_valid,
             gen_k=k.new_zeros(B, H, 0, D), gen_v=k.new_zeros(B, H, 0, D), gen_len=0)
         return out
@@ -104,19 +105,16 @@ class QuestCache(KVCache):
             st["gen_k"], st["gen_v"] = torch.cat([st["gen_k"], pad], 2), torch.cat([st["gen_v"], pad], 2)
         st["gen_k"][:, :, st["gen_len"]], st["gen_v"][:, :, st["gen_len"]] = k[:, :, 0], v[:, :, 0]
         st["gen_len"] += 1
-        K = int(st["n_sel"].max()) if st["n_sel"].numel() else 0
-        N = st["kmin"].shape[2]
+        sel_valid = st["sel_valid"]  # [B, K*P]
+        K = sel_valid.shape[1] // P
         if K:
             score = page_scores(q[:, :, 0].view(B, H, Hq // H, D), st["kmin"], st["kmax"])  # [B, H, N]
-            real = torch.arange(N, device=q.device)[None] < st["n_pages"][:, None]  # [B, N]
-            page = score.masked_fill(~real[:, None], float("-inf")).topk(K, -1).indices  # [B, H, K]
+            page = score.masked_fill(~st["page_real"][:, None], float("-inf")).topk(K, -1).indices  # [B, H, K]
             tok = (page[..., None] * P + torch.arange(P, device=q.device)).flatten(2)  # [B, H, K*P]
             sel_k = st["ctx_k"].gather(2, tok[..., None].expand(-1, -1, -1, D))
             sel_v = st["ctx_v"].gather(2, tok[..., None].expand(-1, -1, -1, D))
-            sel_valid = (torch.arange(K, device=q.device)[None] < st["n_sel"][:, None]).repeat_interleave(P, 1)
         else:
             sel_k = sel_v = k.new_zeros(B, H, 0, D)
-            sel_valid = st["local_valid"].new_zeros(B, 0)
         g = st["gen_len"]
         keys = torch.cat([st["local_k"], sel_k, st["gen_k"][:, :, :g]], 2)  # [B, H, T, D]
         vals = torch.cat([st["local_v"], sel_v, st["gen_v"][:, :, :g]], 2)
@@ -127,11 +125,5 @@ class QuestCache(KVCache):
 
 @register_backend("quest")
 def _quest(cfg, batch, dtype, device, press, **options) -> QuestCache:
-    from tessera.kv.presses import NoPress
-
-    if press is not None and not isinstance(press, NoPress):
-        raise ValueError(f"the quest backend does not compose with the press {type(press).__name__}")
-    known = {"sparse_budget", "page_size", "local_tokens"}
-    if set(options) - known:
-        raise ValueError(f"unknown quest options {sorted(set(options) - known)}; known: {sorted(known)}")
+    check_backend_args("quest", press, options, {"sparse_budget", "page_size", "local_tokens"})
     return QuestCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, QuestOptions(**options))

@@ -7,7 +7,7 @@ kv_options={"sparse_budget": 2048, "rank": 160})`, or `tessera generate --kv sha
 
 from __future__ import annotations
 
-from tessera.kv import register_backend
+from tessera.kv import check_backend_args, register_backend
 from tessera.kv.shadowkv.cache import ShadowKVCache
 from tessera.kv.shadowkv.options import ShadowKVOptions
 from tessera.layers.rope import RotaryEmbedding
@@ -17,13 +17,7 @@ __all__ = ["ShadowKVCache", "ShadowKVOptions"]
 
 @register_backend("shadowkv")
 def _shadowkv(cfg, batch, dtype, device, press, **options) -> ShadowKVCache:
-    from tessera.kv.presses import NoPress
-
-    if press is not None and not isinstance(press, NoPress):
-        raise ValueError(f"the shadowkv backend does not compose with the press {type(press).__name__}")
-    known = {"rank", "sparse_budget", "chunk_size", "local_chunks", "outlier_chunks"}
-    if set(options) - known:
-        raise ValueError(f"unknown shadowkv options {sorted(set(options) - known)}; known: {sorted(known)}")
+    check_backend_args("shadowkv", press, options, {"rank", "sparse_budget", "chunk_size", "local_chunks", "outlier_chunks"})
     opts = ShadowKVOptions(**options)
     rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     return ShadowKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, rope, opts, device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessera.kv.cache import KVCache, StepContext
+from tessera.kv.cache import KVCache, StepContext, prefill_attention
 from tessera.kv.shadowkv.lowrank import rebuild
 from tessera.kv.shadowkv.options import ShadowKVOptions
 from tessera.kv.shadowkv.selection import DISABLED, assign_slots, select_chunks
@@ -74,11 +74,8 @@ class ShadowKVCache(KVCache):
             raise RuntimeError("shadowkv: no pre-RoPE keys were observed; the attention layer must honour "
                                "`wants_pre_rope_keys`")
         self._pre_rope[layer] = None
-        B, _, S, _ = k.shape
         n = ctx.new_lens
-        i = torch.arange(S, device=k.device)
-        mask = (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < n[:, None, None])  # [B, S, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != self.H)
+        out = prefill_attention(q, k, v, n)
         rows = [build_row(k_pre[b, :, :nb], k[b, :, :nb], v[b, :, :nb], int(ctx.positions[b, 0]), self.opts, self.rank)
                 for b, nb in enumerate(n.tolist())]
         self.layers[layer] = LayerState.pack(rows, self.opts.chunk_size)
