@@ -31,11 +31,11 @@ class StepContext:
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, new_lens: torch.Tensor) -> torch.Tensor:
     """Causal attention over a right-padded prompt batch: q [B, Hq, S, D], k/v [B, H, S, D], new_lens [B]
-    real tokens per row -> [B, Hq, S, D] (pad rows attend to the real prefix only; their outputs are unused)."""
-    S = k.shape[2]
-    i = torch.arange(S, device=k.device)
-    mask = (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < new_lens[:, None, None])  # [B, S, S]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
+    real tokens per row -> [B, Hq, S, D]. Padding sits after a row's real tokens, so the causal mask alone
+    keeps it out of every real query (pad queries' outputs are never read). No explicit mask: with one,
+    SDPA falls back to its math path and materialises [B, Hq, S, S] scores (16 GiB at 32K tokens);
+    `is_causal` takes the flash kernel on CPU and GPU."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class KVCache:
@@ -95,6 +95,11 @@ class DenseCache(KVCache):
         new = old + ctx.new_lens
         self.lens[layer] = new
         T = int(new.max())
+        if S > 1 and self.attn_sums is None and not bool(old.any()):  # a fresh prefill: causal over the prompt
+            out = prefill_attention(q, k, v, ctx.new_lens)
+            if self.query_window:
+                self._record_queries(layer, q, ctx)
+            return out
         slot = torch.arange(T, device=k.device)
         # key slot j is visible to new token i of row b iff j < old[b] + i + 1 (causal) and j < new[b]
         limit = torch.minimum(old[:, None] + torch.arange(S, device=k.device)[None] + 1, new[:, None])  # [B, S]

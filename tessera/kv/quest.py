@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from tessera.kv import check_backend_args, register_backend
 from tessera.kv.cache import KVCache, StepContext, prefill_attention
+from tessera.kv.decoded import DecodedKV
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,23 @@ class QuestCache(KVCache):
                 for name, t in st.items():
                     if torch.is_tensor(t):
                         st[name] = t[rows]
+                st["gen"].select(rows)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for st in self.layers if st is not None
-                   for t in st.values() if torch.is_tensor(t))
+                   for t in [*st.values(), *st["gen"].tensors()] if torch.is_tensor(t))
 
     def _prefill(self, layer, q, k, v, ctx):
+        self.ingest(layer, k, v, ctx)
+        return prefill_attention(q, k, v, ctx.new_lens)
+
+    def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
+        """Keep a prompt's pages, bounds and local window without attending (see ShadowKVCache.ingest)."""
         if self.layers[layer] is not None:
             raise RuntimeError("quest: a second prefill into a filled cache (chunked prefill) is not supported")
         B, H, S, D = k.shape
         P = self.opts.page_size
         n = ctx.new_lens  # [B]
-        out = prefill_attention(q, k, v, n)
         n_pages = ((n - self.opts.local_tokens).clamp(min=0) // P)  # [B] pages outside the local window
         T = int(n_pages.max()) * P  # padded context length
         ctx_k, ctx_v = k[:, :, :T].clone(), v[:, :, :T].clone()  # [B, H, T, D]; rows past a row's pages: padding
@@ -92,19 +98,15 @@ class QuestCache(KVCache):
         self.layers[layer] = dict(
             ctx_k=ctx_k, ctx_v=ctx_v, kmin=kmin, kmax=kmax, n_pages=n_pages, page_real=page_real, sel_valid=sel_valid,
             local_k=k.gather(2, idx), local_v=v.gather(2, idx), local_valid=local_valid,
-            gen_k=k.new_zeros(B, H, 0, D), gen_v=k.new_zeros(B, H, 0, D), gen_len=0)
-        return out
+            gen=DecodedKV(B, H, D, k))
 
     def _decode(self, layer, q, k, v):
         B, Hq, S, D = q.shape  # q [B, Hq, 1, D]; k, v [B, H, 1, D] post-RoPE
         if S != 1:
             raise ValueError(f"quest decodes one token per step, got {S}")
         st, H, P = self.layers[layer], self.H, self.opts.page_size
-        if st["gen_len"] == st["gen_k"].shape[2]:  # grow in steps of 64, never drop
-            pad = k.new_zeros(B, H, 64, D)
-            st["gen_k"], st["gen_v"] = torch.cat([st["gen_k"], pad], 2), torch.cat([st["gen_v"], pad], 2)
-        st["gen_k"][:, :, st["gen_len"]], st["gen_v"][:, :, st["gen_len"]] = k[:, :, 0], v[:, :, 0]
-        st["gen_len"] += 1
+        gen = st["gen"]
+        gen.append(k, v)
         sel_valid = st["sel_valid"]  # [B, K*P]
         K = sel_valid.shape[1] // P
         if K:
@@ -115,10 +117,9 @@ class QuestCache(KVCache):
             sel_v = st["ctx_v"].gather(2, tok[..., None].expand(-1, -1, -1, D))
         else:
             sel_k = sel_v = k.new_zeros(B, H, 0, D)
-        g = st["gen_len"]
-        keys = torch.cat([st["local_k"], sel_k, st["gen_k"][:, :, :g]], 2)  # [B, H, T, D]
-        vals = torch.cat([st["local_v"], sel_v, st["gen_v"][:, :, :g]], 2)
-        valid = torch.cat([st["local_valid"], sel_valid, sel_valid.new_ones(B, g)], 1)  # [B, T]
+        keys = torch.cat([st["local_k"], sel_k, gen.keys()], 2)  # [B, H, T, D]
+        vals = torch.cat([st["local_v"], sel_v, gen.values()], 2)
+        valid = torch.cat([st["local_valid"], sel_valid, sel_valid.new_ones(B, gen.len)], 1)  # [B, T]
         mask = None if bool(valid.all()) else valid[:, None, None]
         return F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, enable_gqa=Hq != H)
 

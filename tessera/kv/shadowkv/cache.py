@@ -67,6 +67,12 @@ class ShadowKVCache(KVCache):
 
     # ---- internals ------------------------------------------------------------------------
     def _prefill(self, layer, q, k, v, ctx):
+        self.ingest(layer, k, v, ctx)
+        return prefill_attention(q, k, v, ctx.new_lens)
+
+    def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
+        """Build the layer's state from a prompt's keys/values without attending (the attention output
+        is the dense one, so a caller comparing backends can compute it once for all of them)."""
         if self.layers[layer] is not None:
             raise RuntimeError("shadowkv: a second prefill into a filled cache (chunked prefill) is not supported")
         k_pre = self._pre_rope[layer]
@@ -75,23 +81,21 @@ class ShadowKVCache(KVCache):
                                "`wants_pre_rope_keys`")
         self._pre_rope[layer] = None
         n = ctx.new_lens
-        out = prefill_attention(q, k, v, n)
         rows = [build_row(k_pre[b, :, :nb], k[b, :, :nb], v[b, :, :nb], int(ctx.positions[b, 0]), self.opts, self.rank)
                 for b, nb in enumerate(n.tolist())]
         self.layers[layer] = LayerState.pack(rows, self.opts.chunk_size)
-        return out
 
     def _decode(self, layer, q, k, v):
         B, Hq, S, D = q.shape  # q [B, Hq, 1, D]; k, v [B, H, 1, D] post-RoPE
         if S != 1:
             raise ValueError(f"shadowkv decodes one token per step, got {S}")
         st = self.layers[layer]
-        st.append(k, v)
+        st.gen.append(k, v)
         if st.sparse:
             self._refresh_slots(st, q[:, :, 0])
-        keys = torch.cat([st.local_k, st.sel_k, st.gen_k[:, :, :st.gen_len]], 2)  # [B, H, T, D]
-        vals = torch.cat([st.local_v, st.sel_v, st.gen_v[:, :, :st.gen_len]], 2)
-        valid = torch.cat([st.static_valid, st.static_valid.new_ones(B, st.gen_len)], 1)  # [B, T]
+        keys = torch.cat([st.local_k, st.sel_k, st.gen.keys()], 2)  # [B, H, T, D]
+        vals = torch.cat([st.local_v, st.sel_v, st.gen.values()], 2)
+        valid = torch.cat([st.static_valid, st.static_valid.new_ones(B, st.gen.len)], 1)  # [B, T]
         dense = bool(valid.all())  # no padding: skip the mask
         if q.is_cuda:  # Triton GQA decode over the gathered buffer of all B x H heads; SDPA is its reference
             from tessera.kernels.shadowkv_attn import decode_attention

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tessera.kv.decoded import DecodedKV
 from tessera.kv.shadowkv.host import HostValues
 from tessera.kv.shadowkv.lowrank import factorize
 from tessera.kv.shadowkv.options import ShadowKVOptions
@@ -90,9 +91,7 @@ class LayerState:
     sel_k: torch.Tensor  # [B, H, K*C, D] rebuilt keys of the selected chunks
     sel_v: torch.Tensor  # [B, H, K*C, D] fetched values
     static_valid: torch.Tensor  # [B, L + K*C] which local and slot rows hold a real token
-    gen_k: torch.Tensor  # [B, H, cap, D] decoded tokens (never dropped: grows)
-    gen_v: torch.Tensor
-    gen_len: int = 0
+    gen: DecodedKV  # decoded tokens, dense (never dropped: grows)
 
     @classmethod
     def pack(cls, rows: list[RowState], chunk_size: int) -> LayerState:
@@ -122,7 +121,7 @@ class LayerState:
             host=HostValues(values.reshape(B * H, -1, D), chunk_size) if values is not None else None,
             slot_ids=slot_ids.contiguous(), sel_k=k0.new_zeros(B, H, K * chunk_size, D),
             sel_v=k0.new_zeros(B, H, K * chunk_size, D), static_valid=static_valid,
-            gen_k=k0.new_zeros(B, H, 0, D), gen_v=k0.new_zeros(B, H, 0, D))
+            gen=DecodedKV(B, H, D, k0))
 
     @property
     def sparse(self) -> bool:
@@ -130,23 +129,15 @@ class LayerState:
 
     def fast_tensors(self) -> list[torch.Tensor]:
         return [self.local_k, self.local_v, self.pos0, self.u, self.sv, self.landmarks, self.landmark_ids,
-                self.n_landmarks, self.slot_ids, self.sel_k, self.sel_v, self.static_valid, self.gen_k, self.gen_v]
-
-    def append(self, k: torch.Tensor, v: torch.Tensor, growth: int = 64) -> None:
-        """k, v [B, H, 1, D] post-RoPE decoded token of every row."""
-        if self.gen_len == self.gen_k.shape[2]:  # grow in steps: amortised copies, nothing dropped
-            pad = self.gen_k.new_zeros(*self.gen_k.shape[:2], growth, self.gen_k.shape[3])
-            self.gen_k, self.gen_v = torch.cat([self.gen_k, pad], 2), torch.cat([self.gen_v, pad], 2)
-        self.gen_k[:, :, self.gen_len] = k[:, :, 0]
-        self.gen_v[:, :, self.gen_len] = v[:, :, 0]
-        self.gen_len += 1
+                self.n_landmarks, self.slot_ids, self.sel_k, self.sel_v, self.static_valid, *self.gen.tensors()]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` [B'] (finished sequences leave the batch)."""
         H = self.local_k.shape[1]
         for name in ("local_k", "local_v", "pos0", "u", "sv", "landmarks", "landmark_ids", "slot_ids", "sel_k",
-                     "sel_v", "static_valid", "gen_k", "gen_v"):
+                     "sel_v", "static_valid"):
             setattr(self, name, getattr(self, name)[rows])
+        self.gen.select(rows)
         heads = (rows[:, None] * H + torch.arange(H, device=rows.device)).reshape(-1)  # [B'*H]
         self.n_landmarks = self.n_landmarks[heads]
         if self.host is not None:
