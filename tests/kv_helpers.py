@@ -16,23 +16,33 @@ def tiny_model(heads=4, kv_heads=2, head_dim=16, layers=2, seed=0):
 
 
 @torch.inference_mode()
-def run_steps(model, cache, prompts, steps=4, seed=1, tokens=None):
-    """Right-padded prefill then `steps` decode steps with fixed random tokens (or `tokens` [steps, B])
-    -> logits [steps+1, B, V]."""
-    g = torch.Generator().manual_seed(seed)
+def prefill(model, cache, prompts):
+    """Right-padded prefill -> (logits at each row's last prompt token [B, V], prompt lengths [B])."""
     lens = torch.tensor([len(p) for p in prompts])
     S = int(lens.max())
     inp = torch.zeros(len(prompts), S, dtype=torch.long)
     for i, p in enumerate(prompts):
         inp[i, : len(p)] = torch.tensor(p)
     pos = torch.arange(S).expand(len(prompts), S)
-    out = [model(inp, pos, cache, StepContext(pos, lens, True), logits_index=lens - 1)[:, -1]]
-    seq = lens.clone()
+    return model(inp, pos, cache, StepContext(pos, lens, True), logits_index=lens - 1)[:, -1], lens
+
+
+@torch.inference_mode()
+def decode(model, cache, lens, steps=4, seed=1, tokens=None):
+    """`steps` decode steps after a prefill of `lens` tokens, fed fixed random tokens (or `tokens` [steps, B])."""
+    g = torch.Generator().manual_seed(seed)
+    out, seq = [], lens.clone()
     for i in range(steps):
-        tok = tokens[i][:, None] if tokens is not None else torch.randint(0, model.config.vocab_size, (len(prompts), 1), generator=g)
+        tok = tokens[i][:, None] if tokens is not None else torch.randint(0, model.config.vocab_size, (len(lens), 1), generator=g)
         out.append(model(tok, seq[:, None], cache, StepContext(seq[:, None], torch.ones_like(seq), False))[:, -1])
         seq = seq + 1
-    return torch.stack(out)
+    return out
+
+
+def run_steps(model, cache, prompts, steps=4, seed=1, tokens=None):
+    """Prefill then `steps` decode steps -> logits [steps+1, B, V]."""
+    first, lens = prefill(model, cache, prompts)
+    return torch.stack([first] + decode(model, cache, lens, steps, seed, tokens))
 
 
 def random_prompts(lengths, vocab=97, seed=2):
