@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from tessera.config import ModelConfig
 from tessera.models import LlamaForCausalLM, save_model
-from tessera.tasks.reasoning import EVAL_SEED_BASE, RESULT_WORDS, make_problem, vocabulary
+from tessera.tasks import vocabulary
+from tessera.tasks.reasoning import EVAL_SEED_BASE, RESULT_WORDS, make_problem
 from tessera.tokenizer import Tokenizer, build_word_tokenizer
 
 MODEL = dict(
