@@ -47,6 +47,9 @@ TEXT_WORDS = (
 ).split()
 #: Training uses seeds below this; every accuracy we report uses seeds from here on.
 EVAL_SEED_BASE = 1_000_000
+# Generation cap for a solution: the longest traces (69 steps) with their prompt are ~3,700 tokens; a model
+# with a long context window must not spin on to its 65K positions when it fails to stop.
+MAX_SOLUTION_TOKENS = 4096
 
 
 @dataclass(frozen=True)

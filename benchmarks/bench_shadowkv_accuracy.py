@@ -1,0 +1,168 @@
+"""RULER accuracy at 8K-32K: full attention vs ShadowKV vs a Quest-style baseline at the same sparse budgets.
+
+ShadowKV's accuracy table (arXiv 2410.21465, Table 1-2) on the embedded model and our RULER-style tasks
+(`tessera.tasks.ruler`, held-out seeds from 1,000,000; the tasks cycle niah_single, niah_multikey,
+variable_tracking). Budgets are fractions of the context (1.56%, 3%, 6% by default), in tokens per KV head
+and step, rounded to a multiple of 16 (a whole number of ShadowKV chunks and Quest pages); ShadowKV's
+outlier chunks and local window and Quest's local window come on top, as in both papers.
+
+All three prefill with dense attention, so the prompt is prefilled *once* per problem: the dense cache
+computes the attention and the sparse backends `ingest` the same keys and values; then each method decodes
+the answer greedily on its own cache. Results are appended per problem to `<out>.jsonl` (a rerun resumes),
+and `--report` writes `<out>.{json,md,png}`.
+
+    python benchmarks/bench_shadowkv_accuracy.py --n 100 --lengths 8192 16384 32768   # ~40 min, 2 cores
+    python benchmarks/bench_shadowkv_accuracy.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from tessera.kv import make_cache
+from tessera.kv.cache import StepContext
+from tessera.kv.presses import NoPress
+from tessera.kv.shared_prefill import SharedPrefill
+from tessera.tasks.reasoning import EVAL_SEED_BASE
+from tessera.tasks.ruler import TASKS, make_problem, score
+
+OUT = Path("benchmarks/results/shadowkv_accuracy")
+
+
+def budget_tokens(frac: float, length: int) -> int:
+    return max(16, round(frac * length / 16) * 16)
+
+
+def methods(length: int, fracs: list[float]) -> list[tuple[str, str, float, dict]]:
+    """(label, backend, budget fraction, options); the dense one first."""
+    out = [("full", "dense", 1.0, {})]
+    for f in fracs:
+        b = budget_tokens(f, length)
+        out += [(f"shadowkv@{f:g}", "shadowkv", f, {"sparse_budget": b}), (f"quest@{f:g}", "quest", f, {"sparse_budget": b})]
+    return out
+
+
+@torch.inference_mode()
+def solve(model, ids: list[int], specs, max_new: int) -> list[list[int]]:
+    """Greedy answers of every method in `specs` for one prompt (one shared dense prefill)."""
+    cfg = model.config
+    caches = [make_cache(backend, cfg, 1, torch.float32, "cpu", NoPress(), **opts) for _, backend, _, opts in specs]
+    S = len(ids)
+    inp = torch.tensor([ids])
+    pos = torch.arange(S)[None]
+    logits = model(inp, pos, SharedPrefill(caches[0], caches[1:]),
+                   StepContext(pos, torch.tensor([S]), True), logits_index=torch.tensor([S - 1]))
+    first = int(logits[0, -1].argmax())
+    outs = []
+    for cache in caches:
+        toks = [first]
+        for i in range(max_new - 1):
+            p = torch.tensor([[S + i]])
+            lg = model(torch.tensor([[toks[-1]]]), p, cache, StepContext(p, torch.ones(1, dtype=torch.long), False))
+            toks.append(int(lg[0, -1].argmax()))
+        outs.append(toks)
+    return outs
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from tessera.engine import LLM
+
+    torch.set_num_threads(args.threads)
+    llm = LLM.load(args.model)
+    model, tok = llm.model.eval(), llm.tokenizer
+    log = Path(f"{args.out}.jsonl")
+    done = set()
+    if log.is_file():
+        done = {(r["length"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
+    jobs = [(L, EVAL_SEED_BASE + i) for L in args.lengths for i in range(args.n) if (L, EVAL_SEED_BASE + i) not in done]
+    with log.open("a") as f:
+        for L, seed in tqdm(jobs, desc="problems", unit="prob"):
+            p = make_problem(TASKS[(seed - EVAL_SEED_BASE) % len(TASKS)], seed, L)
+            ids = tok.encode(p.prompt)
+            if len(ids) >= model.config.max_position_embeddings:
+                raise ValueError(f"{len(ids)}-token prompt exceeds the model's {model.config.max_position_embeddings} positions")
+            specs = methods(L, args.budgets)
+            t0 = time.perf_counter()
+            outs = solve(model, ids, specs, max_new=len(" ".join(p.answers).split()) + 1)
+            rec = dict(length=L, seed=seed, task=p.task, tokens=len(ids), seconds=round(time.perf_counter() - t0, 2),
+                       answers=p.answers, results={})
+            for (label, _, _, opts), o in zip(specs, outs):
+                text = tok.decode(o)
+                rec["results"][label] = dict(score=score(p, text), output=text, budget=opts.get("sparse_budget"))
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+
+def report(args):
+    rows = [json.loads(x) for x in Path(f"{args.out}.jsonl").read_text().splitlines()]
+    lengths = sorted({r["length"] for r in rows})
+    labels = list(rows[0]["results"])
+    table = {}
+    for L in lengths:
+        rs = [r for r in rows if r["length"] == L]
+        for lab in labels:
+            sc = [r["results"][lab]["score"] for r in rs]
+            by_task = {t: 100 * sum(r["results"][lab]["score"] for r in rs if r["task"] == t) /
+                       max(1, sum(r["task"] == t for r in rs)) for t in TASKS}
+            table[f"{L}/{lab}"] = dict(length=L, method=lab.split("@")[0], budget_frac=float(lab.split("@")[1]) if "@" in lab else 1.0,
+                                       budget_tokens=rs[0]["results"][lab]["budget"], n=len(sc), accuracy=100 * sum(sc) / len(sc),
+                                       by_task=by_task)
+    for v in table.values():
+        v["of_full"] = v["accuracy"] / max(1e-9, table[f"{v['length']}/full"]["accuracy"])
+    meta = dict(machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+                model=args.model or "embedded (tessera/assets/tiny-reasoner)", seeds=f"{EVAL_SEED_BASE}..", tasks=list(TASKS),
+                note="one shared dense prefill per problem; greedy answers; RULER string_match_all on whole words")
+    Path(f"{args.out}.json").write_text(json.dumps(dict(meta=meta, points=table), indent=2))
+    lines = ["| context | method | budget | n | accuracy % | of full | " + " | ".join(TASKS) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(TASKS)]
+    for v in table.values():
+        bud = "all" if v["method"] == "full" else f"{100 * v['budget_frac']:.2f}% ({v['budget_tokens']} tok)"
+        lines.append(f"| {v['length'] // 1024}K | {v['method']} | {bud} | {v['n']} | {v['accuracy']:.1f} | "
+                     f"{100 * v['of_full']:.0f}% | " + " | ".join(f"{v['by_task'][t]:.0f}" for t in TASKS) + " |")
+    Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths), 3.2), sharey=True, squeeze=False)
+    for ax, L in zip(axes[0], lengths):
+        pts = [v for v in table.values() if v["length"] == L]
+        ax.axhline(next(v["accuracy"] for v in pts if v["method"] == "full"), color="k", ls="--", label="full")
+        for m in ("shadowkv", "quest"):
+            mp = sorted((v["budget_frac"] * 100, v["accuracy"]) for v in pts if v["method"] == m)
+            ax.plot(*zip(*mp), marker="o", label=m) if mp else None
+        ax.set_title(f"{L // 1024}K context")
+        ax.set_xlabel("sparse budget (% of context)")
+    axes[0][0].set_ylabel("RULER accuracy %")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(f"{args.out}.png", dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="HF model dir (default: the embedded model)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768], help="context lengths in words (= tokens)")
+    ap.add_argument("--n", type=int, default=100, help="problems per context length")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.0156, 0.03, 0.06], help="sparse budgets, fraction of context")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--report", action="store_true", help="only summarise <out>.jsonl")
+    args = ap.parse_args()
+    if not args.report:
+        run(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()

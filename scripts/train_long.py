@@ -1,0 +1,209 @@
+"""Long-context stage: fine-tune the embedded model for RULER-style retrieval at 4K-32K+ tokens on a CPU.
+
+Training at 16K-32K tokens costs ~15 s per sequence on 2 cores, so most steps use PoSE (Zhu et al.,
+"PoSE: Efficient Context Window Extension of LLMs via Positional Skip-wise Training", arXiv 2309.10400):
+a sequence of 0.1K-2K real tokens whose position ids jump once by a random skip, so that the relative
+distances between the question and the needles cover the whole target window (`--pose-window`) while
+the compute is that of a short sequence. A share of the batches (`--long-share`) are real 4K-8K
+haystacks, so the attention also learns to stay sharp over many more filler tokens than a short
+sequence has. Positions go from 4,096 to 65,536 by Llama-3.1 RoPE scaling (factor 16 on the wavelengths
+longer than 4K, the short ones unchanged): the reasoning task's far copies are intact right away
+(teacher-forced far-copy accuracy 97.9% before any step, vs 16.7% after raising the RoPE base to 500K,
+which was tried first). Reasoning batches are replayed in between (`--ruler-share`), with the same
+far-copy loss weight as `train_tiny.py`, so its accuracy is kept.
+
+Each RULER sequence is one haystack followed by several of its questions with their answers; only the
+answer tokens are in the loss. The vocabulary grows by the long-context words (`tessera.tasks.vocabulary`:
+appended, so every existing id keeps its embedding row; new rows start small and random).
+
+    python scripts/train_long.py --minutes 50   # reads and rewrites tessera/assets/tiny-reasoner (make train)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from train_tiny import _init_worker, loss_fn, make_batches
+
+from tessera.models import LlamaForCausalLM, load_model, save_model
+from tessera.tasks import vocabulary
+from tessera.tasks.reasoning import EVAL_SEED_BASE
+from tessera.tasks.ruler import TASKS, make_problem
+from tessera.tokenizer import build_word_tokenizer
+
+
+def ruler_sequence(tok, rng: random.Random, seed: int, length: int, tasks=TASKS):
+    """-> (token ids, answer-token mask) for one haystack of `length` words with several questions."""
+    task = rng.choice(tasks)
+    p = make_problem(task, seed, length, n_keys=rng.randint(2, 6), hops=rng.randint(1, 5), chains=rng.randint(1, 3))
+    asked = list(p.questions)
+    rng.shuffle(asked)
+    ids = tok.encode(p.context)
+    mask = [False] * len(ids)
+    asked = asked[:rng.randint(1, 6)]
+    for i, (q, answers) in enumerate(asked):
+        qi = tok.encode(q, add_bos=False)
+        ai = tok.encode(" ".join(answers) + " .", add_bos=False) + ([tok.eos_id] if i == len(asked) - 1 else [])
+        ids += qi + ai
+        mask += [False] * len(qi) + [True] * len(ai)
+    return ids, mask
+
+
+def ruler_batch(tok, rng: random.Random, next_seed: int, length: int, batch: int, window: int, pose: bool,
+                tasks=TASKS):
+    """-> ids [B, T], loss mask [B, T] (True where the token is a target), positions [B, T]."""
+    seqs = [ruler_sequence(tok, rng, next_seed + i, length, tasks) for i in range(batch)]
+    T = max(len(s) for s, _ in seqs)
+    ids = torch.full((batch, T), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros(batch, T, dtype=torch.bool)
+    pos = torch.arange(T).repeat(batch, 1)
+    for b, (s, m) in enumerate(seqs):
+        ids[b, :len(s)], mask[b, :len(m)] = torch.tensor(s), torch.tensor(m)
+        if pose and window > T:  # one skip, somewhere in the haystack: far needles look `window` away
+            first_q = m.index(True) - 24 if True in m else len(s)
+            split = rng.randrange(1, max(2, first_q))
+            pos[b, split:] += rng.randrange(0, window - T)
+    return ids, mask, pos
+
+
+def extend(model: LlamaForCausalLM, vocab_size: int, max_positions: int) -> LlamaForCausalLM:
+    """A copy of `model` with `vocab_size` embedding rows (old rows kept, new rows N(0, 0.02)) and
+    `max_positions` positions, reached by Llama-3.1 RoPE scaling: wavelengths longer than the trained
+    window are slowed by max_positions / trained positions, the short ones (what local steps use) kept."""
+    cfg = model.config
+    if vocab_size < cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} words but the model {cfg.vocab_size}: not a prefix of it")
+    scaling = cfg.rope_scaling or {"rope_type": "llama3", "factor": max_positions / cfg.max_position_embeddings,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": cfg.max_position_embeddings}
+    new = LlamaForCausalLM(replace(cfg, vocab_size=vocab_size, rope_scaling=scaling, max_position_embeddings=max_positions))
+    state = model.state_dict()
+    emb = torch.randn(vocab_size, cfg.hidden_size) * 0.02
+    emb[:cfg.vocab_size] = state["model.embed_tokens.weight"]
+    state["model.embed_tokens.weight"] = emb
+    if "lm_head.weight" in state:
+        state["lm_head.weight"] = emb
+    new.load_state_dict(state)
+    return new
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--init-from", default="tessera/assets/tiny-reasoner")
+    ap.add_argument("--out", default="tessera/assets/tiny-reasoner")
+    ap.add_argument("--work", default="runs/long")
+    ap.add_argument("--minutes", type=float, default=50.0, help="training budget (time spent in steps)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--tokens-per-batch", type=int, default=8192)
+    ap.add_argument("--ruler-share", type=float, default=0.7, help="share of steps on RULER (the rest: reasoning)")
+    ap.add_argument("--long-share", type=float, default=0.15, help="share of RULER steps on real 4K-8K haystacks")
+    ap.add_argument("--pose-window", type=int, default=40960, help="relative distances PoSE covers")
+    ap.add_argument("--max-positions", type=int, default=65536, help="max_position_embeddings of the result")
+    ap.add_argument("--warm", type=float, default=0.2, help="share of the budget on short needle retrieval only")
+    ap.add_argument("--ramp", type=float, default=0.3, help="share of the budget over which haystacks and window grow")
+    ap.add_argument("--far-weight", type=float, default=20.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.init_from)
+    tok = build_word_tokenizer(vocabulary(), args.out, args.max_positions)
+    old = model.config
+    model = extend(model, tok.vocab_size, args.max_positions)
+    print(f"vocab {old.vocab_size} -> {tok.vocab_size}; positions {old.max_position_embeddings} -> "
+          f"{args.max_positions}; RoPE scaling {model.config.rope_scaling}", flush=True)
+    _init_worker(args.out)
+    fwd_c = model if args.no_compile else torch.compile(model, dynamic=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+
+    # fixed held-out checks: RULER answer tokens (teacher forced) at 2K with PoSE distances and at 8K real,
+    # and the reasoning task's far-copy accuracy (what the long-context training must not break)
+    ev_rng = random.Random(7)
+    ruler_eval = [ruler_batch(tok, ev_rng, EVAL_SEED_BASE + 10 * i, n, b, args.pose_window, pose)
+                  for i, (n, b, pose) in enumerate([(2048, 4, True), (2048, 4, True), (8192, 1, False)])]
+    reason_eval = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032), args.tokens_per_batch)
+    log = open(work / "train.log", "a")
+
+    def say(msg):
+        print(msg, flush=True)
+        log.write(msg + "\n")
+        log.flush()
+
+    def evaluate(step):
+        model.eval()
+        with torch.no_grad():
+            r = [loss_fn(lambda x, p=p: fwd_c(x, p[:, :-1]), ids, m, torch.zeros_like(m))[2][m[:, 1:]]
+                 for ids, m, p in ruler_eval]
+            far = [(e[2][f[:, 1:]]) for e, f in ((loss_fn(fwd_c, i, m, f), f) for i, m, f in reason_eval)]
+        say(f"eval step {step} ruler-acc(2K pose) {torch.cat(r[:2]).float().mean():.4f} "
+            f"ruler-acc(8K) {r[2].float().mean():.4f} reasoning far-acc {torch.cat(far).float().mean():.4f}")
+
+    budget, elapsed, step, next_seed, tokens = args.minutes * 60, 0.0, 0, 0, 0
+    reason_queue: list = []
+    evaluate(0)
+    while elapsed < budget:
+        t = elapsed / budget
+        warm = t < args.warm  # phase 1: needle retrieval alone, in short haystacks at familiar distances
+        if rng.random() < (0.85 if warm else args.ruler_share):
+            # then all tasks; haystacks grow to 2K and the PoSE window to --pose-window over --ramp of the
+            # budget (a fresh retrieval head spreads its attention over the whole haystack, so the needle's
+            # gradient is ~1/length: short first), and real 4K-8K haystacks join after the ramp
+            ramp = 0.0 if warm else min(1.0, (t - args.warm) / args.ramp)
+            if ramp == 1.0 and rng.random() < args.long_share:
+                n = rng.choice([4096, 6144, 8192])
+            else:
+                n = rng.choice([x for x in (128, 256, 512, 1024, 1536, 2048) if x <= 256 * 8 ** ramp])
+            window = int(4096 + (args.pose_window - 4096) * ramp)
+            tasks = TASKS[:2] if warm else TASKS
+            ids, mask, pos = ruler_batch(tok, rng, next_seed, n, max(1, args.tokens_per_batch // n), window, True, tasks)
+            next_seed += ids.shape[0]
+            far = torch.zeros_like(mask)
+            fwd = (lambda x, p=pos: fwd_c(x, p[:, :-1]))
+        else:
+            if not reason_queue:
+                reason_queue = make_batches(tok, range(500_000 + step * 8, 500_000 + step * 8 + 256), args.tokens_per_batch)
+                rng.shuffle(reason_queue)
+            ids, mask, far = reason_queue.pop()
+            fwd = fwd_c
+        assert next_seed < EVAL_SEED_BASE
+        t0 = time.time()
+        frac = elapsed / budget
+        lr = args.lr * min(1.0, (elapsed + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        loss, acc, _ = loss_fn(fwd, ids, mask, far, args.far_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        dt = time.time() - t0
+        elapsed, step, tokens = elapsed + dt, step + 1, tokens + ids.numel()
+        if step % 10 == 0:
+            say(f"step {step} loss {loss.item():.4f} acc {acc.item():.4f} T {ids.shape[1]} lr {lr:.2e} "
+                f"{ids.numel() / dt:.0f} tok/s elapsed {elapsed / 60:.1f}/{args.minutes:.0f} min")
+        if step % 60 == 0:
+            evaluate(step)
+            save_model(model, args.out)
+    evaluate(step)
+    save_model(model, args.out)
+    (work / "summary.json").write_text(json.dumps(dict(steps=step, tokens=tokens, minutes=elapsed / 60), indent=2))
+    say(f"done: {step} steps, {tokens / 1e6:.1f}M tokens, saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
