@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from train_tiny import _init_worker, loss_fn, make_batches
+from train_tiny import _init_worker, cosine_lr, loss_fn, make_batches, train_step
 
 from tessera.models import LlamaForCausalLM, load_model, save_model
 from tessera.tasks import vocabulary
@@ -181,16 +180,8 @@ def main():
             fwd = fwd_c
         assert next_seed < EVAL_SEED_BASE
         t0 = time.time()
-        frac = elapsed / budget
-        lr = args.lr * min(1.0, (elapsed + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        model.train()
-        loss, acc, _ = loss_fn(fwd, ids, mask, far, args.far_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss, acc = train_step(model, opt, fwd, ids, mask, far, args.far_weight, cosine_lr(args.lr, elapsed, budget, 30))
+        lr = opt.param_groups[0]["lr"]
         dt = time.time() - t0
         elapsed, step, tokens = elapsed + dt, step + 1, tokens + ids.numel()
         if step % 10 == 0:

@@ -100,6 +100,24 @@ def loss_fn(fwd, ids, mask, far, far_weight=1.0):
     return (ce * w).sum() / w.sum(), hit[m].float().mean(), hit
 
 
+def cosine_lr(base: float, elapsed: float, budget: float, warmup: float) -> float:
+    """Time-based schedule: linear warm-up over `warmup` seconds, cosine down to 5% at `budget` seconds."""
+    return base * min(1.0, (elapsed + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
+
+
+def train_step(model, opt, fwd, ids, mask, far, far_weight: float, lr: float):
+    """One AdamW step at `lr` (gradients clipped to norm 1) -> (loss, token accuracy)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    model.train()
+    loss, acc, _ = loss_fn(fwd, ids, mask, far, far_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss, acc
+
+
 def value_targets(ids, mask, eq_id, is_result):
     """[B, T-1] True where the target is the D of `rk = D`: the look-ups a solution stands or falls
     on, and the tokens an earlier format of the task failed on while token accuracy looked fine."""
@@ -208,16 +226,8 @@ def main():
         for ids, mask, far in batches:
             ids, mask, far = (t.to(args.device, non_blocking=True) for t in (ids, mask, far))
             t0 = time.time()
-            frac = state["elapsed"] / budget
-            lr = args.lr * min(1.0, (state["elapsed"] + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            model.train()
-            loss, acc, _ = loss_fn(fwd, ids, mask, far, args.far_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            lr = cosine_lr(args.lr, state["elapsed"], budget, warmup)
+            loss, acc = train_step(model, opt, fwd, ids, mask, far, args.far_weight, lr)
             if args.device.startswith("cuda") and state["step"] % 10 == 9:
                 torch.cuda.synchronize()  # so that the time budget measures real work
             dt = time.time() - t0
