@@ -175,7 +175,8 @@ def write(results, meta, out: Path):
             lines.append(f"| {m['context']} | {m['dense_bytes_per_seq'] / 1024:.0f} | {m['shadowkv_bytes_per_seq'] / 1024:.0f} | "
                          f"{d['batch']} | {s_['batch']} | {d.get('tokens_per_s', '-')} | {s_.get('tokens_per_s', '-')} | {ratio} |")
     lines += ["", "Fast-tier bytes per token include the fixed sparse-slot buffers (budget x heads), amortised over "
-              "the context; they shrink further with longer contexts. Timings on a shared 2-core CPU are noisy."]
+              "the context; they shrink further with longer contexts."
+              + (" Timings on a shared 2-core CPU are noisy." if "CPU" in meta["machine"] else "")]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -3,6 +3,7 @@
 # Runs every feature's GPU checks with a time limit each, prints a summary, and writes
 # gpu_check_<gpu>.{log,md} plus the benchmark results into $OUT (or benchmarks/results).
 # Budget: under 8 minutes on an H100/H200. Features add a line to CHECKS below.
+# ONLY=dist,decode-bench bash scripts/gpu_check.sh reruns some checks (after a fix, on what lease is left).
 set -u
 cd "$(dirname "$0")/.."
 RES=${OUT:-benchmarks/results}
@@ -16,18 +17,21 @@ LOG=$RES/gpu_check_$SLUG.log
 : >"$LOG"
 echo "GPU check on: $GPU  ($(date -u +%FT%TZ))" | tee -a "$LOG"
 $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$LOG"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
 
 # name | time limit (s) | command
 CHECKS=(
-  "gpu-tests|60|$PY -m pytest -q -m gpu tests -p no:cacheprovider"
-  "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 256 --out $RES/decode_gpu_$SLUG"
-  "ngemm|80|$PY scripts/gpu_checks/ngemm.py"
+  "gpu-tests|90|$PY -m pytest -q -m gpu tests -p no:cacheprovider"
+  "ngemm|60|$PY scripts/gpu_checks/ngemm.py"
+  "shadowkv|150|$PY scripts/gpu_checks/shadowkv.py --out $RES/shadowkv_efficiency_gpu_$SLUG"
+  "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 128 --out $RES/decode_gpu_$SLUG"
+  # last: its kernels spin on flags, so a hang (each wait times out after 10 s) cannot cost the others
   "dist|120|$PY scripts/gpu_checks/dist.py --out $RES/dist_gpu_$SLUG.json"
-  "shadowkv|180|$PY scripts/gpu_checks/shadowkv.py --out $RES/shadowkv_efficiency_gpu_$SLUG"
 )
 SUMMARY=()
 for c in "${CHECKS[@]}"; do
   IFS='|' read -r name limit cmd <<<"$c"
+  [[ -n ${ONLY:-} && ",$ONLY," != *",$name,"* ]] && continue
   script=$(echo "$cmd" | awk '{print $2}')
   if [[ $script == *.py && $script != -m && ! -f $script ]]; then
     SUMMARY+=("| $name | skipped (no $script) | - |"); continue

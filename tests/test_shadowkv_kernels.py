@@ -52,21 +52,22 @@ def test_rebuild_keys_match_torch_path(H, T, r, D, C):
         rebuild_keys(u, sv[:, :, :-1], heads, chunks, C, 0, rope.inv_freq)
 
 
+@pytest.mark.parametrize("splits", [1, 3])  # split-K: one program per head, or three merged partials
 @pytest.mark.parametrize("Hq,H,T,D", [(4, 2, 70, 16), (3, 3, 9, 24)])  # GQA over several blocks; MHA, odd D
-def test_decode_attention_matches_sdpa(Hq, H, T, D):
+def test_decode_attention_matches_sdpa(Hq, H, T, D, splits):
     import torch.nn.functional as F
 
     from tessera.kernels.shadowkv_attn import decode_attention
 
     torch.manual_seed(T)
     q, k, v = torch.randn(Hq, D), torch.randn(H, T, D), torch.randn(H, T, D)
-    got = decode_attention(q, k, v, block_n=16)
+    got = decode_attention(q, k, v, block_n=16, splits=splits)
     ref = F.scaled_dot_product_attention(q[None, :, None], k[None], v[None], enable_gqa=Hq != H)[0, :, 0]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     valid = torch.rand(H, T) < 0.6
     valid[:, :min(T, 16)] = False  # the first key block is all padding
     valid[:, -1] = True
-    got = decode_attention(q, k, v, valid, block_n=16)
+    got = decode_attention(q, k, v, valid, block_n=16, splits=splits)
     per_q = valid.repeat_interleave(Hq // H, 0)  # [Hq, T]: each query head sees its KV head's mask
     ref = F.scaled_dot_product_attention(q[None, :, None], k[None], v[None], attn_mask=per_q[None, :, None],
                                          enable_gqa=Hq != H)[0, :, 0]

@@ -23,11 +23,13 @@ from tessera.kernels.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.allreduce import _allreduce_kernel
 from tessera.kernels.gemm_rs import _gemm_rs_kernel
 
-I64 = ("max_spins", "epoch")
+# the launcher types a Python int by its value (i32 below 2**31, else i64): counters that grow across
+# calls are compiled both ways, as a long run will meet both
+COUNTERS = ("max_spins", "epoch")
 
 
-def compile_one(fn, ptrs: dict, consts: dict, target) -> str:
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i64" if n in I64 else "i32") for n in fn.arg_names}
+def compile_one(fn, ptrs: dict, consts: dict, target, counter: str) -> str:
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, counter if n in COUNTERS else "i32") for n in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
     return triton.compile(src, target=target).asm["ptx"]
 
@@ -53,13 +55,14 @@ def main() -> int:
             ]
     cases.append((_spin_kernel, {"buf": "*i64"}, {}))
     failed = 0
-    for fn, ptrs, consts in cases:
+    cases = [(*c, counter) for c in cases for counter in ("i32", "i64")]
+    for fn, ptrs, consts, counter in cases:
         try:
-            ptx = compile_one(fn, ptrs, consts, target)
-            print(f"ok   {fn.__name__} {consts} ({len(ptx)} chars of PTX)")
+            ptx = compile_one(fn, ptrs, consts, target, counter)
+            print(f"ok   {fn.__name__} {consts} counters {counter} ({len(ptx)} chars of PTX)")
         except Exception as e:  # noqa: BLE001 - report every failing variant
             failed += 1
-            print(f"FAIL {fn.__name__} {consts}: {type(e).__name__}: {str(e)[-600:]}")
+            print(f"FAIL {fn.__name__} {consts} counters {counter}: {type(e).__name__}: {str(e)[-600:]}")
     print(f"triton {triton.__version__}, sm_{target.arch}: {len(cases) - failed}/{len(cases)} compiled")
     return 1 if failed else 0
 

@@ -58,6 +58,9 @@ class _Heap:
     virtual = False
 
     def _init_alloc(self, nbytes: int):
+        # lang.symm_at tells the compiler that a peer's copy is as aligned as ours (16 bytes)
+        if any(m.data_ptr() % 16 for m in self._maps):
+            raise RuntimeError(f"symmetric heap bases must be 16-byte aligned: {[m.data_ptr() for m in self._maps]}")
         self.nbytes, self.used, self.allocs = nbytes, 0, []
         self.err = self._alloc((4,), torch.int64, "wait_error")  # [flag, signal addr, awaited, seen]
 
