@@ -265,7 +265,8 @@ def markdown(rows, summary, info, quick: bool) -> str:
              ("`(int only)` paths take pre-quantized int8/u8 input and return int32: they skip the activation "
              "quantization and dequant epilogue that fbgemm/x86 `linear_dynamic` and Tessera's kernels "
              "(fp32 in, fp32 out) include."), ""]
-    busy = max(info["loadavg_at_start"][0], (info.get("loadavg_at_end") or [0])[0])
+    # the 1-minute load at the end includes this benchmark's own threads: only what is above them is others'
+    busy = max(info["loadavg_at_start"][0], (info.get("loadavg_at_end") or [0])[0] - info["threads"])
     if busy > 0.5 * info["cores"]:
         lines += [(f"**WARNING: load average {busy:.1f} on {info['cores']} cores: other jobs shared the CPU during "
                   "this run (see the measured peak and bandwidth above); timings and ratios are not "
