@@ -53,6 +53,24 @@ class KVCache:
         raise NotImplementedError
 
 
+class SparseDecodeCache(KVCache):
+    """Backends that attend densely over the prompt and sparsely while decoding (ShadowKV, Quest):
+    a prefill only `ingest`s the prompt's K/V into the backend's own layout (SharedPrefill calls
+    `ingest` alone, to pay the dense attention once for several backends)."""
+
+    def attend(self, layer: int, q, k, v, ctx: StepContext) -> torch.Tensor:
+        if ctx.is_prefill:
+            self.ingest(layer, k, v, ctx)
+            return prefill_attention(q, k, v, ctx.new_lens)
+        return self._decode(layer, q, k, v)
+
+    def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
+        raise NotImplementedError
+
+    def _decode(self, layer: int, q, k, v) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class DenseCache(KVCache):
     def __init__(self, num_layers: int, batch: int, n_kv_heads: int, head_dim: int, dtype, device,
                  query_window: int = 0, growth: int = 256, track_attention: bool = False):

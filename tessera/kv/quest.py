@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.kv import check_backend_args, register_backend
-from tessera.kv.cache import KVCache, StepContext, prefill_attention
+from tessera.kv.cache import SparseDecodeCache, StepContext
 from tessera.kv.decoded import DecodedKV
 
 
@@ -52,13 +52,11 @@ def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torc
     return bound.amax(2)
 
 
-class QuestCache(KVCache):
+class QuestCache(SparseDecodeCache):
     def __init__(self, num_layers: int, n_kv_heads: int, head_dim: int, opts: QuestOptions):
         self.H, self.D, self.opts = n_kv_heads, head_dim, opts
         self.layers: list[dict | None] = [None] * num_layers
 
-    def attend(self, layer: int, q, k, v, ctx: StepContext) -> torch.Tensor:
-        return self._prefill(layer, q, k, v, ctx) if ctx.is_prefill else self._decode(layer, q, k, v)
 
     def select(self, rows: torch.Tensor) -> None:
         for st in self.layers:
@@ -72,9 +70,6 @@ class QuestCache(KVCache):
         return sum(t.numel() * t.element_size() for st in self.layers if st is not None
                    for t in [*st.values(), *st["gen"].tensors()] if torch.is_tensor(t))
 
-    def _prefill(self, layer, q, k, v, ctx):
-        self.ingest(layer, k, v, ctx)
-        return prefill_attention(q, k, v, ctx.new_lens)
 
     def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
         """Keep a prompt's pages, bounds and local window without attending (see ShadowKVCache.ingest)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessera.kv.cache import KVCache, StepContext, prefill_attention
+from tessera.kv.cache import SparseDecodeCache, StepContext
 from tessera.kv.shadowkv.lowrank import rebuild
 from tessera.kv.shadowkv.options import ShadowKVOptions
 from tessera.kv.shadowkv.selection import DISABLED, assign_slots, select_chunks
@@ -24,7 +24,7 @@ from tessera.kv.shadowkv.state import LayerState, build_row
 from tessera.layers.rope import RotaryEmbedding
 
 
-class ShadowKVCache(KVCache):
+class ShadowKVCache(SparseDecodeCache):
     wants_pre_rope_keys = True
 
     def __init__(self, num_layers: int, n_kv_heads: int, head_dim: int, rope: RotaryEmbedding,
@@ -41,8 +41,6 @@ class ShadowKVCache(KVCache):
         if ctx.is_prefill:  # [B, H, S, D]; only the prompt is factorised, decoded keys stay dense
             self._pre_rope[layer] = k_pre
 
-    def attend(self, layer: int, q, k, v, ctx: StepContext) -> torch.Tensor:
-        return self._prefill(layer, q, k, v, ctx) if ctx.is_prefill else self._decode(layer, q, k, v)
 
     def select(self, rows: torch.Tensor) -> None:
         for st in self.layers:
@@ -66,9 +64,6 @@ class ShadowKVCache(KVCache):
         return self.hits / self.lookups if self.lookups else 0.0
 
     # ---- internals ------------------------------------------------------------------------
-    def _prefill(self, layer, q, k, v, ctx):
-        self.ingest(layer, k, v, ctx)
-        return prefill_attention(q, k, v, ctx.new_lens)
 
     def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
         """Build the layer's state from a prompt's keys/values without attending (the attention output
