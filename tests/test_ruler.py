@@ -25,6 +25,8 @@ def test_niah_multikey_distinct_keys_and_target_needle():
     p = make_problem("niah_multikey", seed=7, length=4096, n_keys=5)
     keys = re.findall(r"numbers for (\w+ \w+) is : (\d+ \d+) \.", p.context)
     assert len(keys) == 5 and len({k for k, _ in keys}) == 5
+    words = [w for k, _ in keys for w in k.split()]
+    assert len(set(words)) == 10  # no word in two keys: one matching word identifies the needle, as in RULER
     asked = re.search(r"number for (\w+ \w+) mentioned", p.question).group(1)
     assert dict(keys)[asked] == p.answers[0]
     # every key is askable, the asked one first
@@ -59,3 +61,5 @@ def test_token_counter_and_errors():
         make_problem("qa", 0)
     with pytest.raises(ValueError, match="too short"):
         make_problem("niah_single", 0, length=10)
+    with pytest.raises(ValueError, match="at most 10 keys"):
+        make_problem("niah_multikey", 0, n_keys=11)
