@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Compile the distributed kernels for a CUDA target without a GPU (triton ships ptxas), to catch
-what the interpreter accepts but the compiler rejects (e.g. atomic_cas operand types) before GPU
-time is spent. Usage: `python scripts/gpu_checks/dist_compile.py [--arch 90]`; exit 1 on failure.
+"""Compile every Triton kernel of Tessera for a CUDA target without a GPU (triton ships ptxas), to catch
+what the interpreter accepts but the compiler rejects (atomic_cas operand types, a loop-carried value
+changing from i32 to i64) before GPU time is spent: the distributed kernels, ShadowKV's scoring,
+rebuild and decode kernels, and the W8A8 GEMM.
+Usage: `python scripts/gpu_checks/compile_sm90.py [--arch 90] [--quick]`; exit 1 on failure.
 Works with triton 3.6 (the GPU image) and 3.9 (PyPI): `PYTHONPATH=<triton-3.6 dir>:. python ...`.
-tests/test_dist_compile.py runs `--quick` in CI (skipped where the triton wheel has no ptxas).
+tests/test_compile_sm90.py runs `--quick` in CI (skipped where the triton wheel has no ptxas).
 """
 
 from __future__ import annotations
@@ -23,14 +25,22 @@ from tessera.dist.lang import _spin_kernel
 from tessera.kernels.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.allreduce import _allreduce_kernel
 from tessera.kernels.gemm_rs import _gemm_rs_kernel
+from tessera.kernels.int8_gemm_triton import _w8a8_kernel
+from tessera.kernels.shadowkv_attn import _decode_kernel
+from tessera.kernels.shadowkv_rebuild import _rebuild_kernel
+from tessera.kernels.shadowkv_score import _logits_kernel, _pool_kernel
 
 # the launcher types a Python int by its value (i32 below 2**31, else i64): counters that grow across
 # calls are compiled both ways, as a long run will meet both
 COUNTERS = ("max_spins", "epoch")
 
 
+FLOATS = ("scale",)  # float scalar arguments
+
+
 def compile_one(fn, ptrs: dict, consts: dict, target, counter: str) -> str:
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, counter if n in COUNTERS else "i32") for n in fn.arg_names}
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, counter if n in COUNTERS else "fp32" if n in FLOATS else "i32")
+           for n in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
     return triton.compile(src, target=target).asm["ptx"]
 
@@ -57,8 +67,21 @@ def main() -> int:
                  {"BLOCK": 1024, "TWO_SHOT": virtual, **flags}),
             ]
     cases.append((_spin_kernel, {"buf": "*i64"}, {}))
-    failed = 0
     cases = [(*c, counter) for c in cases for counter in ("i32", "i64")]
+    f32 = {n: "*fp32" for n in ("logit_ptr", "m_ptr", "s_ptr", "out_ptr", "acc_ptr", "inv_ptr", "sa_ptr", "sw_ptr",
+                                "bias_ptr", "u_ptr", "sv_ptr")}
+    for dt in ("bf16",) if args.quick else ("bf16", "fp32"):  # ShadowKV: the model's dtype in, fp32 statistics
+        cases += [(fn, {**f32, **ptrs}, consts, "-") for fn, ptrs, consts in (
+            (_logits_kernel, {"q_ptr": f"*{dt}", "lm_ptr": f"*{dt}", "nv_ptr": "*i32"},
+             {"BLOCK_G": 4, "BLOCK_N": 64, "BLOCK_D": 128}),
+            (_pool_kernel, {"nv_ptr": "*i32"}, {"BLOCK_G": 4, "BLOCK_N": 64}),
+            (_decode_kernel, {"q_ptr": f"*{dt}", "k_ptr": f"*{dt}", "v_ptr": f"*{dt}", "valid_ptr": "*i8"},
+             {"HAS_VALID": True, "BLOCK_G": 4, "BLOCK_N": 64, "BLOCK_D": 128}),
+            (_rebuild_kernel, {"head_ptr": "*i64", "chunk_ptr": "*i64", "pos_ptr": "*i64"},
+             {"BLOCK_C": 8, "BLOCK_R": 32, "BLOCK_H": 64}))]
+    cases.append((_w8a8_kernel, {**f32, "a_ptr": "*i8", "w_ptr": "*i8"},
+                  {"HAS_BIAS": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}, "-"))
+    failed = 0
     for fn, ptrs, consts, counter in cases:
         try:
             ptx = compile_one(fn, ptrs, consts, target, counter)
