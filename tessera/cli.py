@@ -134,7 +134,7 @@ def cmd_demo(args) -> int:
     """Held-out problems with the full KV cache and with a compressing press, side by side."""
     from tessera.config import SamplingParams
     from tessera.kv.presses import make_press
-    from tessera.tasks.reasoning import EVAL_SEED_BASE, MAX_SOLUTION_TOKENS, make_problem, score
+    from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score, solution_budget
 
     llm = _llm(args)
     problems = [make_problem(EVAL_SEED_BASE + i) for i in range(args.n)]
@@ -150,7 +150,7 @@ def cmd_demo(args) -> int:
     for name, factory in runs:
         t0 = time.perf_counter()
         out = llm.generate([p.prompt for p in problems],
-                           SamplingParams(max_new_tokens=min(llm.config.max_position_embeddings, MAX_SOLUTION_TOKENS)), press=factory(), **_kv(args))
+                           SamplingParams(max_new_tokens=solution_budget(llm.config.max_position_embeddings)), press=factory(), **_kv(args))
         wall = time.perf_counter() - t0
         print(f"\n{name}:")
         correct = 0

@@ -68,10 +68,10 @@ def main() -> int:
             ]
     cases.append((_spin_kernel, {"buf": "*i64"}, {}))
     cases = [(*c, counter) for c in cases for counter in ("i32", "i64")]
-    f32 = {n: "*fp32" for n in ("logit_ptr", "m_ptr", "s_ptr", "out_ptr", "acc_ptr", "inv_ptr", "sa_ptr", "sw_ptr",
+    fp32_ptrs = {n: "*fp32" for n in ("logit_ptr", "m_ptr", "s_ptr", "out_ptr", "acc_ptr", "inv_ptr", "sa_ptr", "sw_ptr",
                                 "bias_ptr", "u_ptr", "sv_ptr")}
     for dt in ("bf16",) if args.quick else ("bf16", "fp32"):  # ShadowKV: the model's dtype in, fp32 statistics
-        cases += [(fn, {**f32, **ptrs}, consts, "-") for fn, ptrs, consts in (
+        cases += [(fn, {**fp32_ptrs, **ptrs}, consts, "-") for fn, ptrs, consts in (
             (_logits_kernel, {"q_ptr": f"*{dt}", "lm_ptr": f"*{dt}", "nv_ptr": "*i32"},
              {"BLOCK_G": 4, "BLOCK_N": 64, "BLOCK_D": 128}),
             (_pool_kernel, {"nv_ptr": "*i32"}, {"BLOCK_G": 4, "BLOCK_N": 64}),
@@ -79,7 +79,7 @@ def main() -> int:
              {"HAS_VALID": True, "BLOCK_G": 4, "BLOCK_N": 64, "BLOCK_D": 128}),
             (_rebuild_kernel, {"head_ptr": "*i64", "chunk_ptr": "*i64", "pos_ptr": "*i64"},
              {"BLOCK_C": 8, "BLOCK_R": 32, "BLOCK_H": 64}))]
-    cases.append((_w8a8_kernel, {**f32, "a_ptr": "*i8", "w_ptr": "*i8"},
+    cases.append((_w8a8_kernel, {**fp32_ptrs, "a_ptr": "*i8", "w_ptr": "*i8"},
                   {"HAS_BIAS": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}, "-"))
     failed = 0
     for fn, ptrs, consts, counter in cases:

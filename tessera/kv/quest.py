@@ -57,7 +57,6 @@ class QuestCache(SparseDecodeCache):
         self.H, self.D, self.opts = n_kv_heads, head_dim, opts
         self.layers: list[dict | None] = [None] * num_layers
 
-
     def select(self, rows: torch.Tensor) -> None:
         for st in self.layers:
             if st is not None:
@@ -69,7 +68,6 @@ class QuestCache(SparseDecodeCache):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for st in self.layers if st is not None
                    for t in [*st.values(), *st["gen"].tensors()] if torch.is_tensor(t))
-
 
     def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
         """Keep a prompt's pages, bounds and local window without attending (see ShadowKVCache.ingest)."""

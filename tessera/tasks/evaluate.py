@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from tessera.config import SamplingParams
 from tessera.kv.presses import Press
-from tessera.tasks.reasoning import EVAL_SEED_BASE, MAX_SOLUTION_TOKENS, make_problem, score
+from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score, solution_budget
 
 
 def evaluate(
@@ -39,7 +39,7 @@ def evaluate(
     for i in range(0, n, batch_size):
         batch = problems[i : i + batch_size]
         out = llm.generate([p.prompt for p in batch],
-                           SamplingParams(max_new_tokens=min(llm.config.max_position_embeddings, MAX_SOLUTION_TOKENS)),
+                           SamplingParams(max_new_tokens=solution_budget(llm.config.max_position_embeddings)),
                            press=press_factory() if press_factory else None, kv=kv, kv_options=kv_options)
         for p, c in zip(batch, out.completions):
             results.append({"seed": p.seed, "difficulty": p.difficulty, "answer": p.answer,

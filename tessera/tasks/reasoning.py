@@ -52,6 +52,11 @@ EVAL_SEED_BASE = 1_000_000
 MAX_SOLUTION_TOKENS = 4096
 
 
+def solution_budget(max_positions: int) -> int:
+    """`max_new_tokens` for solving a problem with a model of `max_positions` positions."""
+    return min(max_positions, MAX_SOLUTION_TOKENS)
+
+
 @dataclass(frozen=True)
 class Problem:
     seed: int

@@ -41,7 +41,6 @@ class ShadowKVCache(SparseDecodeCache):
         if ctx.is_prefill:  # [B, H, S, D]; only the prompt is factorised, decoded keys stay dense
             self._pre_rope[layer] = k_pre
 
-
     def select(self, rows: torch.Tensor) -> None:
         for st in self.layers:
             if st is not None:
@@ -64,7 +63,6 @@ class ShadowKVCache(SparseDecodeCache):
         return self.hits / self.lookups if self.lookups else 0.0
 
     # ---- internals ------------------------------------------------------------------------
-
     def ingest(self, layer: int, k, v, ctx: StepContext) -> None:
         """Build the layer's state from a prompt's keys/values without attending (the attention output
         is the dense one, so a caller comparing backends can compute it once for all of them)."""
