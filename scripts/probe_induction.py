@@ -1,0 +1,86 @@
+"""Does a model have an induction head? Repeat-copy accuracy on random tokens, and how fast it is learnt.
+
+RULER retrieval (and any look-up by key) needs an induction-style circuit: find the earlier place
+where the current context occurred and copy what followed (Olsson et al., "In-context Learning and
+Induction Heads", 2022). The cleanest test: a random token sequence x of length L, then x again;
+accuracy on the second copy (first token excluded). L varies per sequence, because with one fixed L a
+model solves it by attending a fixed distance back, without any content match (learnt in ~100 steps
+here, a trap for probes).
+
+    python scripts/probe_induction.py runs/long/model                       # measure
+    python scripts/probe_induction.py runs/long/model --train-steps 1000    # + train on repeats, log progress
+    python scripts/probe_induction.py runs/long/model --fresh --layers 2 --hidden 128 --train-steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import replace
+
+import torch
+from train_tiny import train_step
+
+from tessera.models import LlamaForCausalLM, load_model
+
+
+def repeat_batch(rng: random.Random, vocab: int, batch: int, lo: int, hi: int):
+    """-> ids [B, 2*hi+1] (BOS, x, x, zero padding), mask [B, 2*hi+1] (True on the predictable copy tokens)."""
+    ids = torch.zeros(batch, 2 * hi + 1, dtype=torch.long)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for b in range(batch):
+        n = rng.randint(lo, hi)
+        x = [rng.randrange(3, vocab) for _ in range(n)]
+        ids[b, :2 * n + 1] = torch.tensor([1] + x + x)
+        mask[b, n + 2:2 * n + 1] = True
+    return ids, mask
+
+
+@torch.no_grad()
+def copy_accuracy(model, ids, mask) -> float:
+    model.eval()
+    hit = model(ids[:, :-1]).argmax(-1) == ids[:, 1:]  # [B, T-1]
+    return hit[mask[:, 1:]].float().mean().item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--fresh", action="store_true", help="random init (std 0.02) instead of the weights")
+    ap.add_argument("--layers", type=int, default=0, help="with --fresh: layers (0 = the model's)")
+    ap.add_argument("--hidden", type=int, default=0, help="with --fresh: hidden size, 4 MHA heads (0 = the model's)")
+    ap.add_argument("--train-steps", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-len", type=int, default=8)
+    ap.add_argument("--max-len", type=int, default=48)
+    args = ap.parse_args()
+    if not 2 <= args.min_len <= args.max_len:
+        raise SystemExit(f"need 2 <= --min-len <= --max-len, got {args.min_len}, {args.max_len}")
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    if args.fresh:
+        cfg = model.config
+        if args.layers or args.hidden:
+            d = args.hidden or cfg.hidden_size
+            cfg = replace(cfg, num_hidden_layers=args.layers or cfg.num_hidden_layers, hidden_size=d,
+                          intermediate_size=3 * d, num_attention_heads=4, num_key_value_heads=4, head_dim=d // 4)
+        model = LlamaForCausalLM(cfg)
+        for p in model.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.02)
+    vocab = model.config.vocab_size
+    held_out = repeat_batch(random.Random(12345), vocab, 64, args.min_len, args.max_len)
+    print(f"repeat-copy accuracy before training: {copy_accuracy(model, *held_out):.3f} (chance {1 / vocab:.3f})")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    rng, t0 = random.Random(0), time.time()
+    for step in range(1, args.train_steps + 1):
+        ids, mask = repeat_batch(rng, vocab, 32, args.min_len, args.max_len)
+        train_step(model, opt, model, ids, mask, torch.zeros_like(mask), 1.0, args.lr)
+        if step % 100 == 0 or step == args.train_steps:
+            print(f"step {step}: held-out repeat-copy accuracy {copy_accuracy(model, *held_out):.3f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
