@@ -175,3 +175,17 @@ def test_bad_inputs_raise_clear_errors():
         G.int8_linear(torch.randn(1, 16), pw, backend="sse9")
     with pytest.raises(ValueError, match="out_dtype"):
         G.int8_linear(torch.randn(1, 16), pw, out_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where", [0, 40, 82])  # the row maximum in the first block, a middle one, the K tail
+def test_activation_scale_sees_every_column(backend, where):
+    # The C quantizer keeps 16 running maxima plus a scalar tail (K = 83 = 5 * 16 + 3); a maximum
+    # missed anywhere would change the scale and so every output.
+    M, N, K = 3, 20, 83
+    x = torch.randn(M, K) * 0.1
+    x[:, where] = torch.tensor([9.0, -7.0, 5.0])
+    w_q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    pw = G.pack_int8(w_q, torch.rand(N) * 1e-2)
+    for xin in (x, x.bfloat16()):
+        assert torch.equal(G.int8_linear(xin, pw, backend=backend), G.int8_linear(xin, pw, backend="torch"))
