@@ -10,6 +10,7 @@ here, a trap for probes).
     python scripts/probe_induction.py runs/long/model                       # measure
     python scripts/probe_induction.py runs/long/model --train-steps 1000    # + train on repeats, log progress
     python scripts/probe_induction.py runs/long/model --fresh --layers 2 --hidden 128 --train-steps 600
+    python scripts/probe_induction.py runs/long/model --fresh --train-steps 600 --lr 3e-3 --out runs/induct
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import replace
 import torch
 from train_tiny import train_step
 
-from tessera.models import LlamaForCausalLM, load_model
+from tessera.models import LlamaForCausalLM, load_model, save_model
 
 
 def repeat_batch(rng: random.Random, vocab: int, batch: int, lo: int, hi: int):
@@ -54,6 +55,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-len", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=48)
+    ap.add_argument("--out", help="save the trained model here (HF format, no tokenizer)")
     args = ap.parse_args()
     if not 2 <= args.min_len <= args.max_len:
         raise SystemExit(f"need 2 <= --min-len <= --max-len, got {args.min_len}, {args.max_len}")
@@ -80,6 +82,8 @@ def main():
         if step % 100 == 0 or step == args.train_steps:
             print(f"step {step}: held-out repeat-copy accuracy {copy_accuracy(model, *held_out):.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
+    if args.out:
+        save_model(model, args.out)
 
 
 if __name__ == "__main__":
