@@ -33,8 +33,6 @@ from tessera.kernels.shadowkv_score import _logits_kernel, _pool_kernel
 # the launcher types a Python int by its value (i32 below 2**31, else i64): counters that grow across
 # calls are compiled both ways, as a long run will meet both
 COUNTERS = ("max_spins", "epoch")
-
-
 FLOATS = ("scale",)  # float scalar arguments
 
 

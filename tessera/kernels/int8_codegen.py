@@ -182,28 +182,31 @@ static inline void store_out(void* out, long idx, float y, int bf16) {
 }
 """
 
-# Per-token symmetric quantization, q = clamp(round_half_even(x * (127 / amax)), -127, 127).
 _LOADERS = r"""
 static inline float ld_f32(const float* p, long i) { return p[i]; }
 static inline float ld_bf16(const uint16_t* p, long i) {  /* bf16 = the high half of an fp32 */
   const uint32_t u = (uint32_t)p[i] << 16; float f; memcpy(&f, &u, 4); return f;
 }
 """
+# Per-token symmetric quantization, q = clamp(round_half_even(x * (127 / amax)), -127, 127).
 _QUANT = r"""
+static inline float row_amax_{T}(const {CT}* xr, long K) {
+  /* 16 running maxima: element-wise, so gcc vectorizes it (one scalar chain is 4 cycles per element) */
+  float m16[16] = {0}, amax = 0.f;
+  long k = 0;
+  for (; k + 16 <= K; k += 16)
+    for (int j = 0; j < 16; j++) { const float v = fabsf(ld_{T}(xr, k + j)); m16[j] = v > m16[j] ? v : m16[j]; }
+  for (; k < K; k++) { const float v = fabsf(ld_{T}(xr, k)); amax = v > amax ? v : amax; }
+  for (int j = 0; j < 16; j++) amax = m16[j] > amax ? m16[j] : amax;
+  return amax;
+}
 void tq_quant_{T}(const {CT}* x, long M, long K, long Kp, int shift, uint8_t* q, float* scale,
                   long group, int32_t* gsum, int nt) {
   #pragma omp parallel for num_threads(nt) schedule(static) if (M > 8)
   for (long m = 0; m < M; m++) {
     const {CT}* xr = x + m * K;
     uint8_t* qr = q + m * Kp;
-    /* 16 running maxima: element-wise, so gcc vectorizes it (one scalar chain is 4 cycles per element) */
-    float m16[16] = {0};
-    long k = 0;
-    for (; k + 16 <= K; k += 16)
-      for (int j = 0; j < 16; j++) { const float v = fabsf(ld_{T}(xr, k + j)); m16[j] = v > m16[j] ? v : m16[j]; }
-    float amax = 0.f;
-    for (; k < K; k++) { float v = fabsf(ld_{T}(xr, k)); amax = v > amax ? v : amax; }
-    for (int j = 0; j < 16; j++) amax = m16[j] > amax ? m16[j] : amax;
+    const float amax = row_amax_{T}(xr, K);
     const float inv = amax > 0.f ? 127.0f / amax : 0.f;
     scale[m] = amax / 127.0f;
     for (long k = 0; k < K; k++) {
