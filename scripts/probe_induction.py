@@ -1,11 +1,7 @@
 """Does a model have an induction head? Repeat-copy accuracy on random tokens, and how fast it is learnt.
 
-RULER retrieval (and any look-up by key) needs an induction-style circuit: find the earlier place
-where the current context occurred and copy what followed (Olsson et al., "In-context Learning and
-Induction Heads", 2022). The cleanest test: a random token sequence x of length L, then x again;
-accuracy on the second copy (first token excluded). L varies per sequence, because with one fixed L a
-model solves it by attending a fixed distance back, without any content match (learnt in ~100 steps
-here, a trap for probes).
+The task and why it measures the head: `tessera.tasks.repeat`. `scripts/train_tiny.py` runs the same
+training first (`--induction-steps`) so that the embedded model has the head before it learns anything else.
 
     python scripts/probe_induction.py runs/long/model                       # measure
     python scripts/probe_induction.py runs/long/model --train-steps 1000    # + train on repeats, log progress
@@ -24,25 +20,7 @@ import torch
 from train_tiny import train_step
 
 from tessera.models import LlamaForCausalLM, load_model, save_model
-
-
-def repeat_batch(rng: random.Random, vocab: int, batch: int, lo: int, hi: int):
-    """-> ids [B, 2*hi+1] (BOS, x, x, zero padding), mask [B, 2*hi+1] (True on the predictable copy tokens)."""
-    ids = torch.zeros(batch, 2 * hi + 1, dtype=torch.long)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for b in range(batch):
-        n = rng.randint(lo, hi)
-        x = [rng.randrange(3, vocab) for _ in range(n)]
-        ids[b, :2 * n + 1] = torch.tensor([1] + x + x)
-        mask[b, n + 2:2 * n + 1] = True
-    return ids, mask
-
-
-@torch.no_grad()
-def copy_accuracy(model, ids, mask) -> float:
-    model.eval()
-    hit = model(ids[:, :-1]).argmax(-1) == ids[:, 1:]  # [B, T-1]
-    return hit[mask[:, 1:]].float().mean().item()
+from tessera.tasks.repeat import copy_accuracy, repeat_batch
 
 
 def main():

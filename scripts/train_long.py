@@ -10,7 +10,9 @@ sequence has. Positions go from 4,096 to 65,536 by Llama-3.1 RoPE scaling (facto
 longer than 4K, the short ones unchanged): the reasoning task's far copies are intact right away
 (teacher-forced far-copy accuracy 97.9% before any step, vs 16.7% after raising the RoPE base to 500K,
 which was tried first). Reasoning batches are replayed in between (`--ruler-share`), with the same
-far-copy loss weight as `train_tiny.py`, so its accuracy is kept.
+far-copy loss weight as `train_tiny.py`, so its accuracy is kept, and so are repeat-copy batches
+(`--repeat-share`), which keep the induction head `train_tiny.py` grew before anything else: every RULER
+look-up is one, and a model without it does not learn them (docs/shadowkv.md).
 
 Each RULER sequence is one haystack followed by several of its questions with their answers; only the
 answer tokens are in the loss. The vocabulary grows by the long-context words (`tessera.tasks.vocabulary`:
@@ -29,11 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from train_tiny import _init_worker, cosine_lr, loss_fn, make_batches, train_step
+from train_tiny import REPEAT_LEN, _init_worker, cosine_lr, loss_fn, make_batches, train_step
 
 from tessera.models import LlamaForCausalLM, load_model, save_model
 from tessera.tasks import vocabulary
 from tessera.tasks.reasoning import EVAL_SEED_BASE
+from tessera.tasks.repeat import copy_accuracy, repeat_batch
 from tessera.tasks.ruler import TASKS, make_problem
 from tessera.tokenizer import build_word_tokenizer
 
@@ -108,6 +111,8 @@ def main():
     ap.add_argument("--warm", type=float, default=0.2, help="share of the budget on short needle retrieval only")
     ap.add_argument("--ramp", type=float, default=0.3, help="share of the budget over which haystacks and window grow")
     ap.add_argument("--far-weight", type=float, default=20.0)
+    ap.add_argument("--repeat-share", type=float, default=0.05,
+                    help="share of steps on repeat-copy (keeps the induction head train_tiny.py grew first)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the same recipe, many more steps per minute)")
@@ -139,6 +144,7 @@ def main():
                   for i, (n, b, pose) in enumerate([(2048, 4, True), (2048, 4, True), (8192, 1, False)])]
     reason_eval = [dev(*b) for b in make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032),
                                                  args.tokens_per_batch)]
+    rep_eval = dev(*repeat_batch(random.Random(12345), tok.vocab_size, 64, *REPEAT_LEN, tok.bos_id))
     log = open(work / "train.log", "a")
 
     def say(msg):
@@ -153,7 +159,8 @@ def main():
                  for ids, m, p in ruler_eval]
             far = [(e[2][f[:, 1:]]) for e, f in ((loss_fn(fwd_c, i, m, f), f) for i, m, f in reason_eval)]
         say(f"eval step {step} ruler-acc(2K pose) {torch.cat(r[:2]).float().mean():.4f} "
-            f"ruler-acc(8K) {r[2].float().mean():.4f} reasoning far-acc {torch.cat(far).float().mean():.4f}")
+            f"ruler-acc(8K) {r[2].float().mean():.4f} reasoning far-acc {torch.cat(far).float().mean():.4f} "
+            f"repeat-acc {copy_accuracy(fwd_c, *rep_eval):.4f}")
 
     budget, elapsed, step, next_seed, tokens = args.minutes * 60, 0.0, 0, 0, 0
     reason_queue: list = []
@@ -161,7 +168,11 @@ def main():
     while elapsed < budget:
         t = elapsed / budget
         warm = t < args.warm  # phase 1: needle retrieval alone, in short haystacks at familiar distances
-        if rng.random() < (0.85 if warm else args.ruler_share):
+        if rng.random() < args.repeat_share:
+            ids, mask = dev(*repeat_batch(rng, tok.vocab_size, 32, *REPEAT_LEN, tok.bos_id))
+            far = torch.zeros_like(mask)
+            fwd = fwd_c
+        elif rng.random() < (0.85 if warm else args.ruler_share):
             # then all tasks; haystacks grow to 2K and the PoSE window to --pose-window over --ramp of the
             # budget (a fresh retrieval head spreads its attention over the whole haystack, so the needle's
             # gradient is ~1/length: short first), and real 4K-8K haystacks join after the ramp
