@@ -81,3 +81,33 @@ def test_solves_held_out_problems(llm):
     out = llm.generate([p.prompt for p in probs], SamplingParams(max_new_tokens=1500))
     solved = sum(score(p, c.text) for p, c in zip(probs, out.completions))
     assert solved >= 7, f"{solved}/8"
+
+
+# The committed weights (2026-11-26) predate the induction-first recipe (docs/shadowkv.md): both tests fail on
+# them and pass on that recipe's model (runs/ind_long2, not committed: its greedy reasoning is still below
+# 90%). strict, so that the day the weights are replaced these turn into plain tests.
+PRE_INDUCTION_WEIGHTS = pytest.mark.xfail(strict=True, reason="committed weights have no induction head yet")
+
+
+@PRE_INDUCTION_WEIGHTS
+def test_solves_long_context_retrieval(llm):
+    """The long-context stage in small: one problem of each RULER task at 2K words (the 8K-32K figures
+    are benchmarks/results/shadowkv_accuracy.md), greedy, full attention. A model without an induction
+    head (the weights before 2026-11-27) scores ~0.2 here: it copies *a* needle, not the asked one."""
+    from tessera.tasks.ruler import TASKS, make_problem, score
+
+    probs = [make_problem(t, EVAL_SEED_BASE + 30_000 + i, 2048) for t in TASKS for i in range(2)]
+    out = llm.generate([p.prompt for p in probs], SamplingParams(max_new_tokens=16))
+    scores = [score(p, c.text) for p, c in zip(probs, out.completions)]
+    assert sum(scores) >= 5, scores
+
+
+@PRE_INDUCTION_WEIGHTS
+def test_has_an_induction_head(llm):
+    """Repeat-copy of random tokens (tessera.tasks.repeat): only content look-up beats chance (1/499)."""
+    import random
+
+    from tessera.tasks.repeat import copy_accuracy, repeat_batch
+
+    ids, mask = repeat_batch(random.Random(0), llm.config.vocab_size, 16, 8, 48, llm.tokenizer.bos_id)
+    assert copy_accuracy(llm.model, ids, mask) > 0.9
