@@ -84,8 +84,8 @@ def test_solves_held_out_problems(llm):
 
 
 # The committed weights (2026-11-26) predate the induction-first recipe (docs/shadowkv.md): both tests fail on
-# them and pass on that recipe's model (runs/ind_long2, not committed: its greedy reasoning is still below
-# 90%). strict, so that the day the weights are replaced these turn into plain tests.
+# them and passed on that recipe's models (benchmarks/results/induction_first; not committed: their greedy
+# reasoning is still below 90%). strict, so that the day the weights are replaced these become plain tests.
 PRE_INDUCTION_WEIGHTS = pytest.mark.xfail(strict=True, reason="committed weights have no induction head yet")
 
 
