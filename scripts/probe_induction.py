@@ -20,7 +20,7 @@ import torch
 from train_tiny import train_step
 
 from tessera.models import LlamaForCausalLM, load_model, save_model
-from tessera.tasks.repeat import copy_accuracy, repeat_batch
+from tessera.tasks.repeat import LENGTHS, copy_accuracy, held_out_batch, repeat_batch
 
 
 def main():
@@ -31,12 +31,10 @@ def main():
     ap.add_argument("--hidden", type=int, default=0, help="with --fresh: hidden size, 4 MHA heads (0 = the model's)")
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-len", type=int, default=8)
-    ap.add_argument("--max-len", type=int, default=48)
+    ap.add_argument("--min-len", type=int, default=LENGTHS[0])
+    ap.add_argument("--max-len", type=int, default=LENGTHS[1])
     ap.add_argument("--out", help="save the trained model here (HF format, no tokenizer)")
     args = ap.parse_args()
-    if not 2 <= args.min_len <= args.max_len:
-        raise SystemExit(f"need 2 <= --min-len <= --max-len, got {args.min_len}, {args.max_len}")
     torch.manual_seed(0)
     model = load_model(args.model)
     if args.fresh:
@@ -50,7 +48,10 @@ def main():
             if p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.02)
     vocab = model.config.vocab_size
-    held_out = repeat_batch(random.Random(12345), vocab, 64, args.min_len, args.max_len)
+    try:  # checks the lengths before any work
+        held_out = held_out_batch(vocab, lo=args.min_len, hi=args.max_len)
+    except ValueError as e:
+        raise SystemExit(f"bad --min-len/--max-len: {e}") from None
     print(f"repeat-copy accuracy before training: {copy_accuracy(model, *held_out):.3f} (chance {1 / vocab:.3f})")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     rng, t0 = random.Random(0), time.time()

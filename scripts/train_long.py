@@ -31,12 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from train_tiny import REPEAT_LEN, _init_worker, cosine_lr, loss_fn, make_batches, train_step
+from train_tiny import _init_worker, cosine_lr, loss_fn, make_batches, train_step
 
 from tessera.models import LlamaForCausalLM, load_model, save_model
 from tessera.tasks import vocabulary
 from tessera.tasks.reasoning import EVAL_SEED_BASE
-from tessera.tasks.repeat import copy_accuracy, repeat_batch
+from tessera.tasks.repeat import LENGTHS, copy_accuracy, held_out_batch, repeat_batch
 from tessera.tasks.ruler import TASKS, make_problem
 from tessera.tokenizer import build_word_tokenizer
 
@@ -144,7 +144,7 @@ def main():
                   for i, (n, b, pose) in enumerate([(2048, 4, True), (2048, 4, True), (8192, 1, False)])]
     reason_eval = [dev(*b) for b in make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032),
                                                  args.tokens_per_batch, train_prompt=False)]
-    rep_eval = dev(*repeat_batch(random.Random(12345), tok.vocab_size, 64, *REPEAT_LEN, tok.bos_id))
+    rep_eval = dev(*held_out_batch(tok.vocab_size, tok.bos_id))
     log = open(work / "train.log", "a")
 
     def say(msg):
@@ -173,7 +173,7 @@ def main():
         t = elapsed / budget
         warm = t < args.warm  # phase 1: needle retrieval alone, in short haystacks at familiar distances
         if rng.random() < args.repeat_share:
-            ids, mask = dev(*repeat_batch(rng, tok.vocab_size, 32, *REPEAT_LEN, tok.bos_id))
+            ids, mask = dev(*repeat_batch(rng, tok.vocab_size, 32, *LENGTHS, tok.bos_id))
             far = torch.zeros_like(mask)
             fwd = fwd_c
         elif rng.random() < (0.85 if warm else args.ruler_share):

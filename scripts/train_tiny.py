@@ -33,10 +33,9 @@ from tessera.config import ModelConfig
 from tessera.models import LlamaForCausalLM, save_model
 from tessera.tasks import vocabulary
 from tessera.tasks.reasoning import EVAL_SEED_BASE, RESULT_WORDS, make_problem
-from tessera.tasks.repeat import copy_accuracy, repeat_batch
+from tessera.tasks.repeat import LENGTHS, copy_accuracy, held_out_batch, repeat_batch
 from tessera.tokenizer import Tokenizer, build_word_tokenizer
 
-REPEAT_LEN = (8, 48)  # lengths of x in the repeat-copy steps
 MODEL = dict(
     hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
     num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, rope_theta=10000.0,
@@ -226,8 +225,7 @@ def main():
     vals = [value_targets(i, m, eq_id, is_result) for i, m, _ in eval_batches]  # fixed: computed once
     fars = [f[:, 1:] for _, _, f in eval_batches]
     counts = [count_targets(i, m, times_id) for i, m, _ in eval_batches]
-    rep_eval = tuple(t.to(args.device) for t in repeat_batch(random.Random(12345), tok.vocab_size, 64, *REPEAT_LEN,
-                                                              tok.bos_id))
+    rep_eval = tuple(t.to(args.device) for t in held_out_batch(tok.vocab_size, tok.bos_id))
 
     def evaluate():
         model.eval()
@@ -248,7 +246,7 @@ def main():
         return copy_accuracy(fwd, *rep_eval)
 
     def repeat_step(lr):
-        ids, mask = (t.to(args.device) for t in repeat_batch(rng, tok.vocab_size, 32, *REPEAT_LEN, tok.bos_id))
+        ids, mask = (t.to(args.device) for t in repeat_batch(rng, tok.vocab_size, 32, *LENGTHS, tok.bos_id))
         return train_step(model, opt, fwd, ids, mask, torch.zeros_like(mask), 1.0, lr)
 
     def say(msg):
@@ -269,9 +267,9 @@ def main():
             say(f"induction step {state['induction_steps']} repeat-acc {acc:.4f} ({time.time() - t0:.0f} s)")
             if acc > 0.9:
                 break
-    if args.induction_steps and state["step"] == 0 and repeat_acc() <= 0.9:
+    if args.induction_steps and state["step"] == 0 and (acc := repeat_acc()) <= 0.9:
         say(f"warning: no induction head after {state['induction_steps']} repeat-copy steps (held-out copy accuracy "
-            f"{repeat_acc():.3f}); RULER-style look-ups will not be learnt. Try more --induction-steps or another --seed.")
+            f"{acc:.3f}); RULER-style look-ups will not be learnt. Try more --induction-steps or another --seed.")
     last_ckpt = time.time()
     evaluate()  # where a resumed or initialised run starts from
     while state["elapsed"] < budget:

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from tessera.tasks.repeat import FIRST_ID, copy_accuracy, repeat_batch
+from tessera.tasks.repeat import FIRST_ID, LENGTHS, copy_accuracy, held_out_batch, repeat_batch
 
 
 def test_rows_are_bos_x_x_and_the_mask_covers_the_predictable_copy():
@@ -43,3 +43,9 @@ def test_copy_accuracy_is_one_for_an_induction_oracle_and_near_chance_otherwise(
 def test_bad_arguments_are_refused(lo, hi, vocab):
     with pytest.raises(ValueError):
         repeat_batch(random.Random(0), vocab, 2, lo, hi)
+
+
+def test_the_held_out_batch_is_fixed():
+    a, b = held_out_batch(100), held_out_batch(100)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (64, 2 * LENGTHS[1] + 1)
+    assert not torch.equal(a[0], repeat_batch(random.Random(0), 100, 64, *LENGTHS)[0])

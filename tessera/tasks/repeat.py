@@ -17,6 +17,8 @@ import random
 import torch
 
 FIRST_ID = 3  # ids below are pad / bos / eos: never part of x
+LENGTHS = (8, 48)  # lengths of x the training scripts draw from
+HELD_OUT_SEED = 12345  # the fixed evaluation batch every script reports, so their numbers compare
 
 
 def repeat_batch(rng: random.Random, vocab: int, batch: int, lo: int, hi: int, bos_id: int = 1):
@@ -34,6 +36,11 @@ def repeat_batch(rng: random.Random, vocab: int, batch: int, lo: int, hi: int, b
         ids[b, :2 * n + 1] = torch.tensor([bos_id] + x + x)
         mask[b, n + 2:2 * n + 1] = True  # targets are ids[:, 1:]: position t predicts t+1
     return ids, mask
+
+
+def held_out_batch(vocab: int, bos_id: int = 1, lo: int = LENGTHS[0], hi: int = LENGTHS[1], batch: int = 64):
+    """The fixed evaluation batch (`repeat_batch` from HELD_OUT_SEED): ids [B, 2*hi+1], mask [B, 2*hi+1]."""
+    return repeat_batch(random.Random(HELD_OUT_SEED), vocab, batch, lo, hi, bos_id)
 
 
 @torch.no_grad()
