@@ -39,12 +39,15 @@ def budget_tokens(frac: float, length: int) -> int:
     return max(16, round(frac * length / 16) * 16)
 
 
-def methods(length: int, fracs: list[float]) -> list[tuple[str, str, float, dict]]:
-    """(label, backend, budget fraction, options); the dense one first."""
+def methods(length: int, fracs: list[float], bounds: bool = False) -> list[tuple[str, str, float, dict]]:
+    """(label, backend, budget fraction, options); the dense one first. bounds: also ShadowKV with
+    min/max chunk landmarks ("shadowkv-bounds")."""
     out = [("full", "dense", 1.0, {})]
     for f in fracs:
         b = budget_tokens(f, length)
         out += [(f"shadowkv@{f:g}", "shadowkv", f, {"sparse_budget": b}), (f"quest@{f:g}", "quest", f, {"sparse_budget": b})]
+        if bounds:
+            out.append((f"shadowkv-bounds@{f:g}", "shadowkv", f, {"sparse_budget": b, "landmark": "bounds"}))
     return out
 
 
@@ -89,7 +92,7 @@ def run(args):
             ids = tok.encode(p.prompt)
             if len(ids) >= model.config.max_position_embeddings:
                 raise ValueError(f"{len(ids)}-token prompt exceeds the model's {model.config.max_position_embeddings} positions")
-            specs = methods(L, args.budgets)
+            specs = methods(L, args.budgets, args.bounds)
             t0 = time.perf_counter()
             outs = solve(model, ids, specs, max_new=len(" ".join(p.answers).split()) + 1)
             rec = dict(length=L, seed=seed, task=p.task, tokens=len(ids), seconds=round(time.perf_counter() - t0, 2),
@@ -138,7 +141,7 @@ def report(args):
     for ax, L in zip(axes[0], lengths):
         pts = [v for v in table.values() if v["length"] == L]
         ax.axhline(next(v["accuracy"] for v in pts if v["method"] == "full"), color="k", ls="--", label="full")
-        for m in ("shadowkv", "quest"):
+        for m in ("shadowkv", "shadowkv-bounds", "quest"):
             mp = sorted((v["budget_frac"] * 100, v["accuracy"]) for v in pts if v["method"] == m)
             ax.plot(*zip(*mp), marker="o", label=m) if mp else None
         ax.set_title(f"{L // 1024}K context")
@@ -155,6 +158,7 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768], help="context lengths in words (= tokens)")
     ap.add_argument("--n", type=int, default=100, help="problems per context length")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.0156, 0.03, 0.06], help="sparse budgets, fraction of context")
+    ap.add_argument("--bounds", action="store_true", help="also ShadowKV with min/max landmarks (--landmark bounds)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true", help="only summarise <out>.jsonl")

@@ -27,6 +27,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv", default="dense", help="KV-cache backend: dense (default), shadowkv, or quest (ShadowKV's page-selection baseline)")
     p.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv, quest)")
     p.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
+    p.add_argument("--landmark", default=None, choices=["mean", "bounds"],
+                   help="shadowkv chunk summary: mean key (the paper, default) or min/max bounds (2x landmark bytes)")
 
 
 def _llm(args):
@@ -73,7 +75,7 @@ def _press_factory(args):
 
 def _kv(args) -> dict:
     """generate() keyword arguments selecting the KV backend."""
-    opts = {k: getattr(args, k) for k in ("sparse_budget", "rank") if getattr(args, k) is not None}
+    opts = {k: getattr(args, k) for k in ("sparse_budget", "rank", "landmark") if getattr(args, k) is not None}
     return {"kv": args.kv, "kv_options": opts}
 
 

@@ -137,6 +137,49 @@ def test_landmarks_outliers_and_selection_vs_loops():
         assert set(top[h].tolist()) == expect
 
 
+def test_bounds_landmarks_score_the_upper_bound_of_each_chunk():
+    torch.manual_seed(6)
+    H, n, C, D, G = 2, 10, 4, 8, 2
+    k = torch.randn(H, n * C, D)
+    lm, ids, _ = landmarks_and_outliers(k, C, 2, "bounds")
+    assert lm.shape == (H, n - 2, 2 * D)
+    chunks = k.view(H, n, C, D)
+    for h in range(H):
+        for j, c in enumerate(ids[h].tolist()):
+            torch.testing.assert_close(lm[h, j], torch.cat([chunks[h, c].amin(0), chunks[h, c].amax(0)]))
+    # with one token per chunk the bound is exact: selection is the exact top-k of q . k
+    lm1, ids1, _ = landmarks_and_outliers(k, 1, 0, "bounds")
+    q = torch.randn(H, 1, D)
+    top = select_chunks(q, lm1, ids1, torch.tensor([n * C] * H), 5)
+    for h in range(H):
+        assert set(top[h].tolist()) == set((k[h] @ q[h, 0]).topk(5).indices.tolist())
+    # and it is an upper bound: each chunk's logit is >= every one of its keys' q . k
+    qg = torch.randn(H, G, D)
+    bound = (qg.clamp(min=0) @ lm[..., D:].transpose(1, 2) + qg.clamp(max=0) @ lm[..., :D].transpose(1, 2))
+    exact = torch.stack([(chunks[h, ids[h]] @ qg[h].T).amax(1).T for h in range(H)])  # [H, G, n - 2]
+    assert (bound >= exact - 1e-5).all()
+    with pytest.raises(ValueError, match="width"):
+        select_chunks(qg, lm[..., :5], ids, torch.tensor([n - 2] * H), 2)
+
+
+def test_bounds_find_a_one_token_match_that_the_mean_dilutes():
+    """The needle: one key of chunk 3 matches q; its chunk mates point away, so the chunk mean is ~0 and
+    a chunk of mildly matching keys wins on the mean. The bound sees the single match."""
+    D, C = 16, 8
+    q = torch.zeros(1, 1, D)
+    q[0, 0, 0] = 1.0
+    k = torch.randn(1, 6 * C, D) * 0.05
+    k[0, :, 0] = -0.2  # every key mildly against q ...
+    k[0, 1 * C:2 * C, 0] = 0.5  # ... except chunk 1, mildly for it
+    k[0, 3 * C, 0] = 4.0  # the needle, and its mates strongly against: chunk 3's mean is ~0
+    k[0, 3 * C + 1:4 * C, 0] = -0.6
+    picks = {}
+    for kind in ("mean", "bounds"):
+        lm, ids, _ = landmarks_and_outliers(k, C, 0, kind)
+        picks[kind] = select_chunks(q, lm, ids, torch.tensor([6]), 1)[0, 0].item()
+    assert picks == {"mean": 1, "bounds": 3}
+
+
 def test_slot_reuse_keeps_hits_in_place():
     slots = torch.tensor([[5, 1, 9, 3], [-1, -1, -1, -1]])
     wanted = torch.tensor([[9, 7, 5, 2], [4, 6, 8, 0]])
@@ -164,8 +207,10 @@ def test_engine_generate_ragged_batch_and_select():
     prompts = random_prompts([120, 60, 90])
     sp = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
     ref = llm.generate(prompts, sp)
-    got = llm.generate(prompts, sp, kv="shadowkv", kv_options={"rank": 32, "sparse_budget": 128})
-    assert [c.token_ids for c in got.completions] == [c.token_ids for c in ref.completions]
+    for landmark in ("mean", "bounds"):
+        got = llm.generate(prompts, sp, kv="shadowkv", kv_options={"rank": 32, "sparse_budget": 128,
+                                                                   "landmark": landmark})
+        assert [c.token_ids for c in got.completions] == [c.token_ids for c in ref.completions]
 
 
 def test_errors():
@@ -179,6 +224,8 @@ def test_errors():
         mk(budget=64)
     with pytest.raises(ValueError, match=">= 1"):
         ShadowKVOptions(rank=0)
+    with pytest.raises(ValueError, match="landmark must be one of"):
+        mk(landmark="max")
     from tessera.kv.presses import make_press
     with pytest.raises(ValueError, match="does not compose"):
         make_cache("shadowkv", cfg, 1, torch.float32, "cpu", make_press("streamingllm", budget=64))

@@ -25,6 +25,15 @@ def test_landmark_scores_match_reference(H, G, n, D):
     assert H == 1 or (got[0] == -1).all()
 
 
+def test_landmark_scores_take_a_scale():
+    """Bounds landmarks score [q-, q+] (width 2D) at the scale 1/sqrt(D) of the original queries."""
+    torch.manual_seed(8)
+    q, lm = torch.randn(2, 3, 32) * 2, torch.randn(2, 20, 32)
+    ref = landmark_scores_ref(q, lm, scale=16**-0.5)
+    torch.testing.assert_close(landmark_scores(q, lm, scale=16**-0.5, block_n=16), ref, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ref, landmark_scores_ref(q, lm))  # the scale changes the pooled softmax
+
+
 def test_landmark_scores_rejects_bad_shapes():
     with pytest.raises(ValueError, match="landmark_scores"):
         landmark_scores(torch.randn(2, 4, 16), torch.randn(3, 10, 16))

@@ -55,12 +55,12 @@ def _pool_kernel(logit_ptr, m_ptr, s_ptr, nv_ptr, out_ptr, n, G,
     tl.store(out_ptr + h * n + c, tl.where(c < nv, tl.max(p, axis=0), -1.0), mask=c < n)
 
 
-def landmark_scores_ref(q: torch.Tensor, landmarks: torch.Tensor, n_valid: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+def landmark_scores_ref(q: torch.Tensor, landmarks: torch.Tensor, n_valid: torch.Tensor | None = None,
+                        scale: float | None = None) -> torch.Tensor:
     """q [H, G, D], landmarks [H, n, D], n_valid [H] (default: all real) -> pooled scores [H, n] fp32,
-    -1 at padding (the torch path of the backend)."""
+    -1 at padding (the torch path of the backend). scale: of the logits, default 1/sqrt(D)."""
     D, n = q.shape[-1], landmarks.shape[1]
-    logits = torch.einsum("hgd,hnd->hgn", q.float(), landmarks.float()) / D**0.5
+    logits = torch.einsum("hgd,hnd->hgn", q.float(), landmarks.float()) * (D**-0.5 if scale is None else scale)
     if n_valid is None:
         return torch.softmax(logits, -1).amax(1)
     real = torch.arange(n, device=q.device)[None] < n_valid[:, None]  # [H, n]
@@ -69,7 +69,7 @@ def landmark_scores_ref(q: torch.Tensor, landmarks: torch.Tensor, n_valid: torch
 
 
 def landmark_scores(q: torch.Tensor, landmarks: torch.Tensor, n_valid: torch.Tensor | None = None,
-                    block_n: int = 64) -> torch.Tensor:
+                    scale: float | None = None, block_n: int = 64) -> torch.Tensor:
     """Triton version of `landmark_scores_ref`; same shapes and semantics."""
     if q.dim() != 3 or landmarks.dim() != 3 or q.shape[0] != landmarks.shape[0] or q.shape[2] != landmarks.shape[2]:
         raise ValueError(f"landmark_scores: q [H, G, D] and landmarks [H, n, D], got {tuple(q.shape)}, "
@@ -89,7 +89,7 @@ def landmark_scores(q: torch.Tensor, landmarks: torch.Tensor, n_valid: torch.Ten
     m_b = torch.empty(H, NB, G, dtype=torch.float32, device=q.device)  # per block: max and sum of exp
     s_b = torch.empty_like(m_b)
     BG = triton.next_power_of_2(G)
-    _logits_kernel[(H, NB)](q, landmarks, nv, logits, m_b, s_b, n, NB, G, D, 1.0 / D**0.5, BLOCK_G=BG,
+    _logits_kernel[(H, NB)](q, landmarks, nv, logits, m_b, s_b, n, NB, G, D, D**-0.5 if scale is None else scale, BLOCK_G=BG,
                             BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D))
     m = m_b.amax(1)  # [H, G]; -inf for a head with no real landmark
     m_safe = torch.where(m.isinf(), 0.0, m)

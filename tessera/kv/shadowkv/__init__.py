@@ -2,10 +2,12 @@
 
 Registered as the KV backend "shadowkv": `llm.generate(prompts, sp, kv="shadowkv",
 kv_options={"sparse_budget": 2048, "rank": 160})`, or `tessera generate --kv shadowkv --sparse-budget N
---rank R`. Presses do not compose with it (it already decides what is attended).
+--rank R [--landmark bounds]`. Presses do not compose with it (it already decides what is attended).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from tessera.kv import check_backend_args, register_backend
 from tessera.kv.shadowkv.cache import ShadowKVCache
@@ -17,7 +19,7 @@ __all__ = ["ShadowKVCache", "ShadowKVOptions"]
 
 @register_backend("shadowkv")
 def _shadowkv(cfg, batch, dtype, device, press, **options) -> ShadowKVCache:
-    check_backend_args("shadowkv", press, options, {"rank", "sparse_budget", "chunk_size", "local_chunks", "outlier_chunks"})
+    check_backend_args("shadowkv", press, options, {f.name for f in dataclasses.fields(ShadowKVOptions)})
     opts = ShadowKVOptions(**options)
     rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     return ShadowKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, rope, opts, device)

@@ -105,7 +105,7 @@ class ShadowKVCache(SparseDecodeCache):
         C, H, D = self.opts.chunk_size, self.H, self.D
         B, Hq, _ = q.shape
         K = st.slot_ids.shape[2]
-        wanted = select_chunks(q.reshape(B * H, Hq // H, D), st.landmarks.reshape(B * H, -1, D),
+        wanted = select_chunks(q.reshape(B * H, Hq // H, D), st.landmarks.flatten(0, 1),
                                st.landmark_ids.reshape(B * H, -1), st.n_landmarks, K)  # [B*H, K]
         slots = st.slot_ids.view(B * H, K)
         wanted = torch.where(slots == DISABLED, DISABLED, wanted)  # a row's slots past its own budget stay unused

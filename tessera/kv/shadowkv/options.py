@@ -3,6 +3,11 @@
 Defaults follow the authors' reference class (`models/kv_cache.py: ShadowKVCache`): rank 160, chunks of
 8 tokens, a sparse budget of 2048 tokens per KV head, a local window of 4 chunks, 48 outlier chunks.
 Unlike upstream, any head dim, MHA and any budget that is a multiple of the chunk size are allowed.
+
+`landmark="bounds"` is ours, not the paper's: each chunk keeps the element-wise min and max of its keys
+(Quest's page summary, arXiv 2406.10774) instead of their mean, and is scored by the upper bound of q . k
+over the chunk. It costs twice the landmark bytes; it exists because a mean landmark dilutes a chunk whose
+match is a single token (a needle's key among 7 others), see docs/shadowkv.md.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_RANK = 160
+LANDMARKS = ("mean", "bounds")
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,7 @@ class ShadowKVOptions:
     chunk_size: int = 8
     local_chunks: int = 4  # dense window at the end of the prompt
     outlier_chunks: int = 48  # static dense chunks chosen by lowest intra-chunk cosine similarity
+    landmark: str = "mean"  # chunk summary for selection: "mean" (the paper) or "bounds" (min/max, Quest's)
 
     def __post_init__(self):
         for name in ("sparse_budget", "chunk_size"):
@@ -28,6 +35,8 @@ class ShadowKVOptions:
             raise ValueError(f"shadowkv: rank must be >= 1, got {self.rank}")
         if self.local_chunks < 0 or self.outlier_chunks < 0:
             raise ValueError("shadowkv: local_chunks and outlier_chunks must be >= 0")
+        if self.landmark not in LANDMARKS:
+            raise ValueError(f"shadowkv: landmark must be one of {LANDMARKS}, got {self.landmark!r}")
         if self.sparse_budget % self.chunk_size:
             raise ValueError(
                 f"shadowkv: sparse_budget={self.sparse_budget} must be a multiple of chunk_size={self.chunk_size} "

@@ -17,12 +17,14 @@ EMPTY = -1  # a sparse slot that holds no chunk yet
 DISABLED = -2  # a slot past its row's own budget (rows of a batch differ): never filled, never attended
 
 
-def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int):
+def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int, kind: str = "mean"):
     """k [H, T, D] post-RoPE context keys (T a multiple of chunk_size).
 
-    Returns landmarks [H, n - n_outliers, D] (mean key of each non-outlier chunk), their chunk ids
-    [H, n - n_outliers] and the outlier chunk ids [H, n_outliers]. A chunk's outlier score is the minimum
-    cosine similarity of one of its keys to the chunk mean: low means the mean represents it badly.
+    Returns landmarks [H, n - n_outliers, W] of the non-outlier chunks, their chunk ids [H, n - n_outliers]
+    and the outlier chunk ids [H, n_outliers]. kind "mean": the mean key (W = D, the paper); "bounds": the
+    element-wise min then max of the chunk's keys (W = 2D, Quest's page summary). A chunk's outlier score
+    is the minimum cosine similarity of one of its keys to the chunk mean: low means the mean represents
+    it badly (the same outliers for both kinds, so that they differ only in how chunks are scored).
     """
     H, T, D = k.shape
     chunks = k.float().view(H, T // chunk_size, chunk_size, D)  # [H, n, C, D]
@@ -31,23 +33,32 @@ def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int):
     order = score.argsort(dim=-1, stable=True)  # lowest similarity first
     outliers = order[:, :n_outliers].sort(-1).values  # [H, n_out]
     keep = order[:, n_outliers:].sort(-1).values  # [H, n - n_out]
-    return mean.gather(1, keep[..., None].expand(-1, -1, D)).to(k.dtype), keep, outliers
+    summary = mean if kind == "mean" else torch.cat([chunks.amin(2), chunks.amax(2)], -1)  # [H, n, W]
+    return summary.gather(1, keep[..., None].expand(-1, -1, summary.shape[-1])).to(k.dtype), keep, outliers
 
 
 def select_chunks(q: torch.Tensor, landmarks: torch.Tensor, ids: torch.Tensor, n_valid: torch.Tensor, k: int
                   ) -> torch.Tensor:
-    """q [H, G, D] post-RoPE queries, landmarks [H, n, D] with chunk ids [H, n] of which the first
+    """q [H, G, D] post-RoPE queries, landmarks [H, n, W] with chunk ids [H, n] of which the first
     n_valid [H] are real (the rest pad a batch) -> top-k chunk ids [H, k]; H may be batch x KV heads.
 
     softmax(q . landmark / sqrt(D)) over a head's real chunks per query head, max-pooled over the GQA
-    group, top-k per KV head. A head with fewer than k real chunks gets -1 in the surplus places.
+    group, top-k per KV head. W = 2D means "bounds" landmarks [min | max]: the logit is then the upper
+    bound of q . key over the chunk, sum_d max(q_d min_d, q_d max_d) = [min(q, 0) | max(q, 0)] . [min | max],
+    so the same scoring (and Triton kernel) serves both kinds. A head with fewer than k real chunks gets
+    -1 in the surplus places.
     """
+    D = q.shape[-1]
+    if landmarks.shape[-1] == 2 * D:
+        q = torch.cat([q.clamp(max=0), q.clamp(min=0)], -1)  # [H, G, 2D]
+    elif landmarks.shape[-1] != D:
+        raise ValueError(f"select_chunks: landmarks of width {landmarks.shape[-1]} for queries of width {D}")
     if q.is_cuda:  # fused Triton scoring (no [H, G, n] logits in memory); torch reference elsewhere
         from tessera.kernels.shadowkv_score import landmark_scores
 
-        pooled = landmark_scores(q, landmarks, n_valid)  # [H, n], -1 at padding
+        pooled = landmark_scores(q, landmarks, n_valid, scale=D**-0.5)  # [H, n], -1 at padding
     else:
-        pooled = landmark_scores_ref(q, landmarks, n_valid)
+        pooled = landmark_scores_ref(q, landmarks, n_valid, scale=D**-0.5)
     top = pooled.topk(k, dim=-1).indices  # [H, k]
     return ids.gather(1, top)
 

@@ -32,7 +32,7 @@ class RowState:
     pos0: int = 0  # logical position of context row 0
     u: torch.Tensor | None = None  # [T, r] low-rank pre-RoPE key factor (None: dense fallback)
     sv: torch.Tensor | None = None  # [H, r, D]
-    landmarks: torch.Tensor | None = None  # [H, n, D]
+    landmarks: torch.Tensor | None = None  # [H, n, W] (W = D mean, 2D bounds)
     landmark_ids: torch.Tensor | None = None  # [H, n] chunk ids
     values: torch.Tensor | None = None  # [H, T, D] context values, bound for the host tier
     n_select: int = 0  # chunks selected per KV head and step
@@ -52,7 +52,7 @@ def build_row(k_pre: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: int, 
         return RowState(local_k=k.clone(), local_v=v.clone(), pos0=pos0)
     T = n_chunks * C
     n_out = min(opts.outlier_chunks, n_chunks - 1)  # leave at least one chunk to select
-    landmarks, ids, outliers = landmarks_and_outliers(k[:, :T], C, n_out)
+    landmarks, ids, outliers = landmarks_and_outliers(k[:, :T], C, n_out, opts.landmark)
     # outlier chunks' K and V stay dense next to the local window (order is irrelevant post-RoPE)
     tok = (outliers[:, :, None] * C + torch.arange(C, device=k.device)).reshape(H, -1)  # [H, n_out*C]
     out_k = k.gather(1, tok[..., None].expand(-1, -1, D))
@@ -83,7 +83,7 @@ class LayerState:
     pos0: torch.Tensor  # [B] logical position of each row's context row 0
     u: torch.Tensor  # [B, T, r] (zero rows and columns past a row's own context and rank)
     sv: torch.Tensor  # [B, H, r, D]
-    landmarks: torch.Tensor  # [B, H, N, D]
+    landmarks: torch.Tensor  # [B, H, N, W]
     landmark_ids: torch.Tensor  # [B, H, N] chunk ids, a valid prefix then -1
     n_landmarks: torch.Tensor  # [B*H] length of that prefix
     host: HostValues | None  # context values [B*H, T/C, C, D] on the host tier
