@@ -25,8 +25,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check tessera tests benchmarks scripts
 
+# The committed weights (2026-11-27): induction head first, then reasoning (60 min of steps), then the
+# long-context stage (40 min) into tessera/assets/tiny-reasoner. ~115 min wall on 2 cores.
 train: $(STAMP)
-	$(BIN)/python scripts/train_tiny.py
+	$(BIN)/python scripts/train_tiny.py --induction-steps 1000 --repeat-share 0.1 --out runs/train/reasoner --work runs/train/tiny
+	$(BIN)/python scripts/train_long.py --init-from runs/train/reasoner --work runs/train/long --minutes 40 \
+		--ruler-share 0.5 --repeat-share 0.05
 
 clean-venv:
 	rm -rf $(VENV)
