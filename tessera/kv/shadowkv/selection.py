@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.kernels.shadowkv_score import landmark_scores_ref
+from tessera.kv.quest import page_bounds
 
 EMPTY = -1  # a sparse slot that holds no chunk yet
 DISABLED = -2  # a slot past its row's own budget (rows of a batch differ): never filled, never attended
@@ -33,7 +34,7 @@ def landmarks_and_outliers(k: torch.Tensor, chunk_size: int, n_outliers: int, ki
     order = score.argsort(dim=-1, stable=True)  # lowest similarity first
     outliers = order[:, :n_outliers].sort(-1).values  # [H, n_out]
     keep = order[:, n_outliers:].sort(-1).values  # [H, n - n_out]
-    summary = mean if kind == "mean" else torch.cat([chunks.amin(2), chunks.amax(2)], -1)  # [H, n, W]
+    summary = mean if kind == "mean" else torch.cat(page_bounds(chunks.flatten(1, 2), chunk_size), -1)  # [H, n, W]
     return summary.gather(1, keep[..., None].expand(-1, -1, summary.shape[-1])).to(k.dtype), keep, outliers
 
 
