@@ -1,5 +1,7 @@
 """CPU W8A8 / W4A8 kernels against int64 / float64 references, on every ISA this CPU offers."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -139,6 +141,17 @@ def test_custom_schedule_compiles_and_is_exact():
     assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
     with pytest.raises(ValueError, match="nr="):
         int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
+
+
+@pytest.mark.parametrize("M", [16, 40])  # the 16-row and the 32-row AMX kernel
+def test_amx_prefetch_schedule_is_exact(M):
+    # the B prefetch runs past the last panel's end (prefetches never fault); results must not change
+    if "amx" not in cpu_isa.supported_isas():
+        pytest.skip("no AMX on this CPU")
+    s = dataclasses.replace(int8_codegen.DEFAULT_SCHEDULES["amx"], amx_prefetch=3)
+    a = torch.randint(-128, 128, (M, 320), dtype=torch.int8)
+    w = torch.randint(-128, 128, (130, 320), dtype=torch.int8)
+    assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(130)), backend=s).long(), R.int_gemm(a, w))
 
 
 def test_pack_roundtrip():

@@ -37,12 +37,13 @@ class Schedule:
     prefetch: int  # prefetch distance in k-steps of the B stream (0: none)
     mr_w4: int  # W4A8 rows per micro-tile (needs int and float accumulators)
     amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles; 0 = never
+    amx_prefetch: int = 0  # AMX kernels: prefetch the B block this many 64-k steps ahead (0: none)
 
     def __post_init__(self):
         lanes = ISA_OPS[self.isa]["lanes"]
         if PANEL % self.nr or self.nr % lanes:
             raise ValueError(f"nr={self.nr} must divide {PANEL} and be a multiple of {lanes} lanes")
-        if min(self.mr, self.mr_w4, self.k_unroll) < 1 or self.prefetch < 0:
+        if min(self.mr, self.mr_w4, self.k_unroll) < 1 or self.prefetch < 0 or self.amx_prefetch < 0:
             raise ValueError(f"bad schedule {self}")
 
 
@@ -68,7 +69,9 @@ ISA_OPS["amx"] = {**ISA_OPS["avx512vnni"], "flags": (*ISA_OPS["avx512vnni"]["fla
 
 # Register budget: zmm has 32 registers (6x4 accumulators + 4 B + 1 A = 29), ymm 16.
 DEFAULT_SCHEDULES = {
-    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=16),
+    # amx_prefetch=1: software prefetch of the next 4 KB B block made M = 16-64 cold 1.3-1.45x faster
+    # (2026-11-27, quiet VM; distances 2-8 and the L2 hint T1 were no better; docs/ngemm.md)
+    "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=16, amx_prefetch=1),
     "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
     "avx2": Schedule("avx2", mr=2, nr=16, k_unroll=2, prefetch=16, mr_w4=1),
@@ -272,6 +275,10 @@ void tq_w8a8_amx(const uint8_t* A, const float* sa, const int8_t* B, const int32
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
       for (long k = 0; k < Kp; k += 64) {
         const int8_t* bk = bp + (k / 4) * PANEL * 4;
+        for (int r = 0; r < 16 * (AMX_PF > 0); r++) {  /* this half-panel's 2 KB of the block AMX_PF steps ahead */
+          _mm_prefetch((const char*)(bk + AMX_PF * PANEL * 64 + r * PANEL * 4), _MM_HINT_T0);
+          _mm_prefetch((const char*)(bk + AMX_PF * PANEL * 64 + r * PANEL * 4 + 64), _MM_HINT_T0);
+        }
         _tile_loadd(4, a0 + k, Kp); _tile_loadd(5, a0 + 16 * Kp + k, Kp);
         _tile_loadd(6, bk, PANEL * 4); _tile_loadd(7, bk + 64, PANEL * 4);
         _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
@@ -300,6 +307,8 @@ void tq_w8a8_amx16(const uint8_t* A, const float* sa, const int8_t* B, const int
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
       for (long k = 0; k < Kp; k += 64) {
         const int8_t* bk = bp + (k / 4) * PANEL * 4;
+        for (int l = 0; l < 64 * (AMX_PF > 0); l++)  /* the whole 4 KB B block AMX_PF steps ahead */
+          _mm_prefetch((const char*)(bk + AMX_PF * PANEL * 64 + 64 * l), _MM_HINT_T0);
         _tile_loadd(4, A + k, Kp);
         _tile_loadd(5, bk, PANEL * 4); _tile_loadd(6, bk + 64, PANEL * 4); _tile_loadd(7, bk + 128, PANEL * 4);
         _tile_dpbusd(0, 4, 5); _tile_dpbusd(1, 4, 6); _tile_dpbusd(2, 4, 7);
@@ -403,7 +412,7 @@ def generate(s: Schedule) -> str:
     parts += [_w4_microkernel(s, m) for m in range(1, s.mr_w4 + 1)]
     parts += [_driver(s, "w8"), _driver(s, "w4")]
     if s.isa == "amx":
-        parts.append(_AMX)
+        parts += [f"#define AMX_PF {s.amx_prefetch}", _AMX]
     amx_call = ("(amx == 16 ? tq_w8a8_amx16 : tq_w8a8_amx)(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, "
                 "M, N, Kp, nt)") if s.isa == "amx" else "(void)0"
     parts.append(_FUSED.replace("AMX_CALL", amx_call))

@@ -172,19 +172,29 @@ def unpack_int4(pw: PackedInt4Weight) -> tuple[torch.Tensor, torch.Tensor]:
     return pw._plain
 
 
+_FLOATS = (torch.float32, torch.bfloat16)
+
+
 def _prepare_x(x: torch.Tensor, k: int, out_dtype):
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.bfloat16):
+    """-> (x as [M, K], out dtype). Cheap on the good path: at the embedded model's 256x256 and M = 1 the
+    kernel takes ~2 us, so every check here is on the per-call overhead that decides the speed."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOATS:
         raise ValueError(f"x must be float32 or bfloat16, got {getattr(x, 'dtype', type(x))}")
     if x.dim() < 1 or x.shape[-1] != k:
         raise ValueError(f"x has K={x.shape[-1] if x.dim() else None}, the weight expects K={k}")
     if not x.is_contiguous():
         raise ValueError("x must be contiguous")
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         raise ValueError(f"x must be on the CPU, got {x.device}")
     out_dtype = out_dtype or x.dtype
-    if out_dtype not in (torch.float32, torch.bfloat16):
+    if out_dtype not in _FLOATS:
         raise ValueError(f"out_dtype must be float32 or bfloat16, got {out_dtype}")
-    return x.reshape(-1, k), out_dtype  # [M, K]
+    return (x if x.dim() == 2 else x.reshape(-1, k)), out_dtype  # [M, K]
+
+
+def _as_input_shape(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[M, N] -> [..., N] with x's leading dims (a `view` costs ~2 us per call, so only when needed)."""
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
 
 
 def _amx_rows(lib, M: int, Kp: int) -> int:
@@ -221,7 +231,7 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=N
                   pw.colsum.data_ptr(), pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(),
                   int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, amx) if amx else M, amx,
                   torch.get_num_threads())
-    return out.view(*x.shape[:-1], pw.n)
+    return _as_input_shape(out, x)
 
 
 def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> torch.Tensor:
@@ -260,4 +270,4 @@ def int4_linear(x: torch.Tensor, pw: PackedInt4Weight, out_dtype=None, backend=N
     lib.tq_w4a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
                   pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16),
                   pw.n, G, torch.get_num_threads())
-    return out.view(*x.shape[:-1], pw.n)
+    return _as_input_shape(out, x)
