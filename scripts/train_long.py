@@ -41,38 +41,63 @@ from tessera.tasks.ruler import TASKS, make_problem
 from tessera.tokenizer import build_word_tokenizer
 
 
-def ruler_sequence(tok, rng: random.Random, seed: int, length: int, tasks=TASKS):
-    """-> (token ids, answer-token mask) for one haystack of `length` words with several questions."""
-    task = rng.choice(tasks)
-    p = make_problem(task, seed, length, n_keys=rng.randint(2, 6), hops=rng.randint(1, 5), chains=rng.randint(1, 3))
+def ruler_sequence(tok, rng: random.Random, seed: int, length: int, tasks=TASKS, vt_share: float | None = None):
+    """-> (token ids, answer-token mask, look-up mask) for one haystack of `length` words with several
+    questions. The look-up mask marks each answer's first token: the one retrieved from the haystack (a
+    variable-tracking chain's head, found by its value; the later names are one-step look-ups given the
+    previous one, so teacher forcing makes them easy and they would otherwise outweigh it 5 to 1).
+    `vt_share`: share of variable-tracking haystacks (None: all tasks alike)."""
+    vt = "variable_tracking"
+    if vt_share is not None and vt in tasks:
+        task = vt if rng.random() < vt_share else rng.choice([t for t in tasks if t != vt])
+    else:
+        task = rng.choice(tasks)
+    # at least two chains when variable tracking is weighted up: a lone chain's head needs no value match
+    p = make_problem(task, seed, length, n_keys=rng.randint(2, 6), hops=rng.randint(1, 5),
+                     chains=rng.randint(2 if vt_share is not None else 1, 3))
     asked = list(p.questions)
     rng.shuffle(asked)
     ids = tok.encode(p.context)
     mask = [False] * len(ids)
+    lookup = [False] * len(ids)
     asked = asked[:rng.randint(1, 6)]
     for i, (q, answers) in enumerate(asked):
         qi = tok.encode(q, add_bos=False)
         ai = tok.encode(" ".join(answers) + " .", add_bos=False) + ([tok.eos_id] if i == len(asked) - 1 else [])
         ids += qi + ai
         mask += [False] * len(qi) + [True] * len(ai)
-    return ids, mask
+        lookup += [False] * len(qi) + [True] + [False] * (len(ai) - 1)
+    return ids, mask, lookup
 
 
 def ruler_batch(tok, rng: random.Random, next_seed: int, length: int, batch: int, window: int, pose: bool,
-                tasks=TASKS):
-    """-> ids [B, T], loss mask [B, T] (True where the token is a target), positions [B, T]."""
-    seqs = [ruler_sequence(tok, rng, next_seed + i, length, tasks) for i in range(batch)]
-    T = max(len(s) for s, _ in seqs)
+                tasks=TASKS, vt_share: float | None = None):
+    """-> ids [B, T], loss mask [B, T] (True where the token is a target), positions [B, T], look-up
+    mask [B, T] (each answer's first token)."""
+    seqs = [ruler_sequence(tok, rng, next_seed + i, length, tasks, vt_share) for i in range(batch)]
+    T = max(len(s) for s, _, _ in seqs)
     ids = torch.full((batch, T), tok.pad_id, dtype=torch.long)
     mask = torch.zeros(batch, T, dtype=torch.bool)
+    lookup = torch.zeros(batch, T, dtype=torch.bool)
     pos = torch.arange(T).repeat(batch, 1)
-    for b, (s, m) in enumerate(seqs):
-        ids[b, :len(s)], mask[b, :len(m)] = torch.tensor(s), torch.tensor(m)
+    for b, (s, m, lk) in enumerate(seqs):
+        ids[b, :len(s)], mask[b, :len(m)], lookup[b, :len(lk)] = torch.tensor(s), torch.tensor(m), torch.tensor(lk)
         if pose and window > T:  # one skip, somewhere in the haystack: far needles look `window` away
             first_q = m.index(True) - 24 if True in m else len(s)
             split = rng.randrange(1, max(2, first_q))
             pos[b, split:] += rng.randrange(0, window - T)
-    return ids, mask, pos
+    return ids, mask, pos, lookup
+
+
+def vt_first_hop(fwd, tok, problems, device) -> float:
+    """Greedy accuracy of variable tracking's first answer (the chain head, found by its value): a chain
+    solved token by token under teacher forcing can still start from the wrong chain, which the
+    teacher-forced RULER accuracy hides (the committed weights of 2026-11-27: ~40% at 256-4K words)."""
+    hits = 0
+    for p in problems:
+        ids = torch.tensor([tok.encode(p.prompt)], device=device)
+        hits += tok.decode([int(fwd(ids)[0, -1].argmax())]).strip() == p.answers[0]
+    return hits / len(problems)
 
 
 def extend(model: LlamaForCausalLM, vocab_size: int, max_positions: int) -> LlamaForCausalLM:
@@ -109,8 +134,13 @@ def main():
     ap.add_argument("--pose-window", type=int, default=40960, help="relative distances PoSE covers")
     ap.add_argument("--max-positions", type=int, default=65536, help="max_position_embeddings of the result")
     ap.add_argument("--warm", type=float, default=0.2, help="share of the budget on short needle retrieval only")
+    ap.add_argument("--warm-tasks", default="niah_single,niah_multikey", help="RULER tasks of the warm phase")
     ap.add_argument("--ramp", type=float, default=0.3, help="share of the budget over which haystacks and window grow")
     ap.add_argument("--far-weight", type=float, default=20.0)
+    ap.add_argument("--lookup-weight", type=float, default=1.0,
+                    help="loss weight of each RULER answer's first token (the one retrieved from the haystack)")
+    ap.add_argument("--vt-share", type=float, default=None,
+                    help="share of RULER haystacks on variable tracking, with 2-3 chains (default: tasks alike, 1-3)")
     ap.add_argument("--repeat-share", type=float, default=0.0,
                     help="share of steps on repeat-copy (keeps the induction head train_tiny.py grew first; 0.05 in docs/shadowkv.md)")
     ap.add_argument("--seed", type=int, default=1)
@@ -118,6 +148,10 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the same recipe, many more steps per minute)")
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
+    if unknown := set(args.warm_tasks.split(",")) - set(TASKS):
+        ap.error(f"--warm-tasks: unknown {sorted(unknown)}; known: {', '.join(TASKS)}")
+    if args.vt_share is not None and not 0.0 <= args.vt_share <= 1.0:
+        ap.error(f"--vt-share must be in [0, 1], got {args.vt_share}")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,8 +174,10 @@ def main():
     # fixed held-out checks: RULER answer tokens (teacher forced) at 2K with PoSE distances and at 8K real,
     # and the reasoning task's far-copy accuracy (what the long-context training must not break)
     ev_rng = random.Random(7)
-    ruler_eval = [dev(*ruler_batch(tok, ev_rng, EVAL_SEED_BASE + 10 * i, n, b, args.pose_window, pose))
+    ruler_eval = [dev(*ruler_batch(tok, ev_rng, EVAL_SEED_BASE + 10 * i, n, b, args.pose_window, pose)[:3])
                   for i, (n, b, pose) in enumerate([(2048, 4, True), (2048, 4, True), (8192, 1, False)])]
+    vt_eval = {n: [make_problem("variable_tracking", EVAL_SEED_BASE + 900_000 + s, n) for s in range(k)]
+               for n, k in ((1024, 16), (4096, 8))}
     reason_eval = [dev(*b) for b in make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032),
                                                  args.tokens_per_batch, train_prompt=False)]
     rep_eval = dev(*held_out_batch(tok.vocab_size, tok.bos_id))
@@ -161,9 +197,11 @@ def main():
             far = [h[f] for h, _, f in hits]
             # wrong trace tokens in 32 traces (~50K tokens): greedy solves a trace only if it makes none
             errors = sum(int((~h[m]).sum()) for h, m, _ in hits)
+            with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
+                vt = {n: vt_first_hop(fwd_c, tok, ps, args.device) for n, ps in vt_eval.items()}
         say(f"eval step {step} ruler-acc(2K pose) {torch.cat(r[:2]).float().mean():.4f} "
             f"ruler-acc(8K) {r[2].float().mean():.4f} reasoning far-acc {torch.cat(far).float().mean():.4f} "
-            f"trace errors {errors} "
+            f"trace errors {errors} vt-first-hop(1K/4K greedy) {vt[1024]:.2f}/{vt[4096]:.2f} "
             f"repeat-acc {copy_accuracy(fwd_c, *rep_eval):.4f}")
 
     budget, elapsed, step, next_seed, tokens = args.minutes * 60, 0.0, 0, 0, 0
@@ -174,7 +212,7 @@ def main():
         warm = t < args.warm  # phase 1: needle retrieval alone, in short haystacks at familiar distances
         if rng.random() < args.repeat_share:
             ids, mask = dev(*repeat_batch(rng, tok.vocab_size, 32, *LENGTHS, tok.bos_id))
-            far = torch.zeros_like(mask)
+            far, far_weight = torch.zeros_like(mask), 1.0
             fwd = fwd_c
         elif rng.random() < (0.85 if warm else args.ruler_share):
             # then all tasks; haystacks grow to 2K and the PoSE window to --pose-window over --ramp of the
@@ -186,21 +224,22 @@ def main():
             else:
                 n = rng.choice([x for x in (128, 256, 512, 1024, 1536, 2048) if x <= 256 * 8 ** ramp])
             window = int(4096 + (args.pose_window - 4096) * ramp)
-            tasks = TASKS[:2] if warm else TASKS
-            ids, mask, pos = dev(*ruler_batch(tok, rng, next_seed, n, max(1, args.tokens_per_batch // n), window, True,
-                                              tasks))
+            tasks = tuple(args.warm_tasks.split(",")) if warm else TASKS
+            ids, mask, pos, far = dev(*ruler_batch(tok, rng, next_seed, n, max(1, args.tokens_per_batch // n), window,
+                                                   True, tasks, args.vt_share))
             next_seed += ids.shape[0]
-            far = torch.zeros_like(mask)
+            far_weight = args.lookup_weight
             fwd = (lambda x, p=pos: fwd_c(x, p[:, :-1]))
         else:
             if not reason_queue:
                 reason_queue = make_batches(tok, range(500_000 + step * 8, 500_000 + step * 8 + 256), args.tokens_per_batch)
                 rng.shuffle(reason_queue)
             ids, mask, far = dev(*reason_queue.pop())
+            far_weight = args.far_weight
             fwd = fwd_c
         assert next_seed < EVAL_SEED_BASE
         t0 = time.time()
-        loss, acc = train_step(model, opt, fwd, ids, mask, far, args.far_weight, cosine_lr(args.lr, elapsed, budget, 30))
+        loss, acc = train_step(model, opt, fwd, ids, mask, far, far_weight, cosine_lr(args.lr, elapsed, budget, 30))
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()  # so that the time budget measures real work
         lr = opt.param_groups[0]["lr"]
