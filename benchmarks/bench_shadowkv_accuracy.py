@@ -13,6 +13,9 @@ and `--report` writes `<out>.{json,md,png}`.
 
     python benchmarks/bench_shadowkv_accuracy.py --n 100 --lengths 8192 16384 32768   # ~40 min, 2 cores
     python benchmarks/bench_shadowkv_accuracy.py --report
+    # bounds landmarks at the landmark bytes of the paper's mean landmarks, in a file of its own:
+    python benchmarks/bench_shadowkv_accuracy.py --methods shadowkv shadowkv-bounds16 --lengths 8192 16384 \
+        --out benchmarks/results/shadowkv_bounds16
 """
 
 from __future__ import annotations
@@ -39,15 +42,24 @@ def budget_tokens(frac: float, length: int) -> int:
     return max(16, round(frac * length / 16) * 16)
 
 
-def methods(length: int, fracs: list[float], bounds: bool = False) -> list[tuple[str, str, float, dict]]:
-    """(label, backend, budget fraction, options); the dense one first. bounds: also ShadowKV with
-    min/max chunk landmarks ("shadowkv-bounds")."""
+# sparse methods by name: (backend, options besides the budget). "shadowkv-bounds16" has bounds landmarks
+# over 16-token chunks: the landmark bytes of mean landmarks over 8 (2D per 16 tokens = D per 8), and half the
+# chunks of outliers and local window, so that its dense tokens match the others' too.
+METHODS = {
+    "shadowkv": ("shadowkv", {}),
+    "quest": ("quest", {}),
+    "shadowkv-bounds": ("shadowkv", {"landmark": "bounds"}),
+    "shadowkv-bounds16": ("shadowkv", {"landmark": "bounds", "chunk_size": 16, "outlier_chunks": 24, "local_chunks": 2}),
+}
+
+
+def methods(length: int, fracs: list[float], names=("shadowkv", "quest")) -> list[tuple[str, str, float, dict]]:
+    """(label, backend, budget fraction, options); the dense one first, then `names` (keys of METHODS) at
+    every budget."""
     out = [("full", "dense", 1.0, {})]
     for f in fracs:
         b = budget_tokens(f, length)
-        out += [(f"shadowkv@{f:g}", "shadowkv", f, {"sparse_budget": b}), (f"quest@{f:g}", "quest", f, {"sparse_budget": b})]
-        if bounds:
-            out.append((f"shadowkv-bounds@{f:g}", "shadowkv", f, {"sparse_budget": b, "landmark": "bounds"}))
+        out += [(f"{m}@{f:g}", METHODS[m][0], f, {"sparse_budget": b, **METHODS[m][1]}) for m in names]
     return out
 
 
@@ -92,7 +104,7 @@ def run(args):
             ids = tok.encode(p.prompt)
             if len(ids) >= model.config.max_position_embeddings:
                 raise ValueError(f"{len(ids)}-token prompt exceeds the model's {model.config.max_position_embeddings} positions")
-            specs = methods(L, args.budgets, args.bounds)
+            specs = methods(L, args.budgets, args.methods)
             t0 = time.perf_counter()
             outs = solve(model, ids, specs, max_new=len(" ".join(p.answers).split()) + 1)
             rec = dict(length=L, seed=seed, task=p.task, tokens=len(ids), seconds=round(time.perf_counter() - t0, 2),
@@ -141,7 +153,7 @@ def report(args):
     for ax, L in zip(axes[0], lengths):
         pts = [v for v in table.values() if v["length"] == L]
         ax.axhline(next(v["accuracy"] for v in pts if v["method"] == "full"), color="k", ls="--", label="full")
-        for m in ("shadowkv", "shadowkv-bounds", "quest"):
+        for m in METHODS:
             mp = sorted((v["budget_frac"] * 100, v["accuracy"]) for v in pts if v["method"] == m)
             ax.plot(*zip(*mp), marker="o", label=m) if mp else None
         ax.set_title(f"{L // 1024}K context")
@@ -158,11 +170,15 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768], help="context lengths in words (= tokens)")
     ap.add_argument("--n", type=int, default=100, help="problems per context length")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.0156, 0.03, 0.06], help="sparse budgets, fraction of context")
-    ap.add_argument("--bounds", action="store_true", help="also ShadowKV with min/max landmarks (--landmark bounds)")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=["shadowkv", "quest"],
+                    help="sparse methods besides full attention")
+    ap.add_argument("--bounds", action="store_true", help="also ShadowKV with min/max landmarks (= --methods ... shadowkv-bounds)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true", help="only summarise <out>.jsonl")
     args = ap.parse_args()
+    if args.bounds and "shadowkv-bounds" not in args.methods:
+        args.methods.append("shadowkv-bounds")
     if not args.report:
         run(args)
     report(args)
