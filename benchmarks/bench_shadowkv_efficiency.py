@@ -70,7 +70,7 @@ def queries(n, Hq, D, device, drift, seed=2):
 @torch.inference_mode()
 def run_length(T, args):
     from tessera.kv.cache import DenseCache
-    from tessera.kv.shadowkv import ShadowKVCache, ShadowKVOptions
+    from tessera.kv.shadowkv import ShadowKVCache
     from tessera.kv.shadowkv.state import LayerState, build_row
 
     H, Hq, D, dev = args.kv_heads, args.heads, args.head_dim, args.device
@@ -79,7 +79,7 @@ def run_length(T, args):
     dense.k[0], dense.v[0] = k[None].clone(), v[None].clone()
     dense.pos[0], dense.lens[0] = torch.arange(T, dtype=torch.int32, device=dev).expand(1, H, T).clone(), torch.tensor([T], device=dev)
     dense_bytes = dense.nbytes() / T
-    opts = ShadowKVOptions(rank=args.rank, sparse_budget=args.budget)
+    opts = options(args)
     res = {"context": T, "dense_bytes_per_token": dense_bytes}
     for mode, drift in (("drifting", 0.3), ("independent", 0.0)):
         skv = ShadowKVCache(1, H, D, rope, opts, dev)
@@ -111,12 +111,12 @@ def run_max_batch(T, args):
     """The paper's metric: the largest batch whose fast-tier KV fits `--cap-mib`, and the decode throughput
     (one attention layer) at that batch, full attention vs ShadowKV, in the same run."""
     from tessera.kv.cache import DenseCache
-    from tessera.kv.shadowkv import ShadowKVCache, ShadowKVOptions
+    from tessera.kv.shadowkv import ShadowKVCache
     from tessera.kv.shadowkv.state import LayerState, build_row
 
     H, Hq, D, dev = args.kv_heads, args.heads, args.head_dim, args.device
     k_pre, k, v, rope = make_kv(T, H, D, dev)
-    opts = ShadowKVOptions(rank=args.rank, sparse_budget=args.budget)
+    opts = options(args)
     qs = queries(args.steps + 2, Hq, D, dev, 0.3)
     cap = args.cap_mib * 2**20
     dense_per_seq = 2 * H * (T + len(qs)) * D * k.element_size()
@@ -145,13 +145,21 @@ def run_max_batch(T, args):
     return res
 
 
+def options(args):
+    from tessera.kv.shadowkv import ShadowKVOptions
+
+    return ShadowKVOptions(rank=args.rank, sparse_budget=args.budget, chunk_size=args.chunk,
+                           outlier_chunks=args.outlier_chunks, local_chunks=args.local_chunks, landmark=args.landmark)
+
+
 def write(results, meta, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     lines = [f"# ShadowKV efficiency ({meta['machine']}, {meta['date']})", "",
              f"One attention layer: {meta['heads']} query heads, {meta['kv_heads']} KV heads, head_dim "
-             f"{meta['head_dim']}, fp32, batch 1; rank {meta['rank']}, sparse budget {meta['budget']}, chunk 8, "
-             f"48 outlier chunks, 4 local chunks. {meta['steps']} timed decode steps after 2 warm-up steps; "
+             f"{meta['head_dim']}, fp32, batch 1; rank {meta['rank']}, sparse budget {meta['budget']}, chunk {meta['chunk']}, "
+             f"{meta['outlier_chunks']} outlier chunks, {meta['local_chunks']} local chunks, {meta['landmark']} landmarks. "
+             f"{meta['steps']} timed decode steps after 2 warm-up steps; "
              "median (min-max) ms. Full attention = DenseCache in the same run.", "",
              "| context | queries | full attn ms/step | ShadowKV ms/step | speedup | hit rate | dense B/tok | "
              "fast-tier B/tok | host B/tok | host->fast B/step |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -190,6 +198,10 @@ def main():
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--rank", type=int, default=160)
     p.add_argument("--budget", type=int, default=2048)
+    p.add_argument("--chunk", type=int, default=8)
+    p.add_argument("--outlier-chunks", type=int, default=48)
+    p.add_argument("--local-chunks", type=int, default=4)
+    p.add_argument("--landmark", default="mean", help="mean (the paper) or bounds (min/max, ours)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="1 avoids OpenMP spinning on a shared CPU")
     p.add_argument("--out", default="benchmarks/results/shadowkv_efficiency")
@@ -203,7 +215,8 @@ def main():
     meta = {"machine": f"{platform.machine()} CPU x{torch.get_num_threads()} threads" if args.device == "cpu"
             else torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "rank": args.rank,
-            "budget": args.budget, "steps": args.steps, "torch": torch.__version__}
+            "budget": args.budget, "steps": args.steps, "torch": torch.__version__, "chunk": args.chunk,
+            "outlier_chunks": args.outlier_chunks, "local_chunks": args.local_chunks, "landmark": args.landmark}
     results = []
     for T in args.lengths:
         results.append(run_length(T, args))
