@@ -29,6 +29,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
     p.add_argument("--landmark", default=None, choices=["mean", "bounds"],
                    help="shadowkv chunk summary: mean key (the paper, default) or min/max bounds (2x landmark bytes)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="shadowkv tokens per chunk (default 8; bounds landmarks over 16 cost what mean over 8 does)")
+    p.add_argument("--outlier-chunks", type=int, default=None, help="shadowkv dense outlier chunks (default 48)")
+    p.add_argument("--local-chunks", type=int, default=None, help="shadowkv dense chunks at the prompt's end (default 4)")
 
 
 def _llm(args):
@@ -75,7 +79,8 @@ def _press_factory(args):
 
 def _kv(args) -> dict:
     """generate() keyword arguments selecting the KV backend."""
-    opts = {k: getattr(args, k) for k in ("sparse_budget", "rank", "landmark") if getattr(args, k) is not None}
+    names = ("sparse_budget", "rank", "landmark", "chunk_size", "outlier_chunks", "local_chunks")
+    opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     return {"kv": args.kv, "kv_options": opts}
 
 

@@ -49,3 +49,18 @@ def test_generate_quantized(capsys):
     for scheme in ("w8a8", "w4a8"):
         assert main(["generate", "--quant", scheme, "--difficulty", "2", "--max-new-tokens", "200"]) == 0
         assert "tok/s" in capsys.readouterr().out
+
+
+def test_shadowkv_chunk_options_reach_the_backend(capsys):
+    from tessera.cli import _kv, build_parser
+    from tessera.kv.shadowkv import ShadowKVOptions
+
+    args = build_parser().parse_args(["generate", "--kv", "shadowkv", "--sparse-budget", "256", "--landmark", "bounds",
+                                      "--chunk-size", "16", "--outlier-chunks", "24", "--local-chunks", "2"])
+    kv = _kv(args)
+    assert kv["kv"] == "shadowkv" and ShadowKVOptions(**kv["kv_options"]) == ShadowKVOptions(
+        sparse_budget=256, landmark="bounds", chunk_size=16, outlier_chunks=24, local_chunks=2)
+    # a budget that is not whole chunks is a one-line error, not a traceback
+    assert main(["generate", "--kv", "shadowkv", "--sparse-budget", "100", "--chunk-size", "16", "--difficulty", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "multiple of chunk_size=16" in err and "Traceback" not in err
