@@ -89,15 +89,12 @@ def ruler_batch(tok, rng: random.Random, next_seed: int, length: int, batch: int
     return ids, mask, pos, lookup
 
 
-def vt_first_hop(fwd, tok, problems, device) -> float:
+def vt_first_hop(fwd, problems) -> float:
     """Greedy accuracy of variable tracking's first answer (the chain head, found by its value): a chain
     solved token by token under teacher forcing can still start from the wrong chain, which the
-    teacher-forced RULER accuracy hides (the committed weights of 2026-11-27: ~40% at 256-4K words)."""
-    hits = 0
-    for p in problems:
-        ids = torch.tensor([tok.encode(p.prompt)], device=device)
-        hits += tok.decode([int(fwd(ids)[0, -1].argmax())]).strip() == p.answers[0]
-    return hits / len(problems)
+    teacher-forced RULER accuracy hides (the committed weights of 2026-11-27: ~40% at 256-4K words).
+    problems: (prompt ids [1, T], id of the head's name) pairs, encoded once."""
+    return sum(int(fwd(ids)[0, -1].argmax()) == head for ids, head in problems) / len(problems)
 
 
 def extend(model: LlamaForCausalLM, vocab_size: int, max_positions: int) -> LlamaForCausalLM:
@@ -176,7 +173,8 @@ def main():
     ev_rng = random.Random(7)
     ruler_eval = [dev(*ruler_batch(tok, ev_rng, EVAL_SEED_BASE + 10 * i, n, b, args.pose_window, pose)[:3])
                   for i, (n, b, pose) in enumerate([(2048, 4, True), (2048, 4, True), (8192, 1, False)])]
-    vt_eval = {n: [make_problem("variable_tracking", EVAL_SEED_BASE + 900_000 + s, n) for s in range(k)]
+    vt_eval = {n: [(torch.tensor([tok.encode(p.prompt)], device=args.device), tok.encode(p.answers[0], add_bos=False)[0])
+                   for p in (make_problem("variable_tracking", EVAL_SEED_BASE + 900_000 + s, n) for s in range(k))]
                for n, k in ((1024, 16), (4096, 8))}
     reason_eval = [dev(*b) for b in make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_032),
                                                  args.tokens_per_batch, train_prompt=False)]
@@ -198,7 +196,7 @@ def main():
             # wrong trace tokens in 32 traces (~50K tokens): greedy solves a trace only if it makes none
             errors = sum(int((~h[m]).sum()) for h, m, _ in hits)
             with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
-                vt = {n: vt_first_hop(fwd_c, tok, ps, args.device) for n, ps in vt_eval.items()}
+                vt = {n: vt_first_hop(fwd_c, ps) for n, ps in vt_eval.items()}
         say(f"eval step {step} ruler-acc(2K pose) {torch.cat(r[:2]).float().mean():.4f} "
             f"ruler-acc(8K) {r[2].float().mean():.4f} reasoning far-acc {torch.cat(far).float().mean():.4f} "
             f"trace errors {errors} vt-first-hop(1K/4K greedy) {vt[1024]:.2f}/{vt[4096]:.2f} "
