@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import random
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import train_tiny
 from train_tiny import _init_worker, cosine_lr, loss_fn, make_batches, train_step
 
 from tessera.models import LlamaForCausalLM, load_model, save_model
@@ -118,6 +121,53 @@ def extend(model: LlamaForCausalLM, vocab_size: int, max_positions: int) -> Llam
     return new
 
 
+def build_batch(spec):
+    """One batch from its spec (run in a worker process, or in the loop): ("repeat", seed, args...) ->
+    (ids, mask); ("ruler", seed, args...) -> (ids, mask, positions, look-up mask); ("reason", first seed,
+    tokens per batch) -> a block of 256 reasoning problems as ~60 length-bucketed batches; ("reason",) ->
+    None (the loop takes the next batch of its current block)."""
+    kind, *a = spec
+    if kind == "repeat":
+        return repeat_batch(random.Random(a[0]), *a[1:])
+    if kind == "ruler":
+        return ruler_batch(train_tiny._TOK, random.Random(a[0]), *a[1:])
+    return make_batches(train_tiny._TOK, range(a[0], a[0] + 256), a[1]) if a else None
+
+
+class Batches:
+    """The training batches, planned by `plan` in the loop and built `depth` steps ahead in `pool`'s worker
+    processes (`--workers`: on a GPU, building a batch in Python takes as long as the step itself); with
+    no pool each is built when asked."""
+
+    def __init__(self, plan, pool, depth: int, tokens_per_batch: int):
+        self.plan, self.pool, self.depth, self.tokens = plan, pool, max(1, depth), tokens_per_batch
+        self.ahead: deque = deque()  # (spec, AsyncResult)
+        self.reason_seed = 500_000
+        self._reason = None  # the next reasoning block, being built
+
+    def next(self):
+        """-> (spec, batch) of the next step."""
+        if self.pool is None:
+            spec = self.plan()
+            return spec, build_batch(spec)
+        while len(self.ahead) < self.depth:
+            spec = self.plan()
+            self.ahead.append((spec, self.pool.apply_async(build_batch, (spec,))))
+        spec, job = self.ahead.popleft()
+        return spec, job.get(timeout=600)
+
+    def reason_block(self) -> list:
+        """-> the next block of reasoning batches; with a pool, the one after it is built meanwhile."""
+        def spec():
+            self.reason_seed += 256
+            return ("reason", self.reason_seed - 256, self.tokens)
+        if self.pool is None:
+            return build_batch(spec())
+        block = (self._reason or self.pool.apply_async(build_batch, (spec(),))).get(timeout=600)
+        self._reason = self.pool.apply_async(build_batch, (spec(),))
+        return block
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init-from", default="tessera/assets/tiny-reasoner")
@@ -144,6 +194,10 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the same recipe, many more steps per minute)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--workers", type=int, default=0, help="processes that build batches ahead (0: in the loop)")
+    ap.add_argument("--eval-every", type=int, default=60, help="steps between evaluations (and saves)")
+    ap.add_argument("--wall", action="store_true",
+                    help="the budget counts wall time (batch building and evals too), not only the steps")
     args = ap.parse_args()
     if unknown := set(args.warm_tasks.split(",")) - set(TASKS):
         ap.error(f"--warm-tasks: unknown {sorted(unknown)}; known: {', '.join(TASKS)}")
@@ -163,6 +217,8 @@ def main():
     print(f"vocab {old.vocab_size} -> {tok.vocab_size}; positions {old.max_position_embeddings} -> "
           f"{args.max_positions}; RoPE scaling {model.config.rope_scaling}", flush=True)
     _init_worker(args.out)
+    # spawned, not forked: a child forked after torch ran its OpenMP pool (the model load above) can hang
+    pool = mp.get_context("spawn").Pool(args.workers, _init_worker, (args.out,)) if args.workers else None
     model.to(args.device)
     dev = lambda *ts: tuple(t.to(args.device, non_blocking=True) for t in ts)  # noqa: E731
     fwd_c = model if args.no_compile else torch.compile(model, dynamic=True)
@@ -202,17 +258,17 @@ def main():
             f"trace errors {errors} vt-first-hop(1K/4K greedy) {vt[1024]:.2f}/{vt[4096]:.2f} "
             f"repeat-acc {copy_accuracy(fwd_c, *rep_eval):.4f}")
 
-    budget, elapsed, step, next_seed, tokens = args.minutes * 60, 0.0, 0, 0, 0
-    reason_queue: list = []
-    evaluate(0)
-    while elapsed < budget:
+    budget, elapsed, step, tokens = args.minutes * 60, 0.0, 0, 0
+    seeds = {"ruler": 0}  # next RULER problem seed
+
+    def plan():
+        """The next step's batch as a spec for `build_batch` (decided here, from the share of the budget
+        spent, so that the workers only build)."""
         t = elapsed / budget
         warm = t < args.warm  # phase 1: needle retrieval alone, in short haystacks at familiar distances
         if rng.random() < args.repeat_share:
-            ids, mask = dev(*repeat_batch(rng, tok.vocab_size, 32, *LENGTHS, tok.bos_id))
-            far, far_weight = torch.zeros_like(mask), 1.0
-            fwd = fwd_c
-        elif rng.random() < (0.85 if warm else args.ruler_share):
+            return ("repeat", rng.randrange(2**31), tok.vocab_size, 32, *LENGTHS, tok.bos_id)
+        if rng.random() < (0.85 if warm else args.ruler_share):
             # then all tasks; haystacks grow to 2K and the PoSE window to --pose-window over --ramp of the
             # budget (a fresh retrieval head spreads its attention over the whole haystack, so the needle's
             # gradient is ~1/length: short first), and real 4K-8K haystacks join after the ramp
@@ -223,35 +279,52 @@ def main():
                 n = rng.choice([x for x in (128, 256, 512, 1024, 1536, 2048) if x <= 256 * 8 ** ramp])
             window = int(4096 + (args.pose_window - 4096) * ramp)
             tasks = tuple(args.warm_tasks.split(",")) if warm else TASKS
-            ids, mask, pos, far = dev(*ruler_batch(tok, rng, next_seed, n, max(1, args.tokens_per_batch // n), window,
-                                                   True, tasks, args.vt_share))
-            next_seed += ids.shape[0]
+            b = max(1, args.tokens_per_batch // n)
+            seeds["ruler"] += b
+            return ("ruler", rng.randrange(2**31), seeds["ruler"] - b, n, b, window, True, tasks, args.vt_share)
+        return ("reason",)  # the next batch of the current reasoning block (Batches.reason_block)
+
+    batches = Batches(plan, pool, 4 * args.workers, args.tokens_per_batch)
+    reason_queue: list = []
+    evaluate(0)
+    t_start = time.time()
+    while elapsed < budget:
+        spec, batch = batches.next()
+        if spec[0] == "repeat":
+            ids, mask = dev(*batch)
+            far, far_weight = torch.zeros_like(mask), 1.0
+            fwd = fwd_c
+        elif spec[0] == "ruler":
+            ids, mask, pos, far = dev(*batch)
             far_weight = args.lookup_weight
             fwd = (lambda x, p=pos: fwd_c(x, p[:, :-1]))
         else:
             if not reason_queue:
-                reason_queue = make_batches(tok, range(500_000 + step * 8, 500_000 + step * 8 + 256), args.tokens_per_batch)
+                reason_queue = batches.reason_block()
                 rng.shuffle(reason_queue)
             ids, mask, far = dev(*reason_queue.pop())
             far_weight = args.far_weight
             fwd = fwd_c
-        assert next_seed < EVAL_SEED_BASE
+        assert seeds["ruler"] < EVAL_SEED_BASE and batches.reason_seed < EVAL_SEED_BASE
         t0 = time.time()
         loss, acc = train_step(model, opt, fwd, ids, mask, far, far_weight, cosine_lr(args.lr, elapsed, budget, 30))
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()  # so that the time budget measures real work
         lr = opt.param_groups[0]["lr"]
         dt = time.time() - t0
-        elapsed, step, tokens = elapsed + dt, step + 1, tokens + ids.numel()
+        elapsed = time.time() - t_start if args.wall else elapsed + dt
+        step, tokens = step + 1, tokens + ids.numel()
         if step % 10 == 0:
             say(f"step {step} loss {loss.item():.4f} acc {acc.item():.4f} T {ids.shape[1]} lr {lr:.2e} "
                 f"{ids.numel() / dt:.0f} tok/s elapsed {elapsed / 60:.1f}/{args.minutes:.0f} min")
-        if step % 60 == 0:
+        if step % args.eval_every == 0:
             evaluate(step)
             save_model(model, args.out)
     evaluate(step)
     save_model(model, args.out)
     (work / "summary.json").write_text(json.dumps(dict(steps=step, tokens=tokens, minutes=elapsed / 60), indent=2))
+    if pool:
+        pool.terminate()
     say(f"done: {step} steps, {tokens / 1e6:.1f}M tokens, saved to {args.out}")
 
 

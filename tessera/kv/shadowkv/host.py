@@ -1,8 +1,10 @@
 """The host tier that holds the values of the whole context (ShadowKV keeps only K factors on the GPU).
 
-On CUDA the buffer is pinned CPU memory; a fetch gathers the chunks on the CPU and copies them to the
-GPU (synchronously for now: the gathered tensor is not pinned; upstream reads pinned memory zero-copy
-from a kernel instead, which is future work). On CPU there is no second
+On CUDA the buffer is pinned CPU memory; a fetch gathers the chunks on the CPU into a pinned staging
+buffer and copies that to the GPU asynchronously (an index of a pinned tensor returns *pageable* memory,
+whose copy is synchronous and staged by the driver: 1.08 of 5.2 ms GPU time per 8 steps at 64K on an
+H200, benchmarks/results/gpu_check_NVIDIA_H200.md). Upstream reads pinned memory zero-copy from a kernel
+instead, which is future work. On CPU there is no second
 memory, so the tier is a separate buffer and a fetch is a real copy; either way every byte that crosses
 tiers is counted, which is the quantity the design is about.
 """
@@ -22,14 +24,22 @@ class HostValues:
         self.v = torch.empty(H, T // chunk_size, chunk_size, D, dtype=v.dtype, device="cpu", pin_memory=pin)
         self.v.copy_(v.view(H, T // chunk_size, chunk_size, D))  # [H, n_chunks, C, D]
         self.bytes_fetched = 0
+        self._stage = None  # [M_max, C, D] pinned staging buffer (CUDA only), grown on demand
 
     def fetch(self, heads: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
         """Values of chunk `chunks[i]` of head `heads[i]` -> [M, C, D] on the fast device."""
-        out = self.v[heads.cpu(), chunks.cpu()]  # [M, C, D] gathered on the host
-        self.bytes_fetched += out.numel() * out.element_size()
+        _, n, C, D = self.v.shape
+        flat = heads.cpu() * n + chunks.cpu()  # [M] rows of the [H * n_chunks, C, D] view
+        self.bytes_fetched += flat.numel() * C * D * self.v.element_size()
         if self.device.type == "cpu":
-            return out  # the index above already made a copy out of the host buffer
-        return out.to(self.device)
+            return self.v.view(-1, C, D)[flat]  # a real copy out of the host buffer
+        M = flat.numel()
+        if self._stage is None or self._stage.shape[0] < M:
+            self._stage = torch.empty(max(M, 2 * (0 if self._stage is None else self._stage.shape[0])), C, D,
+                                      dtype=self.v.dtype, pin_memory=True)
+        # The previous fetch's copy out of the stage is finished: `heads.cpu()` above waited for the stream.
+        stage = torch.index_select(self.v.view(-1, C, D), 0, flat, out=self._stage[:M])
+        return stage.to(self.device, non_blocking=True)
 
     def select(self, heads: torch.Tensor) -> None:
         """Keep the values of flattened heads `heads` (rows that left the batch free their host memory);
