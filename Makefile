@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint train clean-venv
+.PHONY: demo test setup lint train train-vt clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,17 @@ train: $(STAMP)
 	$(BIN)/python scripts/train_tiny.py --induction-steps 1000 --repeat-share 0.1 --out runs/train/reasoner --work runs/train/tiny
 	$(BIN)/python scripts/train_long.py --init-from runs/train/reasoner --work runs/train/long --minutes 40 \
 		--ruler-share 0.5 --repeat-share 0.05
+
+# Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on
+# one H200 with 10 batch-building processes (10,149 steps); reads and rewrites tessera/assets/tiny-reasoner.
+# On this CPU (VT_DEVICE=cpu VT_WORKERS=1) the same number of steps takes ~4 h: raise VT_MINUTES to ~250.
+VT_DEVICE ?= cuda
+VT_MINUTES ?= 5
+VT_WORKERS ?= 10
+train-vt: $(STAMP)
+	$(BIN)/python scripts/train_long.py --work runs/train/vt --device $(VT_DEVICE) --no-compile \
+		--workers $(VT_WORKERS) --wall --minutes $(VT_MINUTES) --eval-every 500 \
+		--vt-share 0.5 --lookup-weight 10 --warm 0 --ramp 0.05 --repeat-share 0.05 --ruler-share 0.6
 
 clean-venv:
 	rm -rf $(VENV)
