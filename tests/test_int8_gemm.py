@@ -65,6 +65,20 @@ def test_w8a8_extremes_do_not_saturate(backend, av, wv):
     assert torch.equal(got2.long(), R.int_gemm(a2, w2))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M,N,K", [(1, 65, 5), (7, 200, 129), (17, 129, 515), (3, 80, 4096)])
+def test_w8a8_weights_without_minus128_are_exact(backend, M, N, K):
+    # Weights in [-127, 127] (what quantize_weight_int8 makes) take AVX2's sign-trick kernels:
+    # a * w = |a| * sign(w, a); |a| = 128 for a = -128 must still not saturate a vpmaddubsw pair.
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    w[0, :] = torch.where(torch.arange(K) % 2 == 0, -127, 127).to(torch.int8)
+    a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+    a[0, :] = -128
+    pw = G.pack_int8(w, torch.ones(N))
+    assert pw.sign_ok and not G.pack_int8(torch.full((N, K), -128, dtype=torch.int8), torch.ones(N)).sign_ok
+    assert torch.equal(G.int8_matmul_exact(a, pw, backend=backend).long(), R.int_gemm(a, w))
+
+
 def _extremes(*shape):
     """Random tensor of only -128 and 127."""
     return torch.where(torch.rand(*shape) < 0.5, -128, 127).to(torch.int8)

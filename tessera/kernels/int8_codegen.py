@@ -19,6 +19,12 @@ AVX2 has no `vpdpbusd`; `vpmaddubsw` adds two u8*s8 products into *saturating* s
 (255*-128*2 = -65280). W8A8 splits the u8 activation into bit 7 and bits 0-6: each half's pair
 sum fits s16 exactly (|128*-128*2| = 32768 is still representable as -32768, 127*-128*2 = -32512).
 For W4A8 the unsigned operand is <= 15, so a single `vpmaddubsw` cannot saturate.
+When the weights avoid -128 (as `quantize_weight_int8`'s do: [-127, 127]) AVX2 W8A8 has a cheaper
+exact form, the sign trick of llama.cpp's AVX2 dot products: with a = u8 ^ 0x80 the signed activation,
+a * w = |a| * sign(w, a), where `vpsignb` negates w (|w| <= 127: no wrap) and |a| <= 128 is a valid
+unsigned operand; a pair sum is at most 128 * 127 * 2 = 32512. That is one `vpmaddubsw` per four
+products instead of two (`tq_w8a8_s`, no +128 shift, so no colsum correction); the split stays for
+weights holding -128 (`tq_w8a8`).
 """
 
 from __future__ import annotations
@@ -95,11 +101,12 @@ def _prefetch(s: Schedule, ptr: str) -> list[str]:
             for i in range(lines)]
 
 
-def _w8_microkernel(s: Schedule, mr: int) -> str:
+def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
+    """sign: the AVX2 sign-trick kernel `w8s_mk` (weights without -128; see the module docstring)."""
     o = ISA_OPS[s.isa]
     vi, lanes, nv = o["vi"], o["lanes"], s.nr // o["lanes"]
     avx2 = s.isa == "avx2"
-    out = [(f"static inline __attribute__((always_inline)) void w8_mk{mr}("
+    out = [(f"static inline __attribute__((always_inline)) void w8{'s' if sign else ''}_mk{mr}("
             "const uint8_t* a, long lda, const int8_t* b, long nk, int32_t* acc) {")]
     out += [f"  {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
     if avx2:
@@ -112,7 +119,10 @@ def _w8_microkernel(s: Schedule, mr: int) -> str:
         for i in range(mr):
             body.append(f"int32_t x{i}; memcpy(&x{i}, a + {i} * lda + (k + {u}) * 4, 4);")
             body.append(f"{vi} a{i} = {o['p']}_set1_epi32(x{i});")
-            if avx2:  # split u8 into bit 7 and bits 0-6 so vpmaddubsw cannot saturate
+            if sign:  # a * w = |a| * sign(w, a), exact for |w| <= 127
+                body.append(f"{vi} s{i} = _mm256_xor_si256(a{i}, hi1), m{i} = _mm256_abs_epi8(s{i});")
+                body += [_dot(s.isa, f"c{i}_{v}", f"m{i}", f"_mm256_sign_epi8(b{v}, s{i})") for v in range(nv)]
+            elif avx2:  # split u8 into bit 7 and bits 0-6 so vpmaddubsw cannot saturate
                 body.append(f"{vi} l{i} = _mm256_and_si256(a{i}, lo7), h{i} = _mm256_and_si256(a{i}, hi1);")
                 body += [_dot(s.isa, f"c{i}_{v}", f"l{i}", f"b{v}") + " " + _dot(s.isa, f"c{i}_{v}", f"h{i}", f"b{v}")
                          for v in range(nv)]
@@ -326,16 +336,17 @@ void tq_w8a8_amx16(const uint8_t* A, const float* sa, const int8_t* B, const int
 
 
 def _driver(s: Schedule, kind: str) -> str:
-    """The panel-parallel loop: OpenMP over (panel, sub-panel) tiles, micro-tiles over rows."""
-    w8 = kind == "w8"
+    """The panel-parallel loop: OpenMP over (panel, sub-panel) tiles, micro-tiles over rows.
+    kind: "w8", "w8s" (the AVX2 sign-trick kernels: the product is already a * w, no colsum term) or "w4"."""
+    w8, sign = kind in ("w8", "w8s"), kind == "w8s"
     mr_max = s.mr if w8 else s.mr_w4
     if w8:
-        head = ("void tq_w8a8(const uint8_t* A, const float* sa, const int8_t* B, const int32_t* colsum, "
-                "const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw, "
+        head = (f"void tq_w8a8{'_s' if sign else ''}(const uint8_t* A, const float* sa, const int8_t* B, "
+                "const int32_t* colsum, const float* sw, const float* bias, void* out, int out_bf16, int32_t* raw, "
                 "long M, long N, long Kp, int nt) {\n  const long nk = Kp / 4, kstride = Kp * PANEL;")
         setup = "const int8_t* bp = B + p * kstride + sub * NR * 4;"
-        call = _switch("w8_mk", mr_max, "A + m0 * Kp, Kp, bp, nk, acc")
-        epi = ("const int32_t v = acc[i * NR + j] - 128 * colsum[n];\n"
+        call = _switch(f"{kind}_mk", mr_max, "A + m0 * Kp, Kp, bp, nk, acc")
+        epi = (f"const int32_t v = acc[i * NR + j]{'' if sign else ' - 128 * colsum[n]'};\n"
                "        if (raw) { raw[idx] = v; continue; }\n"
                "        float y = (float)v * (sa[m0 + i] * sw[n]);")
     else:
@@ -380,13 +391,15 @@ _FUSED = r"""
 #include <stdlib.h>
 void tq_w8a8_x(const void* x, int x_bf16, long M, long K, const int8_t* B, const int32_t* colsum,
                const float* sw, const float* bias, void* out, int out_bf16, long N, long Kp, long rows,
-               int amx, int nt) {
+               int amx, int nt) {  /* amx: 16 / 32-row AMX blocks, 0 the vector kernels, -1 the sign kernels */
   uint8_t* q = aligned_alloc(64, (rows * Kp + 63) / 64 * 64);
   float* sa = malloc(M * sizeof(float));
   if (x_bf16) tq_quant_bf16(x, M, K, Kp, 1, q, sa, 0, NULL, nt);
   else tq_quant_f32(x, M, K, Kp, 1, q, sa, 0, NULL, nt);
   memset(q + M * Kp, 128, (rows - M) * Kp);  /* AMX pad rows: u8 128 is int8 0 */
-  if (amx) AMX_CALL; else tq_w8a8(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, M, N, Kp, nt);
+  if (amx > 0) AMX_CALL;
+  else if (amx < 0) SIGN_CALL;
+  else tq_w8a8(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, M, N, Kp, nt);
   free(q); free(sa);
 }
 void tq_w4a8_x(const void* x, int x_bf16, long M, long K, const uint8_t* B, const float* sw,
@@ -411,11 +424,16 @@ def generate(s: Schedule) -> str:
     parts += [_w8_microkernel(s, m) for m in range(1, s.mr + 1)]
     parts += [_w4_microkernel(s, m) for m in range(1, s.mr_w4 + 1)]
     parts += [_driver(s, "w8"), _driver(s, "w4")]
+    if s.isa == "avx2":
+        parts += [_w8_microkernel(s, m, sign=True) for m in range(1, s.mr + 1)]
+        parts.append(_driver(s, "w8s"))
     if s.isa == "amx":
         parts += [f"#define AMX_PF {s.amx_prefetch}", _AMX]
     amx_call = ("(amx == 16 ? tq_w8a8_amx16 : tq_w8a8_amx)(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, "
                 "M, N, Kp, nt)") if s.isa == "amx" else "(void)0"
-    parts.append(_FUSED.replace("AMX_CALL", amx_call))
+    sign_call = ("tq_w8a8_s(q, sa, B, colsum, sw, bias, out, out_bf16, NULL, M, N, Kp, nt)"
+                 if s.isa == "avx2" else "(void)0")
+    parts.append(_FUSED.replace("AMX_CALL", amx_call).replace("SIGN_CALL", sign_call))
     return "\n".join(parts)
 
 

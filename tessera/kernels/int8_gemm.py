@@ -46,6 +46,9 @@ def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
     lib.tq_w4a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _L, _L, _L, _L, _I]
     lib.tq_w8a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _P, _I, _L, _L, _L, _I, _I]
     lib.tq_w4a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _I, _L, _L, _I]
+    lib.w8_sign = isa == "avx2"  # has tq_w8a8_s, the sign-trick kernels for weights without -128
+    if lib.w8_sign:
+        lib.tq_w8a8_s.argtypes = lib.tq_w8a8.argtypes
     lib.amx_min_m = 0
     if s.amx_min_m:
         lib.tq_w8a8_amx.argtypes = lib.tq_w8a8_amx16.argtypes = lib.tq_w8a8.argtypes
@@ -87,6 +90,10 @@ class PackedInt8Weight:
     n: int
     k: int
     _plain: torch.Tensor | None = field(default=None, repr=False)  # [N, K] for the torch backend
+    sign_ok: bool = field(init=False, repr=False)  # no -128 in the weights: AVX2 may use its sign-trick kernels
+
+    def __post_init__(self):
+        self.sign_ok = not bool((self.data == -128).any())
 
 
 @dataclass
@@ -229,8 +236,8 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=N
     out = torch.empty(M, pw.n, dtype=out_dtype)
     lib.tq_w8a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
                   pw.colsum.data_ptr(), pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(),
-                  int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, amx) if amx else M, amx,
-                  torch.get_num_threads())
+                  int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, amx) if amx else M,
+                  amx or -int(lib.w8_sign and pw.sign_ok), torch.get_num_threads())
     return _as_input_shape(out, x)
 
 
@@ -244,7 +251,8 @@ def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> 
         return torch._int_mm(a_q, unpack_int8(pw).T)
     M, Kp = a_q.shape[0], pw.data.shape[1] * 4
     amx = _amx_rows(lib, M, Kp)
-    fn = {0: lib.tq_w8a8, 16: getattr(lib, "tq_w8a8_amx16", None), 32: getattr(lib, "tq_w8a8_amx", None)}[amx]
+    fn = {0: lib.tq_w8a8_s if lib.w8_sign and pw.sign_ok else lib.tq_w8a8,
+          16: getattr(lib, "tq_w8a8_amx16", None), 32: getattr(lib, "tq_w8a8_amx", None)}[amx]
     rows = _ceil(M, amx) if amx else M  # AMX pad rows become u8 128 = int8 0 below
     u = torch.nn.functional.pad(a_q, (0, Kp - pw.k, 0, rows - M)).view(torch.uint8) ^ 0x80  # [rows, Kp] = a + 128
     raw = torch.empty(M, pw.n, dtype=torch.int32)
