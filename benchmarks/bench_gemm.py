@@ -89,7 +89,7 @@ def measure_machine(nt: int) -> dict:
     """The int8 multiply-add peak of the best vector ISA here (the AMX kernels are measured against the
     AVX512-VNNI peak, as before) and the DRAM read bandwidth, both with `nt` threads."""
     isa = next((i for i in PEAK_PROBES if i in cpu_isa.supported_isas()), None)
-    peaks = []
+    peaks, what = [], "none (no x86 int8 SIMD)"
     if isa is not None:
         what, flags, defs = PEAK_PROBES[isa]
         peak = ccache.build("#include <string.h>\n" + defs + _PEAK_C, flags, f"bench_peak_{isa}")
@@ -108,7 +108,7 @@ def measure_machine(nt: int) -> dict:
         read.tq_read(buf.data_ptr(), buf.numel(), nt)
         bws.append(buf.numel() * 8 / (time.perf_counter() - t) / 1e9)
     return {"int8_peak_gops": max(peaks) if peaks else float("nan"),
-            "int8_peak_probe": PEAK_PROBES[isa][0] if isa else "none (no x86 int8 SIMD)",
+            "int8_peak_probe": what,
             "dram_read_gbs": max(bws)}
 
 

@@ -107,6 +107,7 @@ def run(args):
         done = {(r["length"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
     jobs = [(L, EVAL_SEED_BASE + i) for L in args.lengths for i in range(args.n) if (L, EVAL_SEED_BASE + i) not in done]
     with log.open("a") as f:
+        where = device_name(args.device)
         for L, seed in tqdm(jobs, desc="problems", unit="prob"):
             p = make_problem(TASKS[(seed - EVAL_SEED_BASE) % len(TASKS)], seed, L)
             ids = tok.encode(p.prompt)
@@ -116,7 +117,7 @@ def run(args):
             t0 = time.perf_counter()
             outs = solve(model, ids, specs, max_new=len(" ".join(p.answers).split()) + 1)
             rec = dict(length=L, seed=seed, task=p.task, tokens=len(ids), seconds=round(time.perf_counter() - t0, 2),
-                       device=device_name(args.device), answers=p.answers, results={})
+                       device=where, answers=p.answers, results={})
             for (label, _, _, opts), o in zip(specs, outs):
                 text = tok.decode(o)
                 rec["results"][label] = dict(score=score(p, text), output=text, budget=opts.get("sparse_budget"))

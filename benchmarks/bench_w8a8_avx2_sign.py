@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_gemm import paths
 
 from tessera.kernels import cpu_isa
-from tessera.kernels import int8_gemm as G
-from tessera.quant.weights import quantize_weight_int8
 
 
 def main():
@@ -33,26 +32,27 @@ def main():
         raise SystemExit("this CPU has no AVX2")
     torch.manual_seed(0)
     N = K = 4096
-    q, s = quantize_weight_int8(torch.randn(N, K) * 0.02)
-    sign = [G.pack_int8(q.clone(), s) for _ in range(40)]  # 40 x 16 MiB: larger than any L3 here
-    split = [G.pack_int8(q.clone(), s) for _ in range(40)]
-    for p in split:
-        p.sign_ok = False  # as if a weight held -128
-    torch.backends.quantized.engine = "fbgemm"
-    qw = torch._make_per_channel_quantized_tensor(q, s.double(), torch.zeros(N, dtype=torch.long), 0)
-    fb = [torch.ops.quantized.linear_prepack(qw, None) for _ in range(40)]
+    w = torch.randn(N, K) * 0.02
+    lib = paths(None, "avx2")  # bench_gemm's preparation and call of each path, so both benchmarks time the same
+    prep8, copy8, call8, _ = lib["tessera W8A8"]
+    prepfb, copyfb, callfb, _ = lib["qlinear_dynamic fbgemm"]
+    pw, fb = prep8(w), prepfb(w)
+    pools = {"tessera W8A8 sign": [pw] + [copy8(pw) for _ in range(39)],  # 40 x 16 MiB: larger than any L3 here
+             "tessera W8A8 split": [copy8(pw) for _ in range(40)],
+             "qlinear_dynamic fbgemm": [fb] + [copyfb(fb) for _ in range(39)]}
+    for st in pools["tessera W8A8 split"]:
+        st.sign_ok = False  # as if the weight held -128
+    calls = {"tessera W8A8 sign": call8, "tessera W8A8 split": call8, "qlinear_dynamic fbgemm": callfb}
     rows = []
     for M in args.ms:
         x = torch.randn(M, K)
-        assert torch.equal(G.int8_linear(x, sign[0], backend="avx2"), G.int8_linear(x, split[0], backend="avx2"))
-        paths = {"tessera W8A8 sign": lambda i, x=x: G.int8_linear(x, sign[i % 40], backend="avx2"),
-                 "tessera W8A8 split": lambda i, x=x: G.int8_linear(x, split[i % 40], backend="avx2"),
-                 "qlinear_dynamic fbgemm": lambda i, x=x: torch.ops.quantized.linear_dynamic(x, fb[i % 40], True)}
-        ts = {p: [] for p in paths}
+        fns = {p: [calls[p](st, x) for st in pools[p]] for p in calls}
+        assert torch.equal(fns["tessera W8A8 sign"][0](), fns["tessera W8A8 split"][0]())  # same integers
+        ts = {p: [] for p in fns}
         for i in range(-2, 40 if M < 256 else 8):  # two warm-up rounds
-            for p, fn in paths.items():
+            for p, fs in fns.items():
                 t = time.perf_counter()
-                fn(i)
+                fs[i % 40]()
                 if i >= 0:
                     ts[p].append((time.perf_counter() - t) * 1e3)
         med = {p: statistics.median(v) for p, v in ts.items()}

@@ -259,11 +259,12 @@ def main():
             f"repeat-acc {copy_accuracy(fwd_c, *rep_eval):.4f}")
 
     budget, elapsed, step, tokens = args.minutes * 60, 0.0, 0, 0
-    seeds = {"ruler": 0}  # next RULER problem seed
+    next_seed = 0  # next RULER problem seed
 
     def plan():
         """The next step's batch as a spec for `build_batch` (decided here, from the share of the budget
         spent, so that the workers only build)."""
+        nonlocal next_seed
         t = elapsed / budget
         warm = t < args.warm  # phase 1: needle retrieval alone, in short haystacks at familiar distances
         if rng.random() < args.repeat_share:
@@ -280,8 +281,8 @@ def main():
             window = int(4096 + (args.pose_window - 4096) * ramp)
             tasks = tuple(args.warm_tasks.split(",")) if warm else TASKS
             b = max(1, args.tokens_per_batch // n)
-            seeds["ruler"] += b
-            return ("ruler", rng.randrange(2**31), seeds["ruler"] - b, n, b, window, True, tasks, args.vt_share)
+            next_seed += b
+            return ("ruler", rng.randrange(2**31), next_seed - b, n, b, window, True, tasks, args.vt_share)
         return ("reason",)  # the next batch of the current reasoning block (Batches.reason_block)
 
     batches = Batches(plan, pool, 4 * args.workers, args.tokens_per_batch)
@@ -305,7 +306,7 @@ def main():
             ids, mask, far = dev(*reason_queue.pop())
             far_weight = args.far_weight
             fwd = fwd_c
-        assert seeds["ruler"] < EVAL_SEED_BASE and batches.reason_seed < EVAL_SEED_BASE
+        assert next_seed < EVAL_SEED_BASE and batches.reason_seed < EVAL_SEED_BASE
         t0 = time.time()
         loss, acc = train_step(model, opt, fwd, ids, mask, far, far_weight, cosine_lr(args.lr, elapsed, budget, 30))
         if args.device.startswith("cuda"):

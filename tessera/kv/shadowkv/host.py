@@ -33,10 +33,9 @@ class HostValues:
         self.bytes_fetched += flat.numel() * C * D * self.v.element_size()
         if self.device.type == "cpu":
             return self.v.view(-1, C, D)[flat]  # a real copy out of the host buffer
-        M = flat.numel()
-        if self._stage is None or self._stage.shape[0] < M:
-            self._stage = torch.empty(max(M, 2 * (0 if self._stage is None else self._stage.shape[0])), C, D,
-                                      dtype=self.v.dtype, pin_memory=True)
+        M, cap = flat.numel(), 0 if self._stage is None else self._stage.shape[0]
+        if M > cap:  # grow geometrically: the number of selected chunks varies from step to step
+            self._stage = torch.empty(max(M, 2 * cap), C, D, dtype=self.v.dtype, pin_memory=True)
         # The previous fetch's copy out of the stage is finished: `heads.cpu()` above waited for the stream.
         stage = torch.index_select(self.v.view(-1, C, D), 0, flat, out=self._stage[:M])
         return stage.to(self.device, non_blocking=True)
