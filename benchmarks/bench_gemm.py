@@ -42,35 +42,38 @@ POOL_BYTES = 640 << 20  # > 2x the largest L3 we ran on (300 MiB, the Xeon VM; t
 _PEAK_C = r"""
 #include <immintrin.h>
 #include <stdint.h>
-double tq_int8_peak(long iters, int x, int nt) {  /* 12 independent int8 multiply-add chains per core */
+double tq_int8_peak(long iters, int x, int nt) {  /* CHAINS independent int8 multiply-add chains per core */
   double ops = 0;
   #pragma omp parallel num_threads(nt) reduction(+:ops)
   {
-    VEC a = SET1(x), b = SET1(x + 1), c[12];
-    for (int j = 0; j < 12; j++) c[j] = SET1(j);
+    VEC a = SET1(x), b = SET1(x + 1), c[CHAINS];
+    for (int j = 0; j < CHAINS; j++) c[j] = SET1(j);
     for (long i = 0; i < iters; i++)
-      for (int j = 0; j < 12; j++) c[j] = MAC(c[j], a, b);
+      for (int j = 0; j < CHAINS; j++) c[j] = MAC(c[j], a, b);
     VEC s = c[0];
-    for (int j = 1; j < 12; j++) s = ADD(s, c[j]);
+    for (int j = 1; j < CHAINS; j++) s = ADD(s, c[j]);
     int32_t out[sizeof(VEC) / 4];
     memcpy(out, &s, sizeof s);
-    ops += (double)iters * 12 * (sizeof(VEC) / 4) * 4 * 2 + 0.0 * out[0];  /* 4 u8*s8 products per lane */
+    ops += (double)iters * CHAINS * (sizeof(VEC) / 4) * 4 * 2 + 0.0 * out[0];  /* 4 u8*s8 products per lane */
   }
   return ops;
 }
 """
 # The multiply-add each kernel ISA builds on (int8_codegen): AVX2 has no vpdpbusd, its dot4 is
-# vpmaddubsw + vpmaddwd + vpaddd (and W8A8 needs two of them per 4 products, see int8_codegen).
+# vpmaddubsw + vpmaddwd + vpaddd (W8A8's sign-trick kernels add a vpsignb, the bit-7 split doubles it).
 PEAK_PROBES = {
     "avx512vnni": ("vpdpbusd zmm", ("-mavx512f", "-mavx512bw", "-mavx512vnni"),
-                   "#define VEC __m512i\n#define SET1 _mm512_set1_epi32\n#define ADD _mm512_add_epi32\n"
+                   "#define CHAINS 12\n#define VEC __m512i\n#define SET1 _mm512_set1_epi32\n#define ADD _mm512_add_epi32\n"
                    "#define MAC _mm512_dpbusd_epi32\n"),
     "avxvnni": ("vpdpbusd ymm (AVX-VNNI)", ("-mavx2", "-mavxvnni"),
-                "#define VEC __m256i\n#define SET1 _mm256_set1_epi32\n#define ADD _mm256_add_epi32\n"
+                "#define CHAINS 12\n#define VEC __m256i\n#define SET1 _mm256_set1_epi32\n#define ADD _mm256_add_epi32\n"
                 "#define MAC _mm256_dpbusd_avx_epi32\n"),
     "avx2": ("vpmaddubsw+vpmaddwd+vpaddd ymm", ("-mavx2",),
              "#define VEC __m256i\n#define SET1 _mm256_set1_epi32\n#define ADD _mm256_add_epi32\n"
-             "#define MAC(c, a, b) _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), "
+             # the accumulator is the unsigned operand: with (a, b) alone gcc hoists the multiplies out of the
+             # loop and the probe timed vpaddd (it read 240 GOP/s on a Zen 1 EPYC whose kernels top out at ~80)
+             # and 10 chains, not 12: 12 spill on 16 ymm registers (10 read 72-74 GOP/s there, 12 read 67-70)
+             "#define CHAINS 10\n#define MAC(c, a, b) _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(c, b), "
              "_mm256_set1_epi16(1)))\n"),
 }
 

@@ -149,12 +149,18 @@ def test_w4a8_linear_matches_references(backend, M, N, K, g):
 def test_custom_schedule_compiles_and_is_exact():
     isa = cpu_isa.supported_isas()[0] if cpu_isa.supported_isas() else pytest.skip("no x86 SIMD ISA")
     lanes = int8_codegen.ISA_OPS[isa]["lanes"]
-    s = int8_codegen.Schedule(isa, mr=3, nr=2 * lanes, k_unroll=3, prefetch=0, mr_w4=2)
+    s = int8_codegen.Schedule(isa, mr=3, nr=2 * lanes, k_unroll=3, prefetch=0, mr_w4=2, nr_w4=lanes)
     a = torch.randint(-128, 128, (8, 77), dtype=torch.int8)
     w = torch.randint(-128, 128, (100, 77), dtype=torch.int8)
     assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
+    # W4A8 with its own micro-tile width (nr_w4 != nr): same bits as the torch backend
+    x, q4 = torch.randn(5, 128), torch.randint(-8, 8, (100, 128), dtype=torch.int8)
+    pw4 = G.pack_int4(q4, torch.rand(100, 4) + 0.1, 32)
+    assert torch.equal(G.int4_linear(x, pw4, backend=s), G.int4_linear(x, pw4, backend="torch"))
     with pytest.raises(ValueError, match="nr="):
         int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
+    with pytest.raises(ValueError, match="nr_w4="):
+        int8_codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, nr_w4=24)
 
 
 @pytest.mark.parametrize("M", [16, 40])  # the 16-row and the 32-row AMX kernel

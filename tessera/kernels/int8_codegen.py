@@ -44,11 +44,17 @@ class Schedule:
     mr_w4: int  # W4A8 rows per micro-tile (needs int and float accumulators)
     amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles; 0 = never
     amx_prefetch: int = 0  # AMX kernels: prefetch the B block this many 64-k steps ahead (0: none)
+    nr_w4: int = 0  # W4A8 columns per micro-tile (0: nr); W4A8 also keeps fp32 accumulators
+
+    @property
+    def nr4(self) -> int:
+        return self.nr_w4 or self.nr
 
     def __post_init__(self):
         lanes = ISA_OPS[self.isa]["lanes"]
-        if PANEL % self.nr or self.nr % lanes:
-            raise ValueError(f"nr={self.nr} must divide {PANEL} and be a multiple of {lanes} lanes")
+        for name, nr in (("nr", self.nr), ("nr_w4", self.nr4)):
+            if PANEL % nr or nr % lanes:
+                raise ValueError(f"{name}={nr} must divide {PANEL} and be a multiple of {lanes} lanes")
         if min(self.mr, self.mr_w4, self.k_unroll) < 1 or self.prefetch < 0 or self.amx_prefetch < 0:
             raise ValueError(f"bad schedule {self}")
 
@@ -80,7 +86,10 @@ DEFAULT_SCHEDULES = {
     "amx": Schedule("amx", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2, amx_min_m=16, amx_prefetch=1),
     "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
-    "avx2": Schedule("avx2", mr=2, nr=16, k_unroll=2, prefetch=16, mr_w4=1),
+    # AVX2: one row against a whole 64-column panel, so the B stream is contiguous (256 B per k-step); a
+    # 16-column sub-panel reads 64 of every 256 B and streamed 14 GB/s at M = 1 against 22-25 (2026-11-28,
+    # Zen 1 EPYC; docs/ngemm.md). W4A8 keeps int and fp32 accumulators, so 32 columns fit its registers.
+    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32),
 }
 
 
@@ -93,10 +102,10 @@ def _dot(isa: str, c: str, u: str, s: str) -> str:
     return f"{c} = _mm256_add_epi32({c}, _mm256_madd_epi16(_mm256_maddubs_epi16({u}, {s}), ones));"
 
 
-def _prefetch(s: Schedule, ptr: str) -> list[str]:
+def _prefetch(s: Schedule, nr: int, ptr: str) -> list[str]:
     if not s.prefetch:
         return []
-    lines = max(1, s.nr * 4 // 64)  # cache lines of B consumed per k-step by this sub-panel
+    lines = max(1, nr * 4 // 64)  # cache lines of B consumed per k-step by an nr-column sub-panel
     return [f"_mm_prefetch((const char*)({ptr} + {s.prefetch * PANEL * 4 + 64 * i}), _MM_HINT_T0);"
             for i in range(lines)]
 
@@ -114,7 +123,7 @@ def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
                    "hi1 = _mm256_set1_epi8((char)0x80);")
 
     def step(u: int) -> list[str]:
-        body = [f"const int8_t* bk = b + (k + {u}) * (PANEL * 4);", *_prefetch(s, "bk")]
+        body = [f"const int8_t* bk = b + (k + {u}) * (PANEL * 4);", *_prefetch(s, s.nr, "bk")]
         body += [f"{vi} b{v} = {o['load'].format(f'bk + {v * lanes * 4}')};" for v in range(nv)]
         for i in range(mr):
             body.append(f"int32_t x{i}; memcpy(&x{i}, a + {i} * lda + (k + {u}) * 4, 4);")
@@ -143,7 +152,7 @@ def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
 
 def _w4_microkernel(s: Schedule, mr: int) -> str:
     o = ISA_OPS[s.isa]
-    vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], s.nr // o["lanes"]
+    vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], s.nr4 // o["lanes"]
     ps = "512" if p == _Z else "256"
     out = [(f"static inline __attribute__((always_inline)) void w4_mk{mr}(const int8_t* a, long lda, "
             "const uint8_t* b, const float* sw, const int32_t* gs, long ng, long spg, float* acc) {"),
@@ -155,7 +164,7 @@ def _w4_microkernel(s: Schedule, mr: int) -> str:
     out += [f"    {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
     out.append(f"    #pragma GCC unroll {s.k_unroll}")
     out.append("    for (long k = g * spg; k < (g + 1) * spg; k++) {")
-    body = ["const uint8_t* bk = b + k * (PANEL * 4);", *_prefetch(s, "bk")]
+    body = ["const uint8_t* bk = b + k * (PANEL * 4);", *_prefetch(s, s.nr4, "bk")]
     for v in range(nv):
         body.append(f"{vi} r{v} = {o['load'].format(f'bk + {v * lanes * 4}')};")
         body.append(f"{vi} lo{v} = {o['and_']}(r{v}, m4), hi{v} = {o['and_']}({p}_srli_epi16(r{v}, 4), m4);")
@@ -171,7 +180,7 @@ def _w4_microkernel(s: Schedule, mr: int) -> str:
         out += [f"    f{i}_{v} = {p}_add_ps(f{i}_{v}, {p}_mul_ps({p}_cvtepi32_ps({p}_sub_epi32(c{i}_{v}, z{i})), "
                 f"{p}_loadu_ps(sw + g * PANEL + {v * lanes})));" for v in range(nv)]
     out.append("  }")
-    out += [f"  _mm{ps}_storeu_ps(acc + {i * s.nr + v * lanes}, f{i}_{v});" for i in range(mr) for v in range(nv)]
+    out += [f"  _mm{ps}_storeu_ps(acc + {i * s.nr4 + v * lanes}, f{i}_{v});" for i in range(mr) for v in range(nv)]
     return "\n".join(out + ["}"])
 
 
@@ -359,6 +368,7 @@ def _driver(s: Schedule, kind: str) -> str:
         epi = "float y = acc[i * NR + j] * sa[m0 + i];"
     acc_t = "int32_t" if w8 else "float"
     kdim = "Kp" if w8 else "K"
+    nr = s.nr if w8 else s.nr4  # NR below: this kind's micro-tile width
     return f"""
 {head}
   const long nsub = PANEL / NR, ntiles = (N + PANEL - 1) / PANEL * nsub;
@@ -382,7 +392,7 @@ def _driver(s: Schedule, kind: str) -> str:
     }}
   }}
 }}
-"""
+""".replace("NR", str(nr))
 
 
 # One ctypes call per linear: quantize into a scratch buffer, then run the GEMM (saves ~5 us per
@@ -417,8 +427,7 @@ void tq_w4a8_x(const void* x, int x_bf16, long M, long K, const uint8_t* B, cons
 
 def generate(s: Schedule) -> str:
     """Complete C translation unit: quantizers, W8A8 and W4A8 micro-kernels and drivers."""
-    parts = [_PRELUDE, f"#define NR {s.nr}"]
-    parts.append(_LOADERS)
+    parts = [_PRELUDE, _LOADERS]
     parts.append(_QUANT.replace("{T}", "f32").replace("{CT}", "float"))
     parts.append(_QUANT.replace("{T}", "bf16").replace("{CT}", "uint16_t"))
     parts += [_w8_microkernel(s, m) for m in range(1, s.mr + 1)]
