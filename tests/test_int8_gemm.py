@@ -125,8 +125,10 @@ def test_w4a8_integer_core_is_exact(backend, M, N, K, g):
     # Unit scales make the output an integer; fp32 holds it exactly while |sum| < 2**24.
     q = torch.randint(-8, 8, (N, K), dtype=torch.int8)
     q[0] = -8  # extremes of both operands
+    q[1] = 7  # u4 = 15 against +-127: the AVX2 kernel's s16 block sums reach +-30480 (no saturation)
     x = torch.randint(-127, 128, (M, K)).float()
     x[0, :] = 127.0
+    x[-1, 1:] = -127.0 if M > 1 else 127.0
     x[:, 0] = -127.0  # amax stays 127: the quantizer then returns x itself with scale 1
     pw = G.pack_int4(q, torch.ones(N, K // g), g)
     y = G.int4_linear(x, pw, backend=backend)
@@ -153,10 +155,11 @@ def test_custom_schedule_compiles_and_is_exact():
     a = torch.randint(-128, 128, (8, 77), dtype=torch.int8)
     w = torch.randint(-128, 128, (100, 77), dtype=torch.int8)
     assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
-    # W4A8 with its own micro-tile width (nr_w4 != nr): same bits as the torch backend
+    # W4A8 with its own micro-tile width (nr_w4 != nr), as one tile or as passes over the whole panel
     x, q4 = torch.randn(5, 128), torch.randint(-8, 8, (100, 128), dtype=torch.int8)
     pw4 = G.pack_int4(q4, torch.rand(100, 4) + 0.1, 32)
-    assert torch.equal(G.int4_linear(x, pw4, backend=s), G.int4_linear(x, pw4, backend="torch"))
+    for sched in (s, dataclasses.replace(s, w4_panel=True, prefetch=2)):
+        assert torch.equal(G.int4_linear(x, pw4, backend=sched), G.int4_linear(x, pw4, backend="torch"))
     with pytest.raises(ValueError, match="nr="):
         int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
     with pytest.raises(ValueError, match="nr_w4="):

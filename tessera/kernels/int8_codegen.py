@@ -44,11 +44,16 @@ class Schedule:
     mr_w4: int  # W4A8 rows per micro-tile (needs int and float accumulators)
     amx_min_m: int = 0  # isa "amx": W8A8 with M >= this uses AMX tiles; 0 = never
     amx_prefetch: int = 0  # AMX kernels: prefetch the B block this many 64-k steps ahead (0: none)
-    nr_w4: int = 0  # W4A8 columns per micro-tile (0: nr); W4A8 also keeps fp32 accumulators
+    nr_w4: int = 0  # W4A8 columns per register pass (0: nr); W4A8 also keeps fp32 accumulators
+    w4_panel: bool = False  # W4A8 micro-tile = the whole panel, walked in nr_w4-column passes per group
 
     @property
     def nr4(self) -> int:
         return self.nr_w4 or self.nr
+
+    @property
+    def w4_cols(self) -> int:  # columns of one W4A8 micro-kernel call
+        return PANEL if self.w4_panel else self.nr4
 
     def __post_init__(self):
         lanes = ISA_OPS[self.isa]["lanes"]
@@ -88,8 +93,9 @@ DEFAULT_SCHEDULES = {
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
     # AVX2: one row against a whole 64-column panel, so the B stream is contiguous (256 B per k-step); a
     # 16-column sub-panel reads 64 of every 256 B and streamed 14 GB/s at M = 1 against 22-25 (2026-11-28,
-    # Zen 1 EPYC; docs/ngemm.md). W4A8 keeps int and fp32 accumulators, so 32 columns fit its registers.
-    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32),
+    # Zen 1 EPYC; docs/ngemm.md). W4A8 keeps int, s16 and fp32 accumulators: 32 columns of them fit the 16
+    # registers, so it walks the panel in two 32-column passes per group (w4_panel; 1.2x at M = 1 cold).
+    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32, w4_panel=True),
 }
 
 
@@ -150,37 +156,69 @@ def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
     return "\n".join(out + ["}"])
 
 
+# AVX2 W4A8: a vpmaddubsw pair sum is at most 2 * 15 * 128 = 3840 (u4 weight x s8 activation), so 8 of
+# them, the lo and hi nibble products of 4 k-steps, add up in s16 (<= 30720 < 32767) before one
+# vpmaddwd widens them: 2.25 multiply uops per 64 products instead of 4 (the multiplier is the bound of
+# AVX2 int8 on Zen 1). Every supported group (32 ... 256) is a whole number of 4-step blocks.
+W4_S16_STEPS = 4
+
+
 def _w4_microkernel(s: Schedule, mr: int) -> str:
+    """W4A8 micro-kernel over mr rows and `s.w4_cols` columns, in passes of `s.nr4` columns per group:
+    with `w4_panel`, the second pass re-reads the group's B rows (spg x 256 B) from L1, so DRAM sees
+    one contiguous stream while only nr4 columns of int accumulators occupy registers."""
     o = ISA_OPS[s.isa]
     vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], s.nr4 // o["lanes"]
     ps = "512" if p == _Z else "256"
+    avx2 = s.isa == "avx2"
+    passes = s.w4_cols // s.nr4
     out = [(f"static inline __attribute__((always_inline)) void w4_mk{mr}(const int8_t* a, long lda, "
             "const uint8_t* b, const float* sw, const int32_t* gs, long ng, long spg, float* acc) {"),
            f"  const {vi} m4 = {p}_set1_epi8(0x0f);"]
-    if s.isa == "avx2":
+    if avx2:
         out.append(f"  const {vi} ones = _mm256_set1_epi16(1);")
-    out += [f"  {vf} f{i}_{v} = {p}_setzero_ps();" for i in range(mr) for v in range(nv)]
+    out += [f"  {vf} f{i}_{q}_{v} = {p}_setzero_ps();" for i in range(mr) for q in range(passes) for v in range(nv)]
     out.append("  for (long g = 0; g < ng; g++) {")
-    out += [f"    {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
-    out.append(f"    #pragma GCC unroll {s.k_unroll}")
-    out.append("    for (long k = g * spg; k < (g + 1) * spg; k++) {")
-    body = ["const uint8_t* bk = b + k * (PANEL * 4);", *_prefetch(s, s.nr4, "bk")]
-    for v in range(nv):
-        body.append(f"{vi} r{v} = {o['load'].format(f'bk + {v * lanes * 4}')};")
-        body.append(f"{vi} lo{v} = {o['and_']}(r{v}, m4), hi{v} = {o['and_']}({p}_srli_epi16(r{v}, 4), m4);")
-    for i in range(mr):
-        body.append(f"int32_t x{i}, y{i}; memcpy(&x{i}, a + {i} * lda + k * 8, 4); "
-                    f"memcpy(&y{i}, a + {i} * lda + k * 8 + 4, 4);")
-        body.append(f"{vi} al{i} = {p}_set1_epi32(x{i}), ah{i} = {p}_set1_epi32(y{i});")
-        body += [_dot(s.isa, f"c{i}_{v}", f"lo{v}", f"al{i}") + " " + _dot(s.isa, f"c{i}_{v}", f"hi{v}", f"ah{i}")
-                 for v in range(nv)]
-    out += ["      " + x for x in body] + ["    }"]
-    for i in range(mr):  # int group partial -> fp32, times the group scale; mul then add (no FMA)
-        out.append(f"    {vi} z{i} = {p}_set1_epi32(8 * gs[{i} * ng + g]);")
-        out += [f"    f{i}_{v} = {p}_add_ps(f{i}_{v}, {p}_mul_ps({p}_cvtepi32_ps({p}_sub_epi32(c{i}_{v}, z{i})), "
-                f"{p}_loadu_ps(sw + g * PANEL + {v * lanes})));" for v in range(nv)]
+    for q in range(passes):
+        out.append("   {")
+        out += [f"    {vi} c{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
+        if avx2:  # s16 sums of 4 k-steps, then one vpmaddwd (see W4_S16_STEPS)
+            out.append(f"    for (long k4 = g * spg; k4 < (g + 1) * spg; k4 += {W4_S16_STEPS}) {{")
+            out += [f"    {vi} h{i}_{v} = {o['zero']};" for i in range(mr) for v in range(nv)]
+            out.append(f"    #pragma GCC unroll {W4_S16_STEPS}")  # a constant trip count: unrolled, no remainder code
+            out.append(f"    for (long u = 0; u < {W4_S16_STEPS}; u++) {{")
+            out.append("      const long k = k4 + u;")
+        else:
+            out.append(f"    #pragma GCC unroll {s.k_unroll}")
+            out.append("    for (long k = g * spg; k < (g + 1) * spg; k++) {")
+        # the first pass prefetches every column of this micro-tile; later passes find them in L1
+        body = ["const uint8_t* bk = b + k * (PANEL * 4);", *(_prefetch(s, s.w4_cols, "bk") if q == 0 else [])]
+        for v in range(nv):
+            body.append(f"{vi} r{v} = {o['load'].format(f'bk + {(q * nv + v) * lanes * 4}')};")
+            body.append(f"{vi} lo{v} = {o['and_']}(r{v}, m4), hi{v} = {o['and_']}({p}_srli_epi16(r{v}, 4), m4);")
+        for i in range(mr):
+            body.append(f"int32_t x{i}, y{i}; memcpy(&x{i}, a + {i} * lda + k * 8, 4); "
+                        f"memcpy(&y{i}, a + {i} * lda + k * 8 + 4, 4);")
+            body.append(f"{vi} al{i} = {p}_set1_epi32(x{i}), ah{i} = {p}_set1_epi32(y{i});")
+            if avx2:
+                body += [f"h{i}_{v} = _mm256_add_epi16(h{i}_{v}, _mm256_add_epi16(_mm256_maddubs_epi16(lo{v}, al{i}), "
+                         f"_mm256_maddubs_epi16(hi{v}, ah{i})));" for v in range(nv)]
+            else:
+                body += [_dot(s.isa, f"c{i}_{v}", f"lo{v}", f"al{i}") + " " + _dot(s.isa, f"c{i}_{v}", f"hi{v}", f"ah{i}")
+                         for v in range(nv)]
+        out += ["      " + x for x in body] + ["    }"]
+        if avx2:
+            out += [f"    c{i}_{v} = _mm256_add_epi32(c{i}_{v}, _mm256_madd_epi16(h{i}_{v}, ones));"
+                    for i in range(mr) for v in range(nv)]
+            out.append("    }")
+        for i in range(mr):  # int group partial -> fp32, times the group scale; mul then add (no FMA)
+            out.append(f"    {vi} z{i} = {p}_set1_epi32(8 * gs[{i} * ng + g]);")
+            out += [f"    f{i}_{q}_{v} = {p}_add_ps(f{i}_{q}_{v}, {p}_mul_ps({p}_cvtepi32_ps({p}_sub_epi32(c{i}_{v}, z{i})), "
+                    f"{p}_loadu_ps(sw + g * PANEL + {(q * nv + v) * lanes})));" for v in range(nv)]
+        out.append("   }")
     out.append("  }")
-    out += [f"  _mm{ps}_storeu_ps(acc + {i * s.nr4 + v * lanes}, f{i}_{v});" for i in range(mr) for v in range(nv)]
+    out += [f"  _mm{ps}_storeu_ps(acc + {i * s.w4_cols + (q * nv + v) * lanes}, f{i}_{q}_{v});"
+            for i in range(mr) for q in range(passes) for v in range(nv)]
     return "\n".join(out + ["}"])
 
 
@@ -368,7 +406,7 @@ def _driver(s: Schedule, kind: str) -> str:
         epi = "float y = acc[i * NR + j] * sa[m0 + i];"
     acc_t = "int32_t" if w8 else "float"
     kdim = "Kp" if w8 else "K"
-    nr = s.nr if w8 else s.nr4  # NR below: this kind's micro-tile width
+    nr = s.nr if w8 else s.w4_cols  # NR below: this kind's micro-tile width
     return f"""
 {head}
   const long nsub = PANEL / NR, ntiles = (N + PANEL - 1) / PANEL * nsub;
