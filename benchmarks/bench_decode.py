@@ -7,6 +7,11 @@ measured in the same run on the same machine. Writes `<out>.json` and `<out>.md`
 
     python benchmarks/bench_decode.py                      # CPU, fp32, batch 1 and 8
     python benchmarks/bench_decode.py --device cuda --out benchmarks/results/decode_gpu
+    python benchmarks/bench_decode.py --quant none,w8a8,w4a8 --out benchmarks/results/decode_quant
+
+`--quant`: one Tessera engine per listed mode (NGEMM int8 / int4-weight linears, lm_head stays fp),
+all timed in the same run against the same fp transformers baseline; "identical outputs" then
+counts sequences equal to transformers' fp tokens, which quantization may change.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ def main():
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quant", default="none", help="comma-separated Tessera variants: none, w8a8, w4a8")
     ap.add_argument("--out", default="benchmarks/results/decode")
     args = ap.parse_args()
 
@@ -60,7 +66,17 @@ def main():
 
     path = Path(args.model) if args.model else DEFAULT_MODEL
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    ours = LLM.load(path, device=args.device, dtype=dtype)
+    quants = args.quant.split(",")
+    if bad := set(quants) - {"none", "w8a8", "w4a8"}:
+        ap.error(f"--quant: unknown modes {sorted(bad)}")
+    engines = {}
+    for q in quants:
+        engines[q] = LLM.load(path, device=args.device, dtype=dtype)
+        if q != "none":
+            from tessera.quant import quantize_model
+
+            quantize_model(engines[q].model, q)
+    names = {q: "tessera" if q == "none" else f"tessera {q}" for q in quants}
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
@@ -71,35 +87,42 @@ def main():
         sp = SamplingParams(max_new_tokens=N, ignore_eos=True)
         enc = tok(prompts, return_tensors="pt", padding=True).to(args.device)
 
-        def run_ours(prompts=prompts, sp=sp):
-            return ours.generate(prompts, sp)
+        def run_ours(q, prompts=prompts, sp=sp):
+            return engines[q].generate(prompts, sp)
 
         def run_hf(enc=enc):
             with torch.inference_mode():
                 return hf.generate(**enc, max_new_tokens=N, min_new_tokens=N, do_sample=False,
                                    pad_token_id=tok.pad_token_id)
 
-        times = {"tessera": [], "transformers": []}
-        run_ours(), run_hf()  # warm-up
+        fns = {names[q]: (lambda q=q: run_ours(q)) for q in quants} | {"transformers": run_hf}
+        times = {name: [] for name in fns}
+        for fn in fns.values():  # warm-up
+            fn()
         for _ in range(args.repeats):
-            for name, fn in (("tessera", run_ours), ("transformers", run_hf)):
+            for name, fn in fns.items():
                 sync(args.device)
                 t0 = time.perf_counter()
                 fn()
                 sync(args.device)
                 times[name].append(time.perf_counter() - t0)
         # same tokens? (greedy on the same weights should agree; report, don't hide)
-        a = [c.token_ids for c in run_ours().completions]
         b = run_hf()[:, enc.input_ids.shape[1]:].tolist()
-        agree = sum(x == y for x, y in zip(a, b))
-        r = {"batch": bs, "new_tokens": N, "identical_outputs": f"{agree}/{bs}"}
+        r = {"batch": bs, "new_tokens": N}
+        for q in quants:
+            a = [c.token_ids for c in run_ours(q).completions]
+            r[f"{names[q]}_identical_outputs"] = f"{sum(x == y for x, y in zip(a, b))}/{bs}"
         for name, ts in times.items():
             r[f"{name}_tok_s"] = bs * N / statistics.median(ts)
             r[f"{name}_spread_s"] = [min(ts), max(ts)]
-        r["speedup"] = r["tessera_tok_s"] / r["transformers_tok_s"]
+        for q in quants:
+            r[f"{names[q]}_speedup"] = r[f"{names[q]}_tok_s"] / r["transformers_tok_s"]
+        if "none" in quants:  # the historical keys of the fp-only run
+            r["identical_outputs"], r["speedup"] = r["tessera_identical_outputs"], r["tessera_speedup"]
         rows.append(r)
-        print(f"batch {bs}: tessera {r['tessera_tok_s']:.0f} tok/s, transformers {r['transformers_tok_s']:.0f} tok/s, "
-              f"speedup {r['speedup']:.2f}x, identical outputs {agree}/{bs}", flush=True)
+        print(f"batch {bs}: " + ", ".join(f"{n} {r[n + '_tok_s']:.0f} tok/s" for n in fns)
+              + "; identical to transformers: " + ", ".join(f"{names[q]} {r[names[q] + '_identical_outputs']}" for q in quants),
+              flush=True)
 
     meta = {"machine": machine(args.device), "device": args.device, "dtype": str(dtype), "model": str(path),
             "torch": torch.__version__, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
@@ -108,10 +131,14 @@ def main():
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     md = ["# Decode throughput: Tessera vs transformers `generate`\n",
           f"Machine: {meta['machine']} ({args.device}, {meta['dtype']}), torch {meta['torch']}, {meta['date']}. "
-          f"Greedy, {N} new tokens per sequence, median of {args.repeats} repeats, both measured in the same run.\n",
-          "| batch | Tessera tok/s | transformers tok/s | speedup | identical outputs |", "|---|---|---|---|---|"]
-    md += [f"| {r['batch']} | {r['tessera_tok_s']:.0f} | {r['transformers_tok_s']:.0f} | {r['speedup']:.2f}x | "
-           f"{r['identical_outputs']} |" for r in rows]
+          f"Greedy, {N} new tokens per sequence, median of {args.repeats} repeats, all measured in the same run; "
+          "quantized variants (if any) against the same fp transformers baseline.\n",
+          "| batch | " + " | ".join(f"{names[q]} tok/s (vs transformers; identical outputs)" for q in quants)
+          + " | transformers tok/s |", "|---|" + "---|" * (len(quants) + 1)]
+    md += [f"| {r['batch']} | " + " | ".join(
+        f"{r[names[q] + '_tok_s']:.0f} ({r[names[q] + '_speedup']:.2f}x; {r[names[q] + '_identical_outputs']})" for q in quants)
+        + f" | {r['transformers_tok_s']:.0f} |" for r in rows]
+    meta["quant"] = quants
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

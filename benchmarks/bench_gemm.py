@@ -200,7 +200,8 @@ def summarize(ts: list[float]) -> dict:
 
 def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, interleave=False, skip=()):
     """Time every path on one (N, K). interleave: build all pools first, then alternate the paths
-    call by call, so that load from other jobs hits every path alike (costs the memory of all pools)."""
+    call by call in an order rotated every round, so that load from other jobs and the after-effects of
+    one library's call on the next hit every path alike (costs the memory of all pools)."""
     rows = []
     w = torch.randn(N, K) * 0.02
     todo = [(p, f) for p, f in paths(mkl, backend).items() if p not in skip]
@@ -223,10 +224,13 @@ def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, interleave=False, s
                     fs[0]()
                     fs[1 % len(fs)]()
                 ts = {p: [] for p in fns}
+                order = list(fns)
                 for i in range(r):
-                    for p, fs in fns.items():
+                    # rotate who goes first: a call right after MKL pack's ran ~0.3 ms slower on the EPYC
+                    # (any library; cause unknown), so a fixed order charged that to whoever followed MKL
+                    for p in order[i % len(order):] + order[:i % len(order)]:
                         t = time.perf_counter()
-                        fs[(i + 2) % len(fs)]()
+                        fns[p][(i + 2) % len(fns[p])]()
                         ts[p].append((time.perf_counter() - t) * 1e3)
                 for path, (_, _, _, nbytes) in group:
                     s = summarize(ts[path])

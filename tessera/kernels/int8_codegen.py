@@ -13,12 +13,14 @@ Layout, shared by every ISA so that a packed weight never depends on the machine
 - W4A8: B is `[Np/64][K/8][64][4]` bytes; byte j of a lane holds k = 8s+j (low nibble) and
   k = 8s+4+j (high nibble) as u4 = q + 8. Here the *weights* are the unsigned operand and the
   activations stay signed, so the correction is 8 * (sum of the group's activations).
-Narrower ISAs (ymm) walk a 64-column panel as 64/NR sub-panels.
+Narrower ISAs (ymm) walk a 64-column panel as 64/NR sub-panels, or whole (AVX2: one row, 8 ymm
+accumulators, so that the B stream is contiguous; W4A8 in 32-column passes per group).
 
 AVX2 has no `vpdpbusd`; `vpmaddubsw` adds two u8*s8 products into *saturating* s16
 (255*-128*2 = -65280). W8A8 splits the u8 activation into bit 7 and bits 0-6: each half's pair
 sum fits s16 exactly (|128*-128*2| = 32768 is still representable as -32768, 127*-128*2 = -32512).
-For W4A8 the unsigned operand is <= 15, so a single `vpmaddubsw` cannot saturate.
+For W4A8 the unsigned operand is <= 15, so a single `vpmaddubsw` cannot saturate, and 8 of its
+pair sums still fit s16: AVX2 W4A8 widens once per 4 k-steps (`W4_S16_STEPS`).
 When the weights avoid -128 (as `quantize_weight_int8`'s do: [-127, 127]) AVX2 W8A8 has a cheaper
 exact form, the sign trick of llama.cpp's AVX2 dot products: with a = u8 ^ 0x80 the signed activation,
 a * w = |a| * sign(w, a), where `vpsignb` negates w (|w| <= 127: no wrap) and |a| <= 128 is a valid
@@ -92,7 +94,7 @@ DEFAULT_SCHEDULES = {
     "avx512vnni": Schedule("avx512vnni", mr=6, nr=64, k_unroll=4, prefetch=16, mr_w4=2),
     "avxvnni": Schedule("avxvnni", mr=2, nr=32, k_unroll=4, prefetch=16, mr_w4=1),
     # AVX2: one row against a whole 64-column panel, so the B stream is contiguous (256 B per k-step); a
-    # 16-column sub-panel reads 64 of every 256 B and streamed 14 GB/s at M = 1 against 22-25 (2026-11-28,
+    # 16-column sub-panel reads 64 of every 256 B and streamed 14 GB/s at M = 1 against 22-25 (2026-11-27,
     # Zen 1 EPYC; docs/ngemm.md). W4A8 keeps int, s16 and fp32 accumulators: 32 columns of them fit the 16
     # registers, so it walks the panel in two 32-column passes per group (w4_panel; 1.2x at M = 1 cold).
     "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32, w4_panel=True),

@@ -1,0 +1,107 @@
+"""A/B of the generated int8 kernels: this checkout's against those of an earlier commit, in one run.
+
+    python benchmarks/bench_int8_ab.py --rev bf3caf9 [--isa avx2] [--ms 1,16] [--shapes 4096x4096]
+
+The earlier `int8_codegen.py` is read with `git show`, its default schedule for the ISA generated and
+compiled next to ours; both run through the same `int8_linear` / `int4_linear` host code (so `--rev`
+must share the C entry points of this checkout: ace6995 or later). Cold: each
+side gets its own pool of distinct weights (> 640 MiB; sharing one pool would hand the second side
+weights the first just pulled into L3), called in turn, interleaved call by call with the side that
+goes first alternating. Outputs are asserted bit-identical. Writes benchmarks/results/int8_ab.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_gemm import POOL_BYTES, machine_info
+
+from tessera.kernels import cpu_isa, int8_codegen
+from tessera.kernels import int8_gemm as G
+from tessera.quant.weights import quantize_weight_int4, quantize_weight_int8
+
+
+def old_backend(rev: str, isa: str) -> str:
+    """Register the kernels of `rev` as backend name "rev:<rev>" and return that name."""
+    src = subprocess.run(["git", "show", f"{rev}:tessera/kernels/int8_codegen.py"], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    path = Path(tempfile.mkdtemp()) / "old_int8_codegen.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("old_int8_codegen", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    G.int8_codegen = mod  # load_library generates from the module it sees
+    try:
+        lib = G.load_library.__wrapped__(mod.DEFAULT_SCHEDULES[isa])
+    finally:
+        G.int8_codegen = int8_codegen
+    if lib is None:
+        raise SystemExit(f"the kernels of {rev} did not compile for {isa}")
+    name = f"rev:{rev}"
+    G._RESOLVED[(name, None)] = (isa, lib)  # resolve_backend(name) now returns rev's library
+    return name
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rev", required=True, help="git revision whose kernels are the baseline")
+    ap.add_argument("--isa", default=cpu_isa.best_backend())
+    ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",")], default=[1, 16])
+    ap.add_argument("--shapes", type=lambda v: [tuple(map(int, s.split("x"))) for s in v.split(",")],
+                    default=[(4096, 4096)], help="NxK,...")
+    ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "int8_ab"))
+    args = ap.parse_args()
+    old = old_backend(args.rev, args.isa)
+    rows = []
+    for N, K in args.shapes:
+        w = torch.randn(N, K) * 0.02
+        packs = {"W8A8": (G.pack_int8(*quantize_weight_int8(w)), G.int8_linear, N * K),
+                 "W4A8 g128": (G.pack_int4(*quantize_weight_int4(w, 128), 128), G.int4_linear, N * K // 2)}
+        for kind, (pw, fn, nbytes) in packs.items():
+            n = max(2, -(-POOL_BYTES // nbytes))
+            clone = (lambda p: G.PackedInt8Weight(p.data.clone(), p.scale.clone(), p.colsum.clone(), None, p.n, p.k)) \
+                if kind == "W8A8" else (lambda p: G.PackedInt4Weight(p.data.clone(), p.scale.clone(), None, p.n, p.k, p.group))
+            pools = {b: [clone(pw) for _ in range(n)] for b in (old, args.isa)}
+            for M in args.ms:
+                x = torch.randn(M, K)
+                assert torch.equal(fn(x, pw, backend=old), fn(x, pw, backend=args.isa)), "kernels disagree"
+                ts = {b: [] for b in pools}
+                calls = max(4, args.calls if M <= 64 else args.calls // 5)
+                for i in range(-2, calls):
+                    for b in (list(pools) if i % 2 else list(pools)[::-1]):
+                        t = time.perf_counter()
+                        fn(x, pools[b][i % n], backend=b)
+                        if i >= 0:
+                            ts[b].append((time.perf_counter() - t) * 1e3)
+                med = {b: statistics.median(v) for b, v in ts.items()}
+                row = {"kind": kind, "N": N, "K": K, "M": M, "before_ms": med[old], "after_ms": med[args.isa],
+                       "before_min_ms": min(ts[old]), "after_min_ms": min(ts[args.isa]),
+                       "speedup": med[old] / med[args.isa], "weight_gbs_after": nbytes / med[args.isa] / 1e6}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    info = machine_info() | {"rev": args.rev, "isa": args.isa}
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    md = [f"# int8 kernels: this checkout vs {args.rev} ({info['cpu']}, {info['threads']} threads, ISA {args.isa}, "
+          f"{info['date_utc']} UTC)", "",
+          "Cold (each side its own pool of distinct weights), interleaved; median ms (min). Bit-identical outputs.", "",
+          "| kernel | N x K | M | before | after | speedup | weight GB/s after |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['kind']} | {r['N']}x{r['K']} | {r['M']} | {r['before_ms']:.3f} ({r['before_min_ms']:.3f}) | "
+           f"{r['after_ms']:.3f} ({r['after_min_ms']:.3f}) | {r['speedup']:.2f}x | {r['weight_gbs_after']:.1f} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
