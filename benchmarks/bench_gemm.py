@@ -227,7 +227,8 @@ def bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, interleave=False, s
                 order = list(fns)
                 for i in range(r):
                     # rotate who goes first: a call right after MKL pack's ran ~0.3 ms slower on the EPYC
-                    # (any library; cause unknown), so a fixed order charged that to whoever followed MKL
+                    # (any library: it writes back the dirty lines MKL leaves in L3), so a fixed order
+                    # charged that to whoever followed MKL
                     for p in order[i % len(order):] + order[:i % len(order)]:
                         t = time.perf_counter()
                         fns[p][(i + 2) % len(fns[p])]()
