@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint train train-vt clean-venv
+.PHONY: demo test setup lint train train-vt bench-ngemm clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ train-vt: $(STAMP)
 	$(BIN)/python scripts/train_long.py --work runs/train/vt --device $(VT_DEVICE) --no-compile \
 		--workers $(VT_WORKERS) --wall --minutes $(VT_MINUTES) --eval-every 500 \
 		--vt-share 0.5 --lookup-weight 10 --warm 0 --ramp 0.05 --repeat-share 0.05 --ruler-share 0.6
+
+# NGEMM's GEMM table (with MKL pack when pip can fetch it) and quantized decode on this CPU: scripts/bench_ngemm.sh
+bench-ngemm: $(STAMP)
+	PY=$(BIN)/python scripts/bench_ngemm.sh
 
 clean-venv:
 	rm -rf $(VENV)
