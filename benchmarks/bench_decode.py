@@ -125,7 +125,7 @@ def main():
               flush=True)
 
     meta = {"machine": machine(args.device), "device": args.device, "dtype": str(dtype), "model": str(path),
-            "torch": torch.__version__, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
+            "torch": torch.__version__, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d"), "quant": quants}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -138,7 +138,6 @@ def main():
     md += [f"| {r['batch']} | " + " | ".join(
         f"{r[names[q] + '_tok_s']:.0f} ({r[names[q] + '_speedup']:.2f}x; {r[names[q] + '_identical_outputs']})" for q in quants)
         + f" | {r['transformers_tok_s']:.0f} |" for r in rows]
-    meta["quant"] = quants
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
