@@ -193,8 +193,11 @@ def _w4_microkernel(s: Schedule, mr: int) -> str:
         else:
             out.append(f"    #pragma GCC unroll {s.k_unroll}")
             out.append("    for (long k = g * spg; k < (g + 1) * spg; k++) {")
-        # the first pass prefetches every column of this micro-tile; later passes find them in L1
-        body = ["const uint8_t* bk = b + k * (PANEL * 4);", *(_prefetch(s, s.w4_cols, "bk") if q == 0 else [])]
+        # every pass prefetches all the micro-tile's columns: the first this group's rows ahead, the later
+        # ones (which find their rows in L1) the next group's, so that DRAM requests go out during every pass
+        # (the first pass alone: 1.06-1.14x slower at M = 1, docs/ngemm.md)
+        body = ["const uint8_t* bk = b + k * (PANEL * 4);",
+                *_prefetch(s, s.w4_cols, "bk" if q == 0 else "bk + spg * (PANEL * 4)")]
         for v in range(nv):
             body.append(f"{vi} r{v} = {o['load'].format(f'bk + {(q * nv + v) * lanes * 4}')};")
             body.append(f"{vi} lo{v} = {o['and_']}(r{v}, m4), hi{v} = {o['and_']}({p}_srli_epi16(r{v}, 4), m4);")
