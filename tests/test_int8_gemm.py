@@ -158,12 +158,14 @@ def test_custom_schedule_compiles_and_is_exact():
     # W4A8 with its own micro-tile width (nr_w4 != nr), as one tile or as passes over the whole panel
     x, q4 = torch.randn(5, 128), torch.randint(-8, 8, (100, 128), dtype=torch.int8)
     pw4 = G.pack_int4(q4, torch.rand(100, 4) + 0.1, 32)
-    for sched in (s, dataclasses.replace(s, w4_panel=True, prefetch=2)):
+    for sched in (s, dataclasses.replace(s, w4_panel=True, prefetch=2, prefetch_w4=3)):
         assert torch.equal(G.int4_linear(x, pw4, backend=sched), G.int4_linear(x, pw4, backend="torch"))
     with pytest.raises(ValueError, match="nr="):
         int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
     with pytest.raises(ValueError, match="nr_w4="):
         int8_codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, nr_w4=24)
+    with pytest.raises(ValueError, match="bad schedule"):
+        int8_codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, prefetch_w4=-1)
 
 
 @pytest.mark.parametrize("M", [16, 40])  # the 16-row and the 32-row AMX kernel

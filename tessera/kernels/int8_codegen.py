@@ -48,10 +48,15 @@ class Schedule:
     amx_prefetch: int = 0  # AMX kernels: prefetch the B block this many 64-k steps ahead (0: none)
     nr_w4: int = 0  # W4A8 columns per register pass (0: nr); W4A8 also keeps fp32 accumulators
     w4_panel: bool = False  # W4A8 micro-tile = the whole panel, walked in nr_w4-column passes per group
+    prefetch_w4: int | None = None  # W4A8 prefetch distance in k-steps (None: prefetch)
 
     @property
     def nr4(self) -> int:
         return self.nr_w4 or self.nr
+
+    @property
+    def pf4(self) -> int:
+        return self.prefetch if self.prefetch_w4 is None else self.prefetch_w4
 
     @property
     def w4_cols(self) -> int:  # columns of one W4A8 micro-kernel call
@@ -62,7 +67,7 @@ class Schedule:
         for name, nr in (("nr", self.nr), ("nr_w4", self.nr4)):
             if PANEL % nr or nr % lanes:
                 raise ValueError(f"{name}={nr} must divide {PANEL} and be a multiple of {lanes} lanes")
-        if min(self.mr, self.mr_w4, self.k_unroll) < 1 or self.prefetch < 0 or self.amx_prefetch < 0:
+        if min(self.mr, self.mr_w4, self.k_unroll) < 1 or min(self.prefetch, self.pf4, self.amx_prefetch) < 0:
             raise ValueError(f"bad schedule {self}")
 
 
@@ -97,7 +102,9 @@ DEFAULT_SCHEDULES = {
     # 16-column sub-panel reads 64 of every 256 B and streamed 14 GB/s at M = 1 against 22-25 (2026-11-27,
     # Zen 1 EPYC; docs/ngemm.md). W4A8 keeps int, s16 and fp32 accumulators: 32 columns of them fit the 16
     # registers, so it walks the panel in two 32-column passes per group (w4_panel; 1.2x at M = 1 cold).
-    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32, w4_panel=True),
+    # W4A8 computes twice as long per byte as W8A8: it wants its prefetches further ahead (8: 1.04-1.05x at
+    # M = 1), W8A8 not (8 cost it 10-15 %).
+    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32, w4_panel=True, prefetch_w4=8),
 }
 
 
@@ -110,11 +117,12 @@ def _dot(isa: str, c: str, u: str, s: str) -> str:
     return f"{c} = _mm256_add_epi32({c}, _mm256_madd_epi16(_mm256_maddubs_epi16({u}, {s}), ones));"
 
 
-def _prefetch(s: Schedule, nr: int, ptr: str) -> list[str]:
-    if not s.prefetch:
+def _prefetch(dist: int, nr: int, ptr: str) -> list[str]:
+    """Prefetch the B lines of one k-step of an nr-column sub-panel, dist k-steps past ptr (0: none)."""
+    if not dist:
         return []
     lines = max(1, nr * 4 // 64)  # cache lines of B consumed per k-step by an nr-column sub-panel
-    return [f"_mm_prefetch((const char*)({ptr} + {s.prefetch * PANEL * 4 + 64 * i}), _MM_HINT_T0);"
+    return [f"_mm_prefetch((const char*)({ptr} + {dist * PANEL * 4 + 64 * i}), _MM_HINT_T0);"
             for i in range(lines)]
 
 
@@ -131,7 +139,7 @@ def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
                    "hi1 = _mm256_set1_epi8((char)0x80);")
 
     def step(u: int) -> list[str]:
-        body = [f"const int8_t* bk = b + (k + {u}) * (PANEL * 4);", *_prefetch(s, s.nr, "bk")]
+        body = [f"const int8_t* bk = b + (k + {u}) * (PANEL * 4);", *_prefetch(s.prefetch, s.nr, "bk")]
         body += [f"{vi} b{v} = {o['load'].format(f'bk + {v * lanes * 4}')};" for v in range(nv)]
         for i in range(mr):
             body.append(f"int32_t x{i}; memcpy(&x{i}, a + {i} * lda + (k + {u}) * 4, 4);")
@@ -197,7 +205,7 @@ def _w4_microkernel(s: Schedule, mr: int) -> str:
         # ones (which find their rows in L1) the next group's, so that DRAM requests go out during every pass
         # (the first pass alone: 1.06-1.14x slower at M = 1, docs/ngemm.md)
         body = ["const uint8_t* bk = b + k * (PANEL * 4);",
-                *_prefetch(s, s.w4_cols, "bk" if q == 0 else "bk + spg * (PANEL * 4)")]
+                *_prefetch(s.pf4, s.w4_cols, "bk" if q == 0 else "bk + spg * (PANEL * 4)")]
         for v in range(nv):
             body.append(f"{vi} r{v} = {o['load'].format(f'bk + {(q * nv + v) * lanes * 4}')};")
             body.append(f"{vi} lo{v} = {o['and_']}(r{v}, m4), hi{v} = {o['and_']}({p}_srli_epi16(r{v}, 4), m4);")
