@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 import torch
-from bench_gemm import POOL_BYTES, machine_info
+from bench_gemm import POOL_BYTES, machine_info, paths
 
 from tessera.kernels import cpu_isa, int8_codegen
 from tessera.kernels import int8_gemm as G
-from tessera.quant.weights import quantize_weight_int4, quantize_weight_int8
 
 
 def old_backend(rev: str, isa: str) -> str:
@@ -63,15 +62,14 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "int8_ab"))
     args = ap.parse_args()
     old = old_backend(args.rev, args.isa)
+    lib = paths(None, args.isa)
     rows = []
     for N, K in args.shapes:
         w = torch.randn(N, K) * 0.02
-        packs = {"W8A8": (G.pack_int8(*quantize_weight_int8(w)), G.int8_linear, N * K),
-                 "W4A8 g128": (G.pack_int4(*quantize_weight_int4(w, 128), 128), G.int4_linear, N * K // 2)}
-        for kind, (pw, fn, nbytes) in packs.items():
+        for kind, fn in (("W8A8", G.int8_linear), ("W4A8 g128", G.int4_linear)):
+            prep, clone, _, size = lib[f"tessera {kind}"]  # bench_gemm's packing and copying of the weight
+            pw, nbytes = prep(w), size(w)
             n = max(2, -(-POOL_BYTES // nbytes))
-            clone = (lambda p: G.PackedInt8Weight(p.data.clone(), p.scale.clone(), p.colsum.clone(), None, p.n, p.k)) \
-                if kind == "W8A8" else (lambda p: G.PackedInt4Weight(p.data.clone(), p.scale.clone(), None, p.n, p.k, p.group))
             pools = {b: [clone(pw) for _ in range(n)] for b in (old, args.isa)}
             for M in args.ms:
                 x = torch.randn(M, K)
