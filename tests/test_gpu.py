@@ -32,3 +32,19 @@ def test_cuda_bf16_batch_agrees_with_cpu_fp32():
     same = sum(extract_answer(a.text) == extract_answer(b.text) for a, b in zip(gpu, cpu))
     assert same >= 6, f"{same}/8 answers agree"
     assert all(extract_answer(c.text) is not None for c in gpu)
+
+
+def test_shadowkv_host_fetches_do_not_overwrite_a_pending_copy():
+    """Two fetches with CPU indices while the stream is busy: the second must not refill the pinned stage
+    before the first copy has read it (no `.cpu()` sync happens with CPU indices)."""
+    from tessera.kv.shadowkv.host import HostValues
+
+    H, T, C, D = 4, 64, 8, 16
+    v = torch.randn(H, T, D, device="cuda")
+    host = HostValues(v, C)
+    want = v.view(H, T // C, C, D)
+    heads, chunks = torch.arange(H), torch.zeros(H, dtype=torch.long)
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued ahead of the first copy
+    first = host.fetch(heads, chunks)  # [H, C, D], copy still pending
+    second = host.fetch(heads, chunks + 1)
+    assert torch.equal(first, want[:, 0]) and torch.equal(second, want[:, 1])

@@ -11,25 +11,28 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK = (16, 32, 32)  # the smallest tl.dot tile: the interpreter is slow
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 32, 32), (5, 40, 70), (17, 33, 96)])
-def test_integer_core_exact_with_extremes(M, N, K):
+@pytest.mark.parametrize("M,N,K,split", [(1, 32, 32, 1), (5, 40, 70, 1), (17, 33, 96, 1), (1, 32, 96, 3),
+                                         (5, 40, 70, 2), (3, 16, 40, 4)])
+def test_integer_core_exact_with_extremes(M, N, K, split):
+    """split > 1: K slices atomically added in int32, then the epilogue kernel (K=40, split 4 -> 2 slices)."""
     torch.manual_seed(M)
     a = torch.where(torch.rand(M, K) < 0.5, -128, 127).to(torch.int8)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
     w[0] = -128
     ones_m, ones_n = torch.ones(M), torch.ones(N)
-    y = w8a8_matmul(a.to(DEV), ones_m.to(DEV), w.to(DEV), ones_n.to(DEV), block=BLOCK).cpu()
+    y = w8a8_matmul(a.to(DEV), ones_m.to(DEV), w.to(DEV), ones_n.to(DEV), block=(*BLOCK, split)).cpu()
     assert torch.equal(y.double(), R.int_gemm(a, w).double())  # |sum| < 2**24: exact in fp32
 
 
-@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-def test_linear_matches_cpu_kernels(out_dtype):
+@pytest.mark.parametrize("out_dtype,split", [(torch.float32, 1), (torch.bfloat16, 1), (torch.float32, 2)])
+def test_linear_matches_cpu_kernels(out_dtype, split):
     torch.manual_seed(0)
     M, N, K = 3, 48, 80
     x, w, b = torch.randn(M, K), torch.randn(N, K) * 0.05, torch.randn(N)
     sw = w.abs().amax(1) / 127
     w_q = torch.round(w / sw[:, None]).clamp(-127, 127).to(torch.int8)
-    y = w8a8_linear(x.to(DEV), w_q.to(DEV), sw.to(DEV), b.to(DEV), out_dtype=out_dtype, block=BLOCK).cpu()
+    y = w8a8_linear(x.to(DEV), w_q.to(DEV), sw.to(DEV), b.to(DEV), out_dtype=out_dtype,
+                    block=(*BLOCK, split)).cpu()
     assert y.dtype == out_dtype and y.shape == (M, N)
     ref = R.w8a8(x, w_q, sw, b)
     tol = 1e-5 if out_dtype == torch.float32 else 1e-2
@@ -51,12 +54,14 @@ def test_bad_inputs():
         w8a8_matmul(a, torch.ones(2), torch.zeros(32, 4, dtype=torch.int8).T, s)
     with pytest.raises(ValueError, match="a_scale"):
         w8a8_matmul(a, torch.ones(3), w, s)
+    with pytest.raises(ValueError, match="SPLIT_K"):
+        w8a8_matmul(a, torch.ones(2), w, s, block=(16, 32, 32, 0))
 
 
 @pytest.mark.gpu
 def test_gpu_larger_shapes():
     torch.manual_seed(0)
-    for M, N, K in [(1, 4096, 4096), (64, 1024, 4096), (300, 14336, 4096)]:
+    for M, N, K in [(1, 4096, 4096), (1, 1024, 4096), (16, 1024, 14336), (64, 1024, 4096), (300, 14336, 4096)]:
         a = torch.randint(-128, 128, (M, K), dtype=torch.int8, device="cuda")
         w = torch.randint(-128, 128, (N, K), dtype=torch.int8, device="cuda")
         sa, sw = torch.rand(M, device="cuda") * 1e-3, torch.rand(N, device="cuda") * 1e-3

@@ -25,6 +25,7 @@ class HostValues:
         self.v.copy_(v.view(H, T // chunk_size, chunk_size, D))  # [H, n_chunks, C, D]
         self.bytes_fetched = 0
         self._stage = None  # [M_max, C, D] pinned staging buffer (CUDA only), grown on demand
+        self._copied = None  # CUDA event: the last copy out of the stage has finished reading it
 
     def fetch(self, heads: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
         """Values of chunk `chunks[i]` of head `heads[i]` -> [M, C, D] on the fast device."""
@@ -34,11 +35,15 @@ class HostValues:
         if self.device.type == "cpu":
             return self.v.view(-1, C, D)[flat]  # a real copy out of the host buffer
         M, cap = flat.numel(), 0 if self._stage is None else self._stage.shape[0]
+        if self._copied is not None:  # the previous async copy may still read the stage: wait for it alone
+            self._copied.synchronize()  # (with indices on the GPU, `.cpu()` above has waited already)
         if M > cap:  # grow geometrically: the number of selected chunks varies from step to step
             self._stage = torch.empty(max(M, 2 * cap), C, D, dtype=self.v.dtype, pin_memory=True)
-        # The previous fetch's copy out of the stage is finished: `heads.cpu()` above waited for the stream.
         stage = torch.index_select(self.v.view(-1, C, D), 0, flat, out=self._stage[:M])
-        return stage.to(self.device, non_blocking=True)
+        out = stage.to(self.device, non_blocking=True)  # [M, C, D]
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return out
 
     def select(self, heads: torch.Tensor) -> None:
         """Keep the values of flattened heads `heads` (rows that left the batch free their host memory);
