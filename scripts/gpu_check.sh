@@ -2,7 +2,7 @@
 # The one prepared GPU check (run it whenever a GPU machine is lent; never in CI).
 # Runs every feature's GPU checks with a time limit each, prints a summary, and writes
 # gpu_check_<gpu>.{log,md} plus the benchmark results into $OUT (or benchmarks/results).
-# Budget: under 9 minutes on an H100/H200. Features add a line to CHECKS below.
+# Budget: about 8 minutes on an H200 (one device call may last 10). Features add a line to CHECKS below.
 # ONLY=dist,decode-bench bash scripts/gpu_check.sh reruns some checks (after a fix, on what lease is left).
 set -u
 cd "$(dirname "$0")/.."
@@ -25,6 +25,8 @@ CHECKS=(
   "ngemm|180|$PY scripts/gpu_checks/ngemm.py --out $RES/ngemm_gpu_$SLUG"
   "shadowkv|150|$PY scripts/gpu_checks/shadowkv.py --out $RES/shadowkv_efficiency_gpu_$SLUG"
   "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 128 --out $RES/decode_gpu_$SLUG"
+  # the engine with W8A8 linears on the GPU (Triton quantizer + GEMM) beside bf16 and transformers
+  "decode-w8a8|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8 --new-tokens 128 --quant none,w8a8 --out $RES/decode_quant_gpu_$SLUG"
   # the long-context stage on the GPU for 20 s (writes only under /tmp), as `make train-vt` runs it (10,149 steps in 5 min on an H200)
   "train-long-smoke|120|$PY scripts/train_long.py --device cuda --no-compile --workers 8 --wall --minutes 0.33 --eval-every 1000 --out /tmp/tl_model --work /tmp/tl_work"
   # last: its kernels spin on flags, so a hang (each wait times out after 10 s) cannot cost the others

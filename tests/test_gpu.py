@@ -48,3 +48,21 @@ def test_shadowkv_host_fetches_do_not_overwrite_a_pending_copy():
     first = host.fetch(heads, chunks)  # [H, C, D], copy still pending
     second = host.fetch(heads, chunks + 1)
     assert torch.equal(first, want[:, 0]) and torch.equal(second, want[:, 1])
+
+
+def test_cuda_w8a8_engine_matches_cpu_w8a8():
+    """quantize_model on a CUDA model keeps the int8 linears on the GPU (Triton quantizer + GEMM); in fp32
+    the activations quantize bit-identically and the integer sums are exact, so greedy tokens match the CPU
+    W8A8 engine (the epilogues differ by an fma: one ulp)."""
+    from tessera.quant import quantize_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    p = make_problem(EVAL_SEED_BASE + 2, difficulty=6).prompt
+    sp = SamplingParams(max_new_tokens=64, ignore_eos=True)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        llm = LLM.load(device=dev, dtype=torch.float32)
+        quantize_model(llm.model, "w8a8")
+        assert all(b.device.type == dev for b in llm.model.buffers())
+        out[dev] = llm.generate([p], sp).completions[0].token_ids
+    assert out["cuda"] == out["cpu"]

@@ -5,34 +5,31 @@ import torch
 
 from tessera.kernels import int8_gemm as G
 from tessera.kernels import int8_reference as R
-from tessera.kernels.int8_gemm_triton import w8a8_linear, w8a8_matmul
+from tessera.kernels.int8_gemm_triton import quantize_per_token, w8a8_linear, w8a8_matmul
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK = (16, 32, 32)  # the smallest tl.dot tile: the interpreter is slow
 
 
-@pytest.mark.parametrize("M,N,K,split", [(1, 32, 32, 1), (5, 40, 70, 1), (17, 33, 96, 1), (1, 32, 96, 3),
-                                         (5, 40, 70, 2), (3, 16, 40, 4)])
-def test_integer_core_exact_with_extremes(M, N, K, split):
-    """split > 1: K slices atomically added in int32, then the epilogue kernel (K=40, split 4 -> 2 slices)."""
+@pytest.mark.parametrize("M,N,K", [(1, 32, 32), (5, 40, 70), (17, 33, 96)])
+def test_integer_core_exact_with_extremes(M, N, K):
     torch.manual_seed(M)
     a = torch.where(torch.rand(M, K) < 0.5, -128, 127).to(torch.int8)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
     w[0] = -128
     ones_m, ones_n = torch.ones(M), torch.ones(N)
-    y = w8a8_matmul(a.to(DEV), ones_m.to(DEV), w.to(DEV), ones_n.to(DEV), block=(*BLOCK, split)).cpu()
+    y = w8a8_matmul(a.to(DEV), ones_m.to(DEV), w.to(DEV), ones_n.to(DEV), block=BLOCK).cpu()
     assert torch.equal(y.double(), R.int_gemm(a, w).double())  # |sum| < 2**24: exact in fp32
 
 
-@pytest.mark.parametrize("out_dtype,split", [(torch.float32, 1), (torch.bfloat16, 1), (torch.float32, 2)])
-def test_linear_matches_cpu_kernels(out_dtype, split):
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_linear_matches_cpu_kernels(out_dtype):
     torch.manual_seed(0)
     M, N, K = 3, 48, 80
     x, w, b = torch.randn(M, K), torch.randn(N, K) * 0.05, torch.randn(N)
     sw = w.abs().amax(1) / 127
     w_q = torch.round(w / sw[:, None]).clamp(-127, 127).to(torch.int8)
-    y = w8a8_linear(x.to(DEV), w_q.to(DEV), sw.to(DEV), b.to(DEV), out_dtype=out_dtype,
-                    block=(*BLOCK, split)).cpu()
+    y = w8a8_linear(x.to(DEV), w_q.to(DEV), sw.to(DEV), b.to(DEV), out_dtype=out_dtype, block=BLOCK).cpu()
     assert y.dtype == out_dtype and y.shape == (M, N)
     ref = R.w8a8(x, w_q, sw, b)
     tol = 1e-5 if out_dtype == torch.float32 else 1e-2
@@ -42,6 +39,20 @@ def test_linear_matches_cpu_kernels(out_dtype, split):
         assert torch.equal(y, cpu)
     else:  # the interpreter's fp32 -> bf16 cast truncates; the C kernels round to nearest even
         assert ((y.float() - cpu.float()).abs() <= 2**-7 * cpu.float().abs() + 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantizer_bit_identical_to_reference(dtype):
+    """Ties (x * 127 / amax exactly k + 0.5), a zero row, K over one block, bf16 input."""
+    torch.manual_seed(1)
+    x = torch.randn(5, 300).to(dtype)
+    x[1] = 0.0
+    x[2, :6] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -3.5])  # amax 127: y = x, ties both ways
+    x[3, 0] = -1e4  # the row's amax from a negative value
+    q, s = quantize_per_token(x.to(DEV), block=128)
+    q_ref, s_ref = R.quantize_per_token(x)
+    assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
+    assert q_ref[2, :6].tolist() == [127, 0, 2, 2, 0, -4]  # the ties went to even
 
 
 def test_bad_inputs():
@@ -54,8 +65,8 @@ def test_bad_inputs():
         w8a8_matmul(a, torch.ones(2), torch.zeros(32, 4, dtype=torch.int8).T, s)
     with pytest.raises(ValueError, match="a_scale"):
         w8a8_matmul(a, torch.ones(3), w, s)
-    with pytest.raises(ValueError, match="SPLIT_K"):
-        w8a8_matmul(a, torch.ones(2), w, s, block=(16, 32, 32, 0))
+    with pytest.raises(ValueError, match="contiguous rows"):
+        quantize_per_token(torch.zeros(32, 4).T)
 
 
 @pytest.mark.gpu
@@ -68,3 +79,14 @@ def test_gpu_larger_shapes():
         y = w8a8_matmul(a, sa, w, sw)
         ref = R.int_gemm(a.cpu(), w.cpu()).double() * (sa.cpu().double()[:, None] * sw.cpu().double()[None])
         assert (y.cpu().double() - ref).abs().max() < 1e-5 * (1 + ref.abs().max())
+
+
+@pytest.mark.gpu
+def test_gpu_quantizer_exact():
+    """Compiled (fp fusion off) = the CPU reference, bit for bit, on the engine's bf16 activations."""
+    torch.manual_seed(0)
+    for M, K in [(1, 4096), (16, 14336), (7, 1000)]:
+        x = (torch.randn(M, K) * torch.rand(M, 1) * 10).to(torch.bfloat16)
+        q, s = quantize_per_token(x.cuda())
+        q_ref, s_ref = R.quantize_per_token(x)
+        assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)

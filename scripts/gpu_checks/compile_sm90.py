@@ -25,7 +25,7 @@ from tessera.dist.lang import _spin_kernel
 from tessera.kernels.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.allreduce import _allreduce_kernel
 from tessera.kernels.gemm_rs import _gemm_rs_kernel
-from tessera.kernels.int8_gemm_triton import _epilogue_kernel, _w8a8_kernel
+from tessera.kernels.int8_gemm_triton import _quantize_kernel, _w8a8_kernel
 from tessera.kernels.shadowkv_attn import _decode_kernel
 from tessera.kernels.shadowkv_rebuild import _rebuild_kernel
 from tessera.kernels.shadowkv_score import _logits_kernel, _pool_kernel
@@ -77,10 +77,9 @@ def main() -> int:
              {"HAS_VALID": True, "BLOCK_G": 4, "BLOCK_N": 64, "BLOCK_D": 128}),
             (_rebuild_kernel, {"head_ptr": "*i64", "chunk_ptr": "*i64", "pos_ptr": "*i64"},
              {"BLOCK_C": 8, "BLOCK_R": 32, "BLOCK_H": 64}))]
-    for split in (1, 4):  # W8A8: fused epilogue, and split-K (int32 atomics, then the epilogue kernel)
-        cases.append((_w8a8_kernel, {**fp32_ptrs, "a_ptr": "*i8", "w_ptr": "*i8", "part_ptr": "*i32"},
-                      {"HAS_BIAS": True, "SPLIT_K": split, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}, "-"))
-    cases.append((_epilogue_kernel, {**fp32_ptrs, "part_ptr": "*i32"}, {"HAS_BIAS": True, "BLOCK_M": 16, "BLOCK_N": 64}, "-"))
+    cases.append((_w8a8_kernel, {**fp32_ptrs, "a_ptr": "*i8", "w_ptr": "*i8"},
+                  {"HAS_BIAS": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}, "-"))
+    cases.append((_quantize_kernel, {"x_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32"}, {"BLOCK": 1024}, "-"))
     failed = 0
     for fn, ptrs, consts, counter in cases:
         try:

@@ -1,7 +1,7 @@
 """GPU check for issue 6: the Triton W8A8 kernel compiled on CUDA vs exact references, then GPU-time
-benchmarks against cuBLAS in the same run, and a block/split-K sweep for the decode shapes.
+benchmarks against cuBLAS in the same run, and a tile-config sweep (decode and prefill shapes).
 
-    python scripts/gpu_checks/ngemm.py [--out PREFIX] [--sweep-s 90]      (about 2 min on an H200)
+    python scripts/gpu_checks/ngemm.py [--out PREFIX] [--sweep-s 100]      (about 2.5 min on an H200)
 
 Timing: each variant is captured `REPS` times in a CUDA graph and replayed, so the figures are GPU time,
 not the ~30 us of Python and launcher work per eager call (the earlier eager figures, 0.03 ms whatever
@@ -103,29 +103,40 @@ class Shape:
         self.wb = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
 
 
+def sweep_configs():
+    """(decode?, block, warps, stages), likelier first. Prefill (M >= 256): tile shapes around the
+    untuned 128x128x128. Decode (M <= 16, BLOCK_M 16): BLOCK_N x BLOCK_K x warps x stages around the
+    defaults (the first sweep, ngemm_gpu_NVIDIA_H200_sweep1.json, settled BLOCK_K and showed split-K losing)."""
+    for bm, bn, bk, warps, stages in [(128, 128, 128, 8, 3), (64, 128, 128, 4, 4), (128, 256, 128, 8, 3),
+                                      (128, 128, 64, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4),
+                                      (256, 128, 128, 8, 3), (128, 128, 128, 4, 4), (64, 256, 128, 8, 3)]:
+        yield False, (bm, bn, bk), warps, stages
+    for bn, bk, warps, stages in itertools.product((16, 32, 64), (512, 256), (4, 2, 8), (4, 3)):
+        yield True, (16, bn, bk), warps, stages
+
+
 def run_sweep(shapes, w8a8_matmul, deadline) -> list[dict]:
-    """Decode configs (BLOCK_M 16; BLOCK_N x BLOCK_K x SPLIT_K, likelier ones first) on every M <= 16
-    shape until `deadline` (each config compiles twice: Triton specializes M == 1)."""
+    """Time every config of `sweep_configs` on the shapes of its kind until `deadline`."""
     rows = []
-    for split, bn, bk in itertools.product((1, 2, 4, 8), (16, 32, 64), (256, 512, 128)):
-        block = (16, bn, bk, split)
-        for s in (s for s in shapes if s.M <= 16):
+    for decode, block, warps, stages in sweep_configs():
+        for s in (s for s in shapes if (s.M <= 16) == decode):
             if time.time() > deadline:
                 print(f"sweep: time budget spent after {len(rows)} timings")
                 return rows
             try:
-                ms = gpu_ms([partial(w8a8_matmul, s.a, s.sa, w, s.sw, block=block, warps=4, stages=4) for w in s.w])
+                ms = gpu_ms([partial(w8a8_matmul, s.a, s.sa, w, s.sw, block=block, warps=warps, stages=stages)
+                             for w in s.w])
             except Exception as e:  # noqa: BLE001 - a config out of shared memory is skipped, not fatal
-                print(f"sweep: {block} failed on M={s.M}: {type(e).__name__}")
+                print(f"sweep: {block} w{warps} s{stages} failed on M={s.M}: {type(e).__name__}")
                 break
-            rows.append({"M": s.M, "N": s.N, "K": s.K, "block": block, "ms": ms})
+            rows.append({"M": s.M, "N": s.N, "K": s.K, "block": block, "warps": warps, "stages": stages, "ms": ms})
     return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="write PREFIX.json and PREFIX.md")
-    ap.add_argument("--sweep-s", type=float, default=90.0, help="time budget of the decode sweep (0: none)")
+    ap.add_argument("--sweep-s", type=float, default=100.0, help="time budget of the config sweep (0: none)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("ngemm gpu check: no CUDA device, skipped")
@@ -135,7 +146,7 @@ def main() -> int:
     start = time.time()
     errs = []
     cases = [(1, 4096, 4096, None), (5, 1000, 1000, None), (16, 1024, 4096, None), (37, 4096, 1000, None),
-             (300, 14336, 4096, None), (3, 1000, 1000, (16, 32, 128, 4)), (1, 1024, 4096, (16, 32, 256, 4)), (16, 1000, 14336, (16, 16, 512, 8))]
+             (300, 14336, 4096, None), (3, 1000, 1000, (16, 16, 512)), (16, 1000, 14336, (16, 64, 256))]
     for M, N, K, block in cases:
         errs += check(M, N, K, w8a8_matmul, block)
     print(f"correctness: {len(cases) - len({e.split(':')[0] for e in errs})}/{len(cases)} cases ok")
@@ -156,7 +167,7 @@ def main() -> int:
         ti = timed([partial(torch._int_mm, s.a, w.T) for w in s.w]) if s.M > 16 else float("nan")
         # the engine's path: per-token quantization of bf16 activations + the GEMM (one bf16 weight scale)
         tl_ = timed([partial(w8a8_linear, s.x, w, s.sw) for w in s.w])
-        r = {"M": s.M, "N": s.N, "K": s.K, "config": default_config(s.M), "w8a8_ms": t, "bf16_linear_ms": tb,
+        r = {"M": s.M, "N": s.N, "K": s.K, "config": default_config(s.M, s.N), "w8a8_ms": t, "bf16_linear_ms": tb,
              "int_mm_ms": ti, "w8a8_linear_ms": tl_, "w8a8_GBps": wbytes / t / 1e6, "w8a8_TOPS": ops / t / 1e9}
         rows.append(r)
         print(f"{s.M:5d} {s.N:6d} {s.K:6d} {t:8.4f} {r['w8a8_GBps']:6.0f} {r['w8a8_TOPS']:5.0f} {tb:8.4f} {ti:8.4f} {tl_:8.4f}")
@@ -169,14 +180,15 @@ def main() -> int:
             best[k] = r
     lines = [f"# Triton W8A8 on {torch.cuda.get_device_name()} (GPU time, CUDA graphs, weights cold)", "",
              f"Device-to-device copy: {bw:.0f} GB/s. bf16 = `F.linear` (cuBLAS); `_int_mm` = cuBLASLt IMMA (M > 16).",
-             "", "| M | N | K | w8a8 ms | GB/s of weights | vs bf16 | vs _int_mm | best swept block (BM,BN,BK,split) | ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| M | N | K | w8a8 ms | GB/s of weights | vs bf16 | vs _int_mm | quantize + w8a8 ms | vs bf16 | "
+             "best swept (BM,BN,BK) warps stages | ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = best.get((r["M"], r["N"], r["K"]))
         r["best_swept"] = b
         lines.append(f"| {r['M']} | {r['N']} | {r['K']} | {r['w8a8_ms']:.4f} | {r['w8a8_GBps']:.0f} | "
                      f"{r['bf16_linear_ms'] / r['w8a8_ms']:.2f}x | {r['int_mm_ms'] / r['w8a8_ms']:.2f}x | "
-                     f"{b['block'] if b else '-'} | {b['ms'] if b else float('nan'):.4f} |")
+                     f"{r['w8a8_linear_ms']:.4f} | {r['bf16_linear_ms'] / r['w8a8_linear_ms']:.2f}x | "
+                     + (f"{b['block']} {b['warps']} {b['stages']} | {b['ms']:.4f} |" if b else "- | - |"))
     print("\n".join(lines))
     if args.out:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": bw,

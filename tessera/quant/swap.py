@@ -46,7 +46,8 @@ def swap_linears(model: nn.Module, scheme: str, group: int = 128, skip=("lm_head
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         args = (lin.in_features, lin.out_features, lin.bias is not None)
-        setattr(parent, child, Int8Linear(*args) if scheme == "w8a8" else Int4Linear(*args, group=group))
+        new = Int8Linear(*args) if scheme == "w8a8" else Int4Linear(*args, group=group)
+        setattr(parent, child, new.to(lin.weight.device))  # load_state_dict copies into the buffers' device
     return model
 
 
