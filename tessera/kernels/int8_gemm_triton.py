@@ -87,15 +87,18 @@ def _check(t, name, dtype, shape):
 
 
 def default_config(M: int, N: int) -> tuple[tuple[int, int, int], int, int]:
-    """((BLOCK_M, BLOCK_N, BLOCK_K), num_warps, num_stages). Decode (M <= 16) streams the weights: wide
-    K tiles, BLOCK_N by N (16 / 32 / 64 for N <= 1024 / < 8192 / larger), the best of a 36-config sweep per
-    Llama-8B shape on an H200 within 3 % (`benchmarks/results/ngemm_gpu_NVIDIA_H200_sweep1.json`; split-K lost
-    everywhere). Prefill uses 128x128 tiles (untuned)."""
+    """((BLOCK_M, BLOCK_N, BLOCK_K), num_warps, num_stages), from two sweeps on an H200 over the Llama-8B
+    projection shapes (`benchmarks/results/ngemm_gpu_NVIDIA_H200{_sweep1,}.json`). Decode (M <= 16) streams
+    the weights: wide K tiles, BLOCK_N by N, 2 warps for narrow tiles (within 3 % of each shape's best
+    of 72 configs; split-K lost everywhere). Prefill: 128x128 tiles, or 64x64 when 128x128 would leave
+    SMs idle (M = 256, N = 4096: 64 tiles on 132 SMs, 1.53x slower than 64x64)."""
     if M <= 16:
         bn = 16 if N <= 1024 else 32 if N < 8192 else 64
-        return (16, bn, 256 if bn == 64 else 512), 4, 4
+        return (16, bn, 256 if bn == 64 else 512), 2 if bn <= 32 else 4, 4
     if M <= 64:
         return (64, 128, 128), 4, 4
+    if triton.cdiv(M, 128) * triton.cdiv(N, 128) < 128:
+        return (64, 64, 128), 4, 4
     return (128, 128, 128), 8, 3
 
 

@@ -57,7 +57,8 @@ class Int8Linear(_QuantLinear):
 
     @staticmethod
     def pack(linear: nn.Linear) -> G.PackedInt8Weight:
-        return G.pack_int8(*quantize_weight_int8(linear.weight), linear.bias)
+        bias = None if linear.bias is None else linear.bias.detach().cpu()  # packing runs on the CPU;
+        return G.pack_int8(*quantize_weight_int8(linear.weight.cpu()), bias)  # loading moves it back
 
     def _packed(self) -> G.PackedInt8Weight:
         colsum = self.qweight.sum(dim=(1, 3), dtype=torch.int32).flatten()  # [Np]
@@ -88,7 +89,8 @@ class Int4Linear(_QuantLinear):
 
     @staticmethod
     def pack(linear: nn.Linear, group: int) -> G.PackedInt4Weight:
-        return G.pack_int4(*quantize_weight_int4(linear.weight, group), group, linear.bias)
+        bias = None if linear.bias is None else linear.bias.detach().cpu()
+        return G.pack_int4(*quantize_weight_int4(linear.weight.cpu(), group), group, bias)
 
     def _packed(self) -> G.PackedInt4Weight:
         return G.PackedInt4Weight(self.qweight, self.scales, self.bias, self.out_features, self.in_features,
