@@ -66,3 +66,10 @@ def test_cuda_w8a8_engine_matches_cpu_w8a8():
         assert all(b.device.type == dev for b in llm.model.buffers())
         out[dev] = llm.generate([p], sp).completions[0].token_ids
     assert out["cuda"] == out["cpu"]
+
+
+def test_cuda_w4a8_refused_with_a_clear_error():
+    from tessera.quant import quantize_model
+
+    with pytest.raises(ValueError, match="w4a8 has CPU kernels only"):
+        quantize_model(LLM.load(device="cuda").model, "w4a8")

@@ -53,6 +53,8 @@ def test_quantizer_bit_identical_to_reference(dtype):
     q_ref, s_ref = R.quantize_per_token(x)
     assert torch.equal(q.cpu(), q_ref) and torch.equal(s.cpu(), s_ref)
     assert q_ref[2, :6].tolist() == [127, 0, 2, 2, 0, -4]  # the ties went to even
+    q0, s0 = quantize_per_token(torch.zeros(0, 8, dtype=dtype, device=DEV))  # no rows: no launch
+    assert q0.shape == (0, 8) and s0.shape == (0,)
 
 
 def test_bad_inputs():

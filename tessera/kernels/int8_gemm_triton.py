@@ -47,6 +47,8 @@ def quantize_per_token(x: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor
     M, K = x.shape
     q = torch.empty(M, K, dtype=torch.int8, device=x.device)
     s = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M == 0:
+        return q, s
     _quantize_kernel[(M,)](x, q, s, K, x.stride(0), BLOCK=min(block, triton.next_power_of_2(K)),
                            num_warps=4, enable_fp_fusion=False)
     return q, s

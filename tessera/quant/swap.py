@@ -53,6 +53,9 @@ def swap_linears(model: nn.Module, scheme: str, group: int = 128, skip=("lm_head
 
 def quantize_model(model: nn.Module, scheme: str, group: int = 128, skip=("lm_head",)) -> nn.Module:
     """In place: quantize every nn.Linear except `skip` to `scheme` ("w8a8" or "w4a8"); returns model."""
+    _check_scheme(scheme)
+    if scheme == "w4a8" and any(p.is_cuda for p in model.parameters()):
+        raise ValueError("w4a8 has CPU kernels only; on CUDA use w8a8 (Triton)")
     sd = quantize_state_dict(model, scheme, group, skip)
     swap_linears(model, scheme, group, skip)
     model.load_state_dict(sd)
