@@ -9,6 +9,7 @@ from tessera.models import LlamaForCausalLM
 from tessera.quant import (
     Int4Linear,
     Int8Linear,
+    fuse_projections,
     quantize_model,
     quantize_state_dict,
     quantize_weight_int4,
@@ -61,7 +62,7 @@ def test_quantized_logits_close(scheme, ref_kind, max_rel, min_agree):
         q = quantize_model(_model(), scheme, group=32)
         got = q(ids)
     n_q = sum(isinstance(m, (Int8Linear, Int4Linear)) for m in q.modules())
-    assert n_q == CFG.num_hidden_layers * 7  # q, k, v, o, gate, up, down
+    assert n_q == CFG.num_hidden_layers * 4  # qkv, o, gate_up, down (fused by default)
     assert isinstance(q.lm_head, nn.Linear)  # stays fp
     rel, agree = _compare(got, ref)
     assert 1e-4 < rel < max_rel, rel  # > 1e-4: the swap really happened
@@ -69,7 +70,7 @@ def test_quantized_logits_close(scheme, ref_kind, max_rel, min_agree):
 
 
 def test_state_dict_roundtrip_and_bf16():
-    src = quantize_model(_model(), "w8a8")
+    src = quantize_model(_model(), "w8a8", fuse=False)
     sd = src.state_dict()
     assert sd["model.layers.0.mlp.up_proj.qweight"].dtype == torch.int8
     dst = swap_linears(_model(seed=1), "w8a8")
@@ -94,3 +95,33 @@ def test_bad_scheme_and_group():
         quantize_model(_model(), "w3a3")
     with pytest.raises(ValueError, match="group"):
         quantize_model(_model(), "w4a8", group=48)
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a8"])
+def test_fused_projections_are_bit_identical(scheme):
+    """qkv and gate_up in one linear each: per-row weight scales and per-token activation scales make the
+    fused model's logits equal the unfused one's exactly; its state dict loads into a fused, swapped model."""
+    ids = torch.randint(0, CFG.vocab_size, (3, 10))
+    sep = quantize_model(_model(), scheme, group=32, fuse=False)
+    fused = quantize_model(_model(), scheme, group=32)
+    attn, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
+    assert attn.q_proj is None and attn.qkv_sizes == (128, 64, 64) and mlp.gate_up_sizes == (384, 384)
+    assert isinstance(attn.qkv_proj, (Int8Linear, Int4Linear)) and "mlp.up_proj.qweight" not in str(fused.state_dict().keys())
+    dst = _model(seed=1)
+    assert fuse_projections(dst) == 2 * CFG.num_hidden_layers
+    dst = swap_linears(dst, scheme, group=32)
+    dst.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        ref = sep(ids)
+        assert torch.equal(fused(ids), ref) and torch.equal(dst(ids), ref)
+
+
+def test_fuse_projections_on_the_fp_model():
+    ids = torch.randint(0, CFG.vocab_size, (2, 12))
+    m = _model()
+    with torch.no_grad():
+        ref = m(ids)
+        assert fuse_projections(m) == 2 * CFG.num_hidden_layers
+        assert fuse_projections(m) == 0  # nothing left to fuse
+        got = m(ids)
+    assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
