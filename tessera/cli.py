@@ -38,6 +38,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _llm(args):
     from tessera.engine import LLM
 
+    if getattr(args, "quant", "none") != "none" and getattr(args, "tp", 1) > 1:
+        raise ValueError("--quant with --tp > 1 is not supported: the int8/int4 linears have no sharded form yet")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     if getattr(args, "quant", "none") != "none":
         from tessera.quant import quantize_model

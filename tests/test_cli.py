@@ -51,6 +51,11 @@ def test_generate_quantized(capsys):
         assert "tok/s" in capsys.readouterr().out
 
 
+def test_quant_with_tensor_parallelism_is_refused(capsys):
+    assert main(["generate", "--quant", "w8a8", "--tp", "2"]) == 2  # before any process group is needed
+    assert "--quant with --tp > 1 is not supported" in capsys.readouterr().err
+
+
 def test_shadowkv_chunk_options_reach_the_backend(capsys):
     from tessera.cli import _kv, build_parser
     from tessera.kv.shadowkv import ShadowKVOptions
