@@ -125,3 +125,18 @@ def test_fuse_projections_on_the_fp_model():
         assert fuse_projections(m) == 0  # nothing left to fuse
         got = m(ids)
     assert (got - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+@pytest.mark.parametrize("kv,opts", [("shadowkv", {"rank": 32, "sparse_budget": 128}), ("dense", {})])
+def test_fused_quantized_model_under_every_cache_backend(kv, opts):
+    """The fused q/k/v are views of one wider output: the KV backends (ShadowKV reads the pre-RoPE keys)
+    must give the same tokens as with separate projections."""
+    from kv_helpers import random_prompts, tiny_model
+
+    from tessera.config import SamplingParams
+    from tessera.engine.engine import LLM
+
+    prompts, sp = random_prompts([120, 60, 90]), SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    runs = [LLM(quantize_model(tiny_model(), "w8a8", fuse=fuse)).generate(prompts, sp, kv=kv, kv_options=opts)
+            for fuse in (False, True)]
+    assert [c.token_ids for c in runs[0].completions] == [c.token_ids for c in runs[1].completions]
