@@ -377,6 +377,8 @@ def main():
                     help="comma-separated paths to leave out, e.g. 'torch._int_mm (int only)' on CPUs without "
                          "AVX512-VNNI, where it has no fast kernel (~0.3 GOP/s on an AVX2 AMD EPYC)")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of an earlier run's JSON")
+    ap.add_argument("--shape", action="append", default=None, metavar="SUBSTR",
+                    help="only the shapes whose name contains SUBSTR (repeatable), e.g. --shape 'k,v'")
     args = ap.parse_args()
     if args.replot:
         d = json.loads(Path(args.replot).read_text())
@@ -399,6 +401,10 @@ def main():
     else:
         big, small = LLAMA8B, EMBEDDED
         Ms, cold_Ms, reps = [1, 4, 16, 64, 256, 1024], [1, 4, 16, 64], args.reps or 24
+    if args.shape:
+        big, small = ({n: nk for n, nk in d.items() if any(x in n for x in args.shape)} for d in (big, small))
+        if not big and not small:
+            ap.error(f"--shape {args.shape}: no shape matches; known: {', '.join([*LLAMA8B, *EMBEDDED])}")
     rows = []
     for name, (N, K) in big.items():
         rows += bench_shape(name, N, K, Ms, cold_Ms, mkl, backend, reps, args.interleave, args.skip)
