@@ -22,7 +22,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 # name | time limit (s) | command
 CHECKS=(
   "gpu-tests|90|$PY -m pytest -q -m gpu tests -p no:cacheprovider"
-  "ngemm|180|$PY scripts/gpu_checks/ngemm.py --out $RES/ngemm_gpu_$SLUG"
+  # the defaults come from the 2026-11-27 sweeps (results/ngemm_gpu_NVIDIA_H200*.json): a short sweep re-checks them
+  "ngemm|120|$PY scripts/gpu_checks/ngemm.py --sweep-s 30 --out $RES/ngemm_gpu_$SLUG"
   "shadowkv|150|$PY scripts/gpu_checks/shadowkv.py --out $RES/shadowkv_efficiency_gpu_$SLUG"
   "decode-bench|150|$PY benchmarks/bench_decode.py --device cuda --batch-sizes 1,8,32 --new-tokens 128 --out $RES/decode_gpu_$SLUG"
   # the engine with W8A8 linears on the GPU (Triton quantizer + GEMM, q/k/v and gate/up fused) and with fused

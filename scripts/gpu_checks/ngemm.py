@@ -108,8 +108,8 @@ class Shape:
 
 
 def sweep_configs():
-    """(decode?, block, warps, stages), likelier first. Prefill (M >= 256): tile shapes around the
-    untuned 128x128x128. Decode (M <= 16, BLOCK_M 16): BLOCK_N x BLOCK_K x warps x stages around the
+    """(decode?, block, warps, stages), likelier first. Prefill (M >= 256): tile shapes around
+    128x128x128. Decode (M <= 16, BLOCK_M 16): BLOCK_N x BLOCK_K x warps x stages around the
     defaults (the first sweep, ngemm_gpu_NVIDIA_H200_sweep1.json, settled BLOCK_K and showed split-K losing)."""
     for bm, bn, bk, warps, stages in [(128, 128, 128, 8, 3), (64, 128, 128, 4, 4), (128, 256, 128, 8, 3),
                                       (128, 128, 64, 4, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4),
