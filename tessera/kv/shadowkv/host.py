@@ -30,7 +30,7 @@ class HostValues:
     def fetch(self, heads: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
         """Values of chunk `chunks[i]` of head `heads[i]` -> [M, C, D] on the fast device."""
         _, n, C, D = self.v.shape
-        flat = heads.cpu() * n + chunks.cpu()  # [M] rows of the [H * n_chunks, C, D] view
+        flat = (heads * n + chunks).cpu()  # [M] rows of the [H * n_chunks, C, D] view: one device-to-host copy
         self.bytes_fetched += flat.numel() * C * D * self.v.element_size()
         if self.device.type == "cpu":
             return self.v.view(-1, C, D)[flat]  # a real copy out of the host buffer
