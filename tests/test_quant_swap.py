@@ -140,3 +140,29 @@ def test_fused_quantized_model_under_every_cache_backend(kv, opts):
     runs = [LLM(quantize_model(tiny_model(), "w8a8", fuse=fuse)).generate(prompts, sp, kv=kv, kv_options=opts)
             for fuse in (False, True)]
     assert [c.token_ids for c in runs[0].completions] == [c.token_ids for c in runs[1].completions]
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a8"])
+def test_casting_a_quantized_model_keeps_the_scales_fp32(scheme):
+    """`.to(bfloat16)` / `.half()` of a quantized model used to turn the scale and bias buffers 16-bit, which the
+    kernels then read through a float* (garbage outputs, reads past the end)."""
+    ids = torch.randint(0, CFG.vocab_size, (2, 8))
+    q = quantize_model(_model(), scheme, group=32)
+    lin = q.model.layers[0].mlp.down_proj
+    x = torch.randn(3, CFG.intermediate_size)
+    with torch.no_grad():
+        want = lin(x.bfloat16())
+        q = q.to(torch.bfloat16)
+        assert all(b.dtype == torch.float32 for n, b in lin.named_buffers() if n in ("weight_scale", "scales", "bias"))
+        assert torch.equal(lin(x.bfloat16()), want)
+        assert q.half()(ids).dtype == torch.float16
+
+
+def test_packed_weights_refuse_wrong_dtypes():
+    from tessera.kernels import int8_gemm as G
+
+    pw = G.pack_int8(torch.randint(-127, 128, (64, 32), dtype=torch.int8), torch.rand(64))
+    with pytest.raises(ValueError, match="scale must be a contiguous torch.float32"):
+        G.PackedInt8Weight(pw.data, pw.scale.bfloat16(), pw.colsum, None, 64, 32)
+    with pytest.raises(ValueError, match="colsum"):
+        G.PackedInt8Weight(pw.data, pw.scale, pw.colsum.long(), None, 64, 32)

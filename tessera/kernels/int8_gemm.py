@@ -93,6 +93,7 @@ class PackedInt8Weight:
     sign_ok: bool = field(init=False, repr=False)  # no -128 in the weights: AVX2 may use its sign-trick kernels
 
     def __post_init__(self):
+        _check_packed(self, torch.int8, colsum=self.colsum)
         self.sign_ok = not bool((self.data == -128).any())
 
 
@@ -105,6 +106,18 @@ class PackedInt4Weight:
     k: int
     group: int
     _plain: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        _check_packed(self, torch.uint8)
+
+
+def _check_packed(pw, data_dtype, colsum=None):
+    """The kernels take raw pointers: wrong dtypes would be read as the expected ones, past the end."""
+    for name, t, dtype in (("data", pw.data, data_dtype), ("scale", pw.scale, torch.float32),
+                           ("bias", pw.bias, torch.float32), ("colsum", colsum, torch.int32)):
+        if t is not None and (t.dtype != dtype or not t.is_contiguous()):
+            raise ValueError(f"packed weight: {name} must be a contiguous {dtype} tensor, got {t.dtype}"
+                             f"{'' if t.is_contiguous() else ' (not contiguous)'}")
 
 
 def _check(t: torch.Tensor, name: str, dtypes: tuple, ndim: int):

@@ -30,9 +30,18 @@ class _QuantLinear(nn.Module):
         self._pw = None  # loading copies into the buffers in place: derived data is stale
         return super()._load_from_state_dict(*args, **kwargs)
 
+    #: buffers the kernels read as fp32 whatever the model's dtype: a cast of the model (`.to(bfloat16)`,
+    #: `.half()`) would hand them 16-bit data through a float* (garbage, and reads past the end)
+    FP32_BUFFERS = ("weight_scale", "scales", "bias")
+
     def _apply(self, fn, *args, **kwargs):
         self._pw = None
-        return super()._apply(fn, *args, **kwargs)
+        fp32 = {n: t for n in self.FP32_BUFFERS if (t := self._buffers.get(n)) is not None}
+        super()._apply(fn, *args, **kwargs)
+        for n, t in fp32.items():  # keep the exact fp32 values, follow a device move
+            if self._buffers[n].dtype != torch.float32:
+                self._buffers[n] = t.to(self._buffers[n].device)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         if self._pw is None:
