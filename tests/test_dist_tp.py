@@ -103,3 +103,15 @@ def test_indivisible_heads_raise_on_every_rank(pool):
         pool.run(_bad_heads_job, timeout=60)
     assert set(ei.value.errors) == {0, 1}
     assert all("num_key_value_heads=1" in e for e in ei.value.errors.values())
+
+
+def test_fused_projections_are_refused_before_any_communicator():
+    from kv_helpers import tiny_model
+
+    from tessera.dist.tp import shard_model
+    from tessera.quant import fuse_projections
+
+    model = tiny_model()
+    fuse_projections(model)
+    with pytest.raises(ValueError, match="fused projections"):
+        shard_model(model)  # no process group exists: the check must come first

@@ -84,6 +84,10 @@ def shard_model(model, group=None, mode: str = "torch", **comm_kw) -> TPComm:
     """Split `model` (a LlamaForCausalLM, identical on every rank) over `group`, in place.
     Returns the TPComm (keep it alive as long as the model). Raises on every rank if the head
     counts or FFN width do not divide by the world size."""
+    if any(getattr(m, "qkv_proj", None) is not None or getattr(m, "gate_up_proj", None) is not None
+           for m in model.modules()):
+        raise ValueError("shard_model: the model has fused projections (tessera.quant.fuse_projections); "
+                         "shard it before fusing")
     comm = TPComm(group, mode, **comm_kw)
     cfg, W = model.config, comm.world
     comm.require(cfg.num_attention_heads % W == 0 and cfg.num_key_value_heads % W == 0,
