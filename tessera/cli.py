@@ -145,6 +145,8 @@ def cmd_demo(args) -> int:
     from tessera.kv.presses import make_press
     from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score, solution_budget
 
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
     llm = _llm(args)
     problems = [make_problem(EVAL_SEED_BASE + i) for i in range(args.n)]
     press = args.press if args.press not in ("none", "full") else "rkv"

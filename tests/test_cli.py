@@ -51,6 +51,11 @@ def test_generate_quantized(capsys):
         assert "tok/s" in capsys.readouterr().out
 
 
+def test_demo_refuses_zero_problems(capsys):
+    assert main(["demo", "--n", "0"]) == 2
+    assert "--n must be >= 1" in capsys.readouterr().err
+
+
 def test_quant_with_tensor_parallelism_is_refused(capsys):
     assert main(["generate", "--quant", "w8a8", "--tp", "2"]) == 2  # before any process group is needed
     assert "--quant with --tp > 1 is not supported" in capsys.readouterr().err
