@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def _llm(args):
 
     if getattr(args, "quant", "none") != "none" and getattr(args, "tp", 1) > 1:
         raise ValueError("--quant with --tp > 1 is not supported: the int8/int4 linears have no sharded form yet")
+    if getattr(args, "tp", 1) > 1 and "RANK" not in os.environ:
+        raise ValueError(f"--tp {args.tp} runs one process per rank: "
+                         f"torchrun --nproc-per-node {args.tp} -m tessera {args.cmd} --tp {args.tp} ...")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     if getattr(args, "quant", "none") != "none":
         from tessera.quant import quantize_model

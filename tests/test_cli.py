@@ -51,6 +51,12 @@ def test_generate_quantized(capsys):
         assert "tok/s" in capsys.readouterr().out
 
 
+def test_tp_outside_torchrun_says_how_to_launch(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["generate", "--tp", "2"]) == 2
+    assert "torchrun --nproc-per-node 2" in capsys.readouterr().err
+
+
 def test_demo_refuses_zero_problems(capsys):
     assert main(["demo", "--n", "0"]) == 2
     assert "--n must be >= 1" in capsys.readouterr().err
