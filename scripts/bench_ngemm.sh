@@ -33,5 +33,6 @@ if [[ "$isa" != amx && "$isa" != avx512vnni ]]; then skip=(--skip "torch._int_mm
 run=()
 if [[ "${NGEMM_DRY:-0}" != 0 ]]; then run=(echo); fi
 "${run[@]}" $PY benchmarks/bench_gemm.py --interleave "${mkl_args[@]}" "${skip[@]}" --out "benchmarks/results/gemm_$tag"
+"${run[@]}" $PY benchmarks/gemm_bounds.py "benchmarks/results/gemm_$tag.json" --out "benchmarks/results/gemm_bounds_$tag"
 "${run[@]}" $PY benchmarks/bench_decode.py --quant none,w8a8,w4a8 --new-tokens 128 --out "benchmarks/results/decode_quant_$tag"
-echo "wrote benchmarks/results/gemm_$tag.{json,md} and decode_quant_$tag.{json,md}"
+echo "wrote benchmarks/results/{gemm,gemm_bounds,decode_quant}_$tag.{json,md}"
