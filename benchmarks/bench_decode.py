@@ -10,7 +10,8 @@ measured in the same run on the same machine. Writes `<out>.json` and `<out>.md`
     python benchmarks/bench_decode.py --quant none,w8a8,w4a8 --out benchmarks/results/decode_quant
 
 `--quant`: one Tessera engine per listed mode (NGEMM int8 / int4-weight linears, lm_head stays fp;
-`fused`: fp with q/k/v and gate/up fused, `tessera.quant.fuse_projections`), all timed in the same run
+`fused`: fp with q/k/v and gate/up fused, `tessera.quant.fuse_projections`; `w8a8-unfused` /
+`w4a8-unfused`: quantized without that fusion), all timed in the same run
 against the same fp transformers baseline; "identical outputs" then counts sequences equal to
 transformers' fp tokens, which quantization may change.
 """
@@ -54,7 +55,7 @@ def main():
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quant", default="none", help="comma-separated Tessera variants: none, fused, w8a8, w4a8")
+    ap.add_argument("--quant", default="none", help="comma-separated Tessera variants: none, fused, w8a8, w4a8, w8a8-unfused, w4a8-unfused")
     ap.add_argument("--out", default="benchmarks/results/decode")
     args = ap.parse_args()
 
@@ -68,7 +69,7 @@ def main():
     path = Path(args.model) if args.model else DEFAULT_MODEL
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     quants = args.quant.split(",")
-    if bad := set(quants) - {"none", "fused", "w8a8", "w4a8"}:
+    if bad := set(quants) - {"none", "fused", "w8a8", "w4a8", "w8a8-unfused", "w4a8-unfused"}:
         ap.error(f"--quant: unknown modes {sorted(bad)}")
     engines = {}
     for q in quants:
@@ -79,7 +80,7 @@ def main():
             if q == "fused":
                 fuse_projections(engines[q].model)
             else:
-                quantize_model(engines[q].model, q)
+                quantize_model(engines[q].model, q.removesuffix("-unfused"), fuse=not q.endswith("-unfused"))
     names = {q: "tessera" if q == "none" else f"tessera {q}" for q in quants}
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(path)
