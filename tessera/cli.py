@@ -39,24 +39,25 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _llm(args):
     from tessera.engine import LLM
 
-    if getattr(args, "quant", "none") != "none" and getattr(args, "tp", 1) > 1:
+    quant, tp_size = getattr(args, "quant", "none"), getattr(args, "tp", 1)
+    if quant != "none" and tp_size > 1:
         raise ValueError("--quant with --tp > 1 is not supported: the int8/int4 linears have no sharded form yet")
-    if getattr(args, "tp", 1) > 1 and "RANK" not in os.environ:
-        raise ValueError(f"--tp {args.tp} runs one process per rank: "
-                         f"torchrun --nproc-per-node {args.tp} -m tessera {args.cmd} --tp {args.tp} ...")
+    if tp_size > 1 and "RANK" not in os.environ:
+        raise ValueError(f"--tp {tp_size} runs one process per rank: "
+                         f"torchrun --nproc-per-node {tp_size} -m tessera {args.cmd} --tp {tp_size} ...")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
-    if getattr(args, "quant", "none") != "none":
+    if quant != "none":
         from tessera.quant import quantize_model
 
-        quantize_model(llm.model, args.quant)  # module swap + state-dict conversion, lm_head stays fp
-    if getattr(args, "tp", 1) > 1:
+        quantize_model(llm.model, quant)  # module swap + state-dict conversion, lm_head stays fp
+    if tp_size > 1:
         # under torchrun: every rank loads the full model, then keeps its shard (Megatron-style)
         from tessera.dist import parallel_state as ps
         from tessera.dist import tp
 
         ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
-        if ps.world_size() != args.tp:
-            raise ValueError(f"--tp {args.tp} but torchrun started {ps.world_size()} processes")
+        if ps.world_size() != tp_size:
+            raise ValueError(f"--tp {tp_size} but torchrun started {ps.world_size()} processes")
         tp.shard_model(llm.model)
     return llm
 

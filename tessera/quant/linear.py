@@ -19,6 +19,11 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b) * b
 
 
+def _on_cpu(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) on the CPU: packing runs there; loading the packed state dict moves it back."""
+    return linear.weight.detach().cpu(), None if linear.bias is None else linear.bias.detach().cpu()
+
+
 class _QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
@@ -65,8 +70,8 @@ class Int8Linear(_QuantLinear):
 
     @staticmethod
     def pack(linear: nn.Linear) -> G.PackedInt8Weight:
-        bias = None if linear.bias is None else linear.bias.detach().cpu()  # packing runs on the CPU;
-        return G.pack_int8(*quantize_weight_int8(linear.weight.cpu()), bias)  # loading moves it back
+        w, bias = _on_cpu(linear)
+        return G.pack_int8(*quantize_weight_int8(w), bias)
 
     def _packed(self) -> G.PackedInt8Weight:
         colsum = self.qweight.sum(dim=(1, 3), dtype=torch.int32).flatten()  # [Np]
@@ -97,8 +102,8 @@ class Int4Linear(_QuantLinear):
 
     @staticmethod
     def pack(linear: nn.Linear, group: int) -> G.PackedInt4Weight:
-        bias = None if linear.bias is None else linear.bias.detach().cpu()
-        return G.pack_int4(*quantize_weight_int4(linear.weight.cpu(), group), group, bias)
+        w, bias = _on_cpu(linear)
+        return G.pack_int4(*quantize_weight_int4(w, group), group, bias)
 
     def _packed(self) -> G.PackedInt4Weight:
         return G.PackedInt4Weight(self.qweight, self.scales, self.bias, self.out_features, self.in_features,
