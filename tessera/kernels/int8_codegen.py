@@ -171,6 +171,10 @@ def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
 # vpmaddwd widens them: 2.25 multiply uops per 64 products instead of 4 (the multiplier is the bound of
 # AVX2 int8 on Zen 1). Every supported group (32 ... 256) is a whole number of 4-step blocks.
 W4_S16_STEPS = 4
+# _W4_BARRIER: an empty asm that "rewrites" the s16 sums after every k-step. Without it gcc 12 reassociated
+# the 4 unrolled steps' integer adds into one tree, computed all 32 `vpmaddubsw` first and spilled 24 of
+# them to the stack (hot W4A8 at M = 1: ~49 instead of ~44 cycles per k-step, 1.05-1.12x cold on the 8B
+# shapes at M = 1-16 in a same-run A/B; docs/ngemm.md). The asm emits nothing; it only pins the order.
 
 
 def _w4_microkernel(s: Schedule, mr: int) -> str:
@@ -219,6 +223,9 @@ def _w4_microkernel(s: Schedule, mr: int) -> str:
             else:
                 body += [_dot(s.isa, f"c{i}_{v}", f"lo{v}", f"al{i}") + " " + _dot(s.isa, f"c{i}_{v}", f"hi{v}", f"ah{i}")
                          for v in range(nv)]
+        if avx2:  # see _W4_BARRIER
+            hs = ", ".join(f'"+x"(h{i}_{v})' for i in range(mr) for v in range(nv))
+            body.append(f'__asm__("" : {hs});')
         out += ["      " + x for x in body] + ["    }"]
         if avx2:
             out += [f"    c{i}_{v} = _mm256_add_epi32(c{i}_{v}, _mm256_madd_epi16(h{i}_{v}, ones));"
