@@ -47,7 +47,7 @@ def old_backend(rev: str, isa: str) -> str:
     if lib is None:
         raise SystemExit(f"the kernels of {rev} did not compile for {isa}")
     name = f"rev:{rev}"
-    G._RESOLVED[(name, None)] = (isa, lib)  # resolve_backend(name) now returns rev's library
+    G._RESOLVED[name] = (isa, lib)  # resolve_backend(name) now returns rev's library
     return name
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -59,15 +58,17 @@ def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
     return lib
 
 
-_RESOLVED: dict = {}  # (backend, $TESSERA_INT8_ISA) -> (name, lib): saves ~7 us per call
+_RESOLVED: dict = {}  # backend -> (name, lib): saves ~7 us per call
 
 
 def resolve_backend(backend) -> tuple[str, ctypes.CDLL | None]:
-    """backend: None (best for this CPU), an ISA name, "torch", or an `int8_codegen.Schedule`."""
-    key = (backend, os.environ.get("TESSERA_INT8_ISA"))
-    if key not in _RESOLVED:
-        _RESOLVED[key] = _resolve(backend)
-    return _RESOLVED[key]
+    """backend: None (best for this CPU), an ISA name, "torch", or an `int8_codegen.Schedule`.
+    `$TESSERA_INT8_ISA` is read when None is first resolved, not per call: `os.environ.get` costs ~2 us,
+    a tenth of a whole W8A8 call at the embedded model's shapes (`_RESOLVED.clear()` re-reads it)."""
+    hit = _RESOLVED.get(backend)
+    if hit is None:
+        hit = _RESOLVED[backend] = _resolve(backend)
+    return hit
 
 
 def _resolve(backend) -> tuple[str, ctypes.CDLL | None]:
