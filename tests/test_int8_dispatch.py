@@ -55,3 +55,17 @@ def test_cache_key_and_flags(monkeypatch, tmp_path):
         ccache.build("this is not C", (), "broken")
     for s in int8_codegen.DEFAULT_SCHEDULES.values():  # artifacts must run on any CPU with the ISA
         assert not any("native" in f for f in (*ccache.BASE_FLAGS, *int8_codegen.flags(s)))
+
+
+def test_forced_isa_is_read_at_first_resolution(monkeypatch):
+    """`TESSERA_INT8_ISA` is read once per process (per `_RESOLVED.clear()`), not on every call."""
+    monkeypatch.setenv("TESSERA_INT8_ISA", "torch")
+    G._RESOLVED.clear()
+    try:
+        assert G.resolve_backend(None) == ("torch", None)
+        monkeypatch.delenv("TESSERA_INT8_ISA")
+        assert G.resolve_backend(None) == ("torch", None)  # cached: no env read per call
+        G._RESOLVED.clear()
+        assert G.resolve_backend(None)[0] == cpu_isa.best_backend()
+    finally:
+        G._RESOLVED.clear()

@@ -173,7 +173,7 @@ def _w8_microkernel(s: Schedule, mr: int, sign: bool = False) -> str:
 W4_S16_STEPS = 4
 # _W4_BARRIER: an empty asm that "rewrites" the s16 sums after every k-step. Without it gcc 12 reassociated
 # the 4 unrolled steps' integer adds into one tree, computed all 32 `vpmaddubsw` first and spilled 24 of
-# them to the stack (hot W4A8 at M = 1: ~49 instead of ~44 cycles per k-step, 1.05-1.12x cold on the 8B
+# them to the stack (hot W4A8 at M = 1: ~49 instead of ~44 cycles per k-step; 1.03-1.13x cold on the 8B
 # shapes at M = 1-16 in a same-run A/B; docs/ngemm.md). The asm emits nothing; it only pins the order.
 
 
