@@ -158,8 +158,15 @@ def test_custom_schedule_compiles_and_is_exact():
     # W4A8 with its own micro-tile width (nr_w4 != nr), as one tile or as passes over the whole panel
     x, q4 = torch.randn(5, 128), torch.randint(-8, 8, (100, 128), dtype=torch.int8)
     pw4 = G.pack_int4(q4, torch.rand(100, 4) + 0.1, 32)
-    for sched in (s, dataclasses.replace(s, w4_panel=True, prefetch=2, prefetch_w4=3)):
+    panel = dataclasses.replace(s, w4_panel=True, prefetch=2, prefetch_w4=3)
+    # multi-row W4A8 micro-tiles with their own pass width (5 rows: a 3-row and a 2-row tile)
+    rows = dataclasses.replace(panel, mr_w4=3, nr_w4=2 * lanes, nr_w4_rows=lanes)
+    for sched in (s, panel, rows):
         assert torch.equal(G.int4_linear(x, pw4, backend=sched), G.int4_linear(x, pw4, backend="torch"))
+    with pytest.raises(ValueError, match="needs w4_panel"):
+        dataclasses.replace(s, nr_w4_rows=lanes)
+    with pytest.raises(ValueError, match="nr_w4_rows="):
+        dataclasses.replace(panel, nr_w4_rows=3 * lanes)
     with pytest.raises(ValueError, match="nr="):
         int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
     with pytest.raises(ValueError, match="nr_w4="):

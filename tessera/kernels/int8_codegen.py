@@ -49,10 +49,15 @@ class Schedule:
     nr_w4: int = 0  # W4A8 columns per register pass (0: nr); W4A8 also keeps fp32 accumulators
     w4_panel: bool = False  # W4A8 micro-tile = the whole panel, walked in nr_w4-column passes per group
     prefetch_w4: int | None = None  # W4A8 prefetch distance in k-steps (None: prefetch)
+    nr_w4_rows: int = 0  # W4A8 pass width of micro-tiles of 2+ rows (0: nr_w4); needs w4_panel
 
     @property
     def nr4(self) -> int:
         return self.nr_w4 or self.nr
+
+    def nr4_for(self, mr: int) -> int:
+        """W4A8 columns per register pass of an mr-row micro-kernel."""
+        return self.nr_w4_rows if mr > 1 and self.nr_w4_rows else self.nr4
 
     @property
     def pf4(self) -> int:
@@ -64,9 +69,11 @@ class Schedule:
 
     def __post_init__(self):
         lanes = ISA_OPS[self.isa]["lanes"]
-        for name, nr in (("nr", self.nr), ("nr_w4", self.nr4)):
+        for name, nr in (("nr", self.nr), ("nr_w4", self.nr4), ("nr_w4_rows", self.nr4_for(2))):
             if PANEL % nr or nr % lanes:
                 raise ValueError(f"{name}={nr} must divide {PANEL} and be a multiple of {lanes} lanes")
+        if self.nr_w4_rows and not self.w4_panel:
+            raise ValueError("nr_w4_rows needs w4_panel (every W4A8 micro-kernel then covers the whole panel)")
         if min(self.mr, self.mr_w4, self.k_unroll) < 1 or min(self.prefetch, self.pf4, self.amx_prefetch) < 0:
             raise ValueError(f"bad schedule {self}")
 
@@ -103,8 +110,11 @@ DEFAULT_SCHEDULES = {
     # Zen 1 EPYC; docs/ngemm.md). W4A8 keeps int, s16 and fp32 accumulators: 32 columns of them fit the 16
     # registers, so it walks the panel in two 32-column passes per group (w4_panel; 1.2x at M = 1 cold).
     # W4A8 computes twice as long per byte as W8A8: it wants its prefetches further ahead (8: 1.04-1.05x at
-    # M = 1), W8A8 not (8 cost it 10-15 %).
-    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=1, nr_w4=32, w4_panel=True, prefetch_w4=8),
+    # M = 1), W8A8 not (8 cost it 10-15 %). From M = 2, W4A8 runs two rows per micro-tile in 16-column passes,
+    # so that both rows use each unpacked B vector and row 0's DRAM stream overlaps row 1's compute
+    # (cold 4096x4096: 1.08-1.17x at M = 2-16; 4 rows x 8 columns did as well at M = 4-16; docs/ngemm.md).
+    "avx2": Schedule("avx2", mr=1, nr=64, k_unroll=1, prefetch=4, mr_w4=2, nr_w4=32, w4_panel=True, prefetch_w4=8,
+                     nr_w4_rows=16),
 }
 
 
@@ -178,14 +188,15 @@ W4_S16_STEPS = 4
 
 
 def _w4_microkernel(s: Schedule, mr: int) -> str:
-    """W4A8 micro-kernel over mr rows and `s.w4_cols` columns, in passes of `s.nr4` columns per group:
-    with `w4_panel`, the second pass re-reads the group's B rows (spg x 256 B) from L1, so DRAM sees
-    one contiguous stream while only nr4 columns of int accumulators occupy registers."""
+    """W4A8 micro-kernel over mr rows and `s.w4_cols` columns, in passes of `s.nr4_for(mr)` columns per
+    group: with `w4_panel`, later passes re-read the group's B rows (spg x 256 B) from L1, so DRAM sees
+    one contiguous stream while only that many columns of int accumulators occupy registers."""
     o = ISA_OPS[s.isa]
-    vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], s.nr4 // o["lanes"]
+    nr4 = s.nr4_for(mr)
+    vi, vf, p, lanes, nv = o["vi"], o["vf"], o["p"], o["lanes"], nr4 // o["lanes"]
     ps = "512" if p == _Z else "256"
     avx2 = s.isa == "avx2"
-    passes = s.w4_cols // s.nr4
+    passes = s.w4_cols // nr4
     out = [(f"static inline __attribute__((always_inline)) void w4_mk{mr}(const int8_t* a, long lda, "
             "const uint8_t* b, const float* sw, const int32_t* gs, long ng, long spg, float* acc) {"),
            f"  const {vi} m4 = {p}_set1_epi8(0x0f);"]
