@@ -14,7 +14,8 @@ Layout, shared by every ISA so that a packed weight never depends on the machine
   k = 8s+4+j (high nibble) as u4 = q + 8. Here the *weights* are the unsigned operand and the
   activations stay signed, so the correction is 8 * (sum of the group's activations).
 Narrower ISAs (ymm) walk a 64-column panel as 64/NR sub-panels, or whole (AVX2: one row, 8 ymm
-accumulators, so that the B stream is contiguous; W4A8 in 32-column passes per group).
+accumulators, so that the B stream is contiguous; W4A8 in 32-column passes per group, or 16-column
+passes for its 2-row tiles from M = 2).
 
 AVX2 has no `vpdpbusd`; `vpmaddubsw` adds two u8*s8 products into *saturating* s16
 (255*-128*2 = -65280). W8A8 splits the u8 activation into bit 7 and bits 0-6: each half's pair
