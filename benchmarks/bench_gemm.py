@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from tessera.kernels import ccache, cpu_isa
-from tessera.kernels import int8_gemm as G
+from tessera.kernels.ngemm import ccache, cpu_isa
+from tessera.kernels.ngemm import gemm as G
 from tessera.quant.weights import quantize_weight_int4, quantize_weight_int8
 
 LLAMA8B = {"q,o 4096x4096": (4096, 4096), "k,v 1024x4096": (1024, 4096),

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from bench_gemm import POOL_BYTES, machine_info, paths
 
-from tessera.kernels import cpu_isa, int8_codegen
-from tessera.kernels import int8_gemm as G
+from tessera.kernels.ngemm import codegen, cpu_isa
+from tessera.kernels.ngemm import gemm as G
 
 
 def old_backend(rev: str, isa: str) -> str:
     """Register the kernels of `rev` as backend name "rev:<rev>" and return that name."""
-    src = subprocess.run(["git", "show", f"{rev}:tessera/kernels/int8_codegen.py"], check=True,
+    src = subprocess.run(["git", "show", f"{rev}:tessera/kernels/ngemm/codegen.py"], check=True,
                          capture_output=True, text=True, cwd=Path(__file__).parent).stdout
     path = Path(tempfile.mkdtemp()) / "old_int8_codegen.py"
     path.write_text(src)
@@ -39,11 +39,11 @@ def old_backend(rev: str, isa: str) -> str:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
-    G.int8_codegen = mod  # load_library generates from the module it sees
+    G.codegen = mod  # load_library generates from the module it sees
     try:
         lib = G.load_library.__wrapped__(mod.DEFAULT_SCHEDULES[isa])
     finally:
-        G.int8_codegen = int8_codegen
+        G.codegen = codegen
     if lib is None:
         raise SystemExit(f"the kernels of {rev} did not compile for {isa}")
     name = f"rev:{rev}"

@@ -37,10 +37,10 @@ def _job(shape_name, reps, impls):
 
     from tessera.dist import parallel_state as ps
     from tessera.dist.symm import SymmetricHeap
-    from tessera.kernels import decomposed as dec
-    from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
-    from tessera.kernels.allreduce import allreduce, create_allreduce_context
-    from tessera.kernels.gemm_rs import create_gemm_rs_context, gemm_rs
+    from tessera.kernels.comm import decomposed as dec
+    from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
+    from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
+    from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
 
     torch.set_num_threads(1)  # one core per rank: 2 ranks own the 2 cores
     me, W = ps.rank(), ps.world_size()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from bench_gemm import paths
 
-from tessera.kernels import cpu_isa
+from tessera.kernels.ngemm import cpu_isa
 
 
 def main():

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=$PWD
 tag=$(lscpu | sed -n 's/^Model name: *//p' | head -1 | tr -c 'A-Za-z0-9' _ | tr -s _ | sed 's/_$//' | cut -c1-40)
-isa=$($PY -c "from tessera.kernels import cpu_isa; print(cpu_isa.best_backend())")
+isa=$($PY -c "from tessera.kernels.ngemm import cpu_isa; print(cpu_isa.best_backend())")
 echo "CPU: $tag, int8 kernel ISA: $isa"
 
 mkl_args=()

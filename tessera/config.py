@@ -1,4 +1,4 @@
-"""Frozen, validated configuration objects (DESIGN rule 4: one config, no globals)."""
+"""Frozen, validated configuration objects (one config, no globals)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """AllGather-GEMM, GEMM-ReduceScatter and AllReduce: fused Triton kernels (interpreted, real gloo
 processes), the decomposed and sequential torch.distributed baselines, all against the torch
-references in `tessera/kernels/reference.py`.
+references in `tessera/kernels/comm/reference.py`.
 
 What is asserted, per iteration (3 in a row, fresh data, no signal resets):
 - allreduce (fused, one- and two-shot, fp32 and bf16): bitwise equal to the reference, because
@@ -38,11 +38,11 @@ def _rel(x, ref):
 def _op_job(op, impl, dtype_name, iters, seed):
     from tessera.dist import parallel_state as ps
     from tessera.dist.symm import SymmetricHeap
-    from tessera.kernels import decomposed as dec
-    from tessera.kernels import reference as ref
-    from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
-    from tessera.kernels.allreduce import allreduce, create_allreduce_context
-    from tessera.kernels.gemm_rs import create_gemm_rs_context, gemm_rs
+    from tessera.kernels.comm import decomposed as dec
+    from tessera.kernels.comm import reference as ref
+    from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
+    from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
+    from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
 
     me, W = ps.rank(), ps.world_size()
     dt = getattr(torch, dtype_name)
@@ -113,10 +113,10 @@ def test_baselines_match_reference(pool, op, impl):
 def _bad_args_job(case):
     from tessera.dist import parallel_state as ps
     from tessera.dist.symm import SymmetricHeap
-    from tessera.kernels import decomposed as dec
-    from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
-    from tessera.kernels.allreduce import allreduce, create_allreduce_context
-    from tessera.kernels.gemm_rs import create_gemm_rs_context
+    from tessera.kernels.comm import decomposed as dec
+    from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
+    from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
+    from tessera.kernels.comm.gemm_rs import create_gemm_rs_context
 
     me, W = ps.rank(), ps.world_size()
     if case == "rs_decomposed_indivisible":
@@ -157,10 +157,10 @@ def test_virtual_ranks_in_one_process(world):
     (compiled on CUDA when this suite runs on a GPU machine without the interpreter)."""
     from tessera.dist import lang as dl
     from tessera.dist.symm import VirtualHeap
-    from tessera.kernels import reference as ref
-    from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
-    from tessera.kernels.allreduce import allreduce, create_allreduce_context
-    from tessera.kernels.gemm_rs import create_gemm_rs_context, gemm_rs
+    from tessera.kernels.comm import reference as ref
+    from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
+    from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
+    from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
 
     dev = "cpu" if dl.interpreted() or not torch.cuda.is_available() else "cuda"
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tessera.kernels import ccache, cpu_isa, int8_codegen
-from tessera.kernels import int8_gemm as G
+from tessera.kernels.ngemm import ccache, codegen, cpu_isa
+from tessera.kernels.ngemm import gemm as G
 
 
 def test_dispatch_prefers_the_best_isa(monkeypatch):
@@ -53,8 +53,8 @@ def test_cache_key_and_flags(monkeypatch, tmp_path):
     assert len(list(tmp_path.glob("probe-*.so"))) == 3
     with pytest.raises(ccache.CompileError, match="failed"):
         ccache.build("this is not C", (), "broken")
-    for s in int8_codegen.DEFAULT_SCHEDULES.values():  # artifacts must run on any CPU with the ISA
-        assert not any("native" in f for f in (*ccache.BASE_FLAGS, *int8_codegen.flags(s)))
+    for s in codegen.DEFAULT_SCHEDULES.values():  # artifacts must run on any CPU with the ISA
+        assert not any("native" in f for f in (*ccache.BASE_FLAGS, *codegen.flags(s)))
 
 
 def test_forced_isa_is_read_at_first_resolution(monkeypatch):

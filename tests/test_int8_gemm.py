@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from tessera.kernels import cpu_isa, int8_codegen
-from tessera.kernels import int8_gemm as G
-from tessera.kernels import int8_reference as R
+from tessera.kernels.ngemm import codegen, cpu_isa
+from tessera.kernels.ngemm import gemm as G
+from tessera.kernels.ngemm import reference as R
 
 BACKENDS = [*cpu_isa.supported_isas(), "torch"]
 # M covers 1, every M-tail of the 6-row micro-tile and a multi-tile case; N and K cover panel and k tails.
@@ -150,8 +150,8 @@ def test_w4a8_linear_matches_references(backend, M, N, K, g):
 
 def test_custom_schedule_compiles_and_is_exact():
     isa = cpu_isa.supported_isas()[0] if cpu_isa.supported_isas() else pytest.skip("no x86 SIMD ISA")
-    lanes = int8_codegen.ISA_OPS[isa]["lanes"]
-    s = int8_codegen.Schedule(isa, mr=3, nr=2 * lanes, k_unroll=3, prefetch=0, mr_w4=2, nr_w4=lanes)
+    lanes = codegen.ISA_OPS[isa]["lanes"]
+    s = codegen.Schedule(isa, mr=3, nr=2 * lanes, k_unroll=3, prefetch=0, mr_w4=2, nr_w4=lanes)
     a = torch.randint(-128, 128, (8, 77), dtype=torch.int8)
     w = torch.randint(-128, 128, (100, 77), dtype=torch.int8)
     assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
@@ -168,11 +168,11 @@ def test_custom_schedule_compiles_and_is_exact():
     with pytest.raises(ValueError, match="nr_w4_rows="):
         dataclasses.replace(panel, nr_w4_rows=3 * lanes)
     with pytest.raises(ValueError, match="nr="):
-        int8_codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
+        codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
     with pytest.raises(ValueError, match="nr_w4="):
-        int8_codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, nr_w4=24)
+        codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, nr_w4=24)
     with pytest.raises(ValueError, match="bad schedule"):
-        int8_codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, prefetch_w4=-1)
+        codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, prefetch_w4=-1)
 
 
 @pytest.mark.parametrize("M", [16, 40])  # the 16-row and the 32-row AMX kernel
@@ -180,7 +180,7 @@ def test_amx_prefetch_schedule_is_exact(M):
     # the B prefetch runs past the last panel's end (prefetches never fault); results must not change
     if "amx" not in cpu_isa.supported_isas():
         pytest.skip("no AMX on this CPU")
-    s = dataclasses.replace(int8_codegen.DEFAULT_SCHEDULES["amx"], amx_prefetch=3)
+    s = dataclasses.replace(codegen.DEFAULT_SCHEDULES["amx"], amx_prefetch=3)
     a = torch.randint(-128, 128, (M, 320), dtype=torch.int8)
     w = torch.randint(-128, 128, (130, 320), dtype=torch.int8)
     assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(130)), backend=s).long(), R.int_gemm(a, w))

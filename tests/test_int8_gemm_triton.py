@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tessera.kernels import int8_gemm as G
-from tessera.kernels import int8_reference as R
-from tessera.kernels.int8_gemm_triton import quantize_per_token, w8a8_linear, w8a8_matmul
+from tessera.kernels.ngemm import gemm as G
+from tessera.kernels.ngemm import reference as R
+from tessera.kernels.ngemm.gemm_triton import quantize_per_token, w8a8_linear, w8a8_matmul
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK = (16, 32, 32)  # the smallest tl.dot tile: the interpreter is slow

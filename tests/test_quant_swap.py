@@ -159,7 +159,7 @@ def test_casting_a_quantized_model_keeps_the_scales_fp32(scheme):
 
 
 def test_packed_weights_refuse_wrong_dtypes():
-    from tessera.kernels import int8_gemm as G
+    from tessera.kernels.ngemm import gemm as G
 
     pw = G.pack_int8(torch.randint(-127, 128, (64, 32), dtype=torch.int8), torch.rand(64))
     with pytest.raises(ValueError, match="scale must be a contiguous torch.float32"):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tessera.kernels.shadowkv_score import landmark_scores, landmark_scores_ref
+from tessera.kernels.shadowkv.score import landmark_scores, landmark_scores_ref
 
 
 @pytest.mark.parametrize("H,G,n,D", [(2, 4, 37, 16), (3, 1, 70, 24), (1, 3, 5, 8)])  # GQA, MHA + odd D, n < block
@@ -41,7 +41,7 @@ def test_landmark_scores_rejects_bad_shapes():
 
 @pytest.mark.parametrize("H,T,r,D,C", [(2, 48, 20, 16, 8), (3, 40, 7, 24, 4)])  # rank not a block multiple, odd D/2
 def test_rebuild_keys_match_torch_path(H, T, r, D, C):
-    from tessera.kernels.shadowkv_rebuild import rebuild_keys
+    from tessera.kernels.shadowkv.rebuild import rebuild_keys
     from tessera.kv.shadowkv.lowrank import rebuild
     from tessera.layers.rope import RotaryEmbedding
 
@@ -66,7 +66,7 @@ def test_rebuild_keys_match_torch_path(H, T, r, D, C):
 def test_decode_attention_matches_sdpa(Hq, H, T, D, splits):
     import torch.nn.functional as F
 
-    from tessera.kernels.shadowkv_attn import decode_attention
+    from tessera.kernels.shadowkv.attn import decode_attention
 
     torch.manual_seed(T)
     q, k, v = torch.randn(Hq, D), torch.randn(H, T, D), torch.randn(H, T, D)
@@ -89,7 +89,7 @@ def test_decode_attention_flattens_a_padded_batch():
     """The cache's CUDA path: B x H KV heads in one launch, each row's padding masked."""
     import torch.nn.functional as F
 
-    from tessera.kernels.shadowkv_attn import decode_attention
+    from tessera.kernels.shadowkv.attn import decode_attention
 
     torch.manual_seed(0)
     B, Hq, H, T, D = 3, 4, 2, 40, 16

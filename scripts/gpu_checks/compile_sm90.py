@@ -22,13 +22,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from tessera.dist.lang import _spin_kernel
-from tessera.kernels.ag_gemm import _ag_gemm_kernel
-from tessera.kernels.allreduce import _allreduce_kernel
-from tessera.kernels.gemm_rs import _gemm_rs_kernel
-from tessera.kernels.int8_gemm_triton import _quantize_kernel, _w8a8_kernel
-from tessera.kernels.shadowkv_attn import _decode_kernel
-from tessera.kernels.shadowkv_rebuild import _rebuild_kernel
-from tessera.kernels.shadowkv_score import _logits_kernel, _pool_kernel
+from tessera.kernels.comm.ag_gemm import _ag_gemm_kernel
+from tessera.kernels.comm.allreduce import _allreduce_kernel
+from tessera.kernels.comm.gemm_rs import _gemm_rs_kernel
+from tessera.kernels.ngemm.gemm_triton import _quantize_kernel, _w8a8_kernel
+from tessera.kernels.shadowkv.attn import _decode_kernel
+from tessera.kernels.shadowkv.rebuild import _rebuild_kernel
+from tessera.kernels.shadowkv.score import _logits_kernel, _pool_kernel
 
 # the launcher types a Python int by its value (i32 below 2**31, else i64): counters that grow across
 # calls are compiled both ways, as a long run will meet both

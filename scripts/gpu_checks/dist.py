@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU check for the tile-centric distributed kernels (issue 5), one GPU, < 2 minutes on an H100.
 
-1. Compiles the same kernels the CPU tests interpret (tessera/kernels/{ag_gemm,gemm_rs,allreduce}.py)
+1. Compiles the same kernels the CPU tests interpret (tessera/kernels/comm/{ag_gemm,gemm_rs,allreduce}.py)
    and runs them with W virtual ranks on one GPU: heaps carved from one allocation, the rank on
    grid axis 1, the whole grid no larger than the SM count so every spinning program is resident.
    Three calls in a row per case (epoch signals, no resets), fp32 and bf16, vs torch references.
@@ -29,11 +29,11 @@ import triton.language as tl
 
 from tessera.dist import lang as dl
 from tessera.dist.symm import VirtualHeap
-from tessera.kernels import ag_gemm as agm
-from tessera.kernels import reference as ref
-from tessera.kernels.allreduce import allreduce, create_allreduce_context
-from tessera.kernels.gemm_rs import create_gemm_rs_context, gemm_rs
-from tessera.kernels.tile import f32_dot, gemm_tile
+from tessera.kernels.comm import ag_gemm as agm
+from tessera.kernels.comm import reference as ref
+from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
+from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
+from tessera.kernels.comm.tile import f32_dot, gemm_tile
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # max|err| / max|ref|
 

@@ -145,7 +145,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("ngemm gpu check: no CUDA device, skipped")
         return 2
-    from tessera.kernels.int8_gemm_triton import default_config, w8a8_linear, w8a8_matmul
+    from tessera.kernels.ngemm.gemm_triton import default_config, w8a8_linear, w8a8_matmul
 
     start = time.time()
     errs = []

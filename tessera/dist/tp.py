@@ -23,9 +23,9 @@ import torch.distributed as dist
 
 from tessera.dist import parallel_state as ps
 from tessera.dist.symm import SymmetricHeap
-from tessera.kernels.ag_gemm import ag_gemm, create_ag_gemm_context
-from tessera.kernels.allreduce import allreduce, create_allreduce_context
-from tessera.kernels.gemm_rs import create_gemm_rs_context, gemm_rs
+from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
+from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
+from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
 from tessera.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear
 
 

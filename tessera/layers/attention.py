@@ -2,7 +2,7 @@
 
 The layer projects and rotates; *where* keys and values live and how attention over them is
 computed belongs to the cache backend (`tessera.kv.cache`), so dense, compressed (R-KV) and
-offloaded (ShadowKV) caches plug in without the layer knowing which one runs (DESIGN rule 3).
+offloaded (ShadowKV) caches plug in without the layer knowing which one runs (the engine never asks which one).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tensor-parallel linears (Megatron-LM, Shoeybi et al. 2019; nano-vllm `layers/linear.py`).
 
-Each layer owns its sharding and its one collective (DESIGN rule 9):
+Each layer owns its sharding and its one collective (as nano-vllm `layers/linear.py` does):
 - `ColumnParallelLinear`: weight rows (output features) split across ranks. Input replicated
   -> local output slice, no communication. With `comm.sequence_parallel` inputs (tokens split
   across ranks) it runs the fused AllGather-GEMM instead, gathering tokens while multiplying.

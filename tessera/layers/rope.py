@@ -1,6 +1,6 @@
 """Rotary position embeddings (Su et al., 2021) with Llama-3 frequency scaling.
 
-Positions are always passed explicitly (DESIGN rule 5): a token keeps the rotation of its logical
+Positions are always passed explicitly: a token keeps the rotation of its logical
 position even after other tokens were evicted from the cache.
 """
 

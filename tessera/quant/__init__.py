@@ -1,4 +1,4 @@
-"""Weight quantization and the int8 / int4 module swap (DESIGN rule 10)."""
+"""Weight quantization and the int8 / int4 module swap."""
 
 from tessera.quant.fuse import fuse_projections
 from tessera.quant.linear import Int4Linear, Int8Linear

@@ -1,6 +1,6 @@
-"""Drop-in quantized replacements for nn.Linear (gpt-fast `quantize.py` style, DESIGN rule 10).
+"""Drop-in quantized replacements for nn.Linear (gpt-fast `quantize.py` style).
 
-The buffers *are* the packed layout of `tessera.kernels.int8_gemm` (the same on every ISA), so a
+The buffers *are* the packed layout of `tessera.kernels.ngemm.gemm` (the same on every ISA), so a
 quantized state dict is packed once and loads anywhere; only the small derived `colsum` is rebuilt
 at load. On CUDA, Int8Linear runs the Triton W8A8 kernel on the unpacked [N, K] view.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tessera.kernels import int8_gemm as G
-from tessera.kernels.int8_codegen import PANEL
+from tessera.kernels.ngemm import gemm as G
+from tessera.kernels.ngemm.codegen import PANEL
 from tessera.quant.weights import quantize_weight_int4, quantize_weight_int8
 
 
@@ -80,7 +80,7 @@ class Int8Linear(_QuantLinear):
 
     def _run(self, x, pw):
         if x.is_cuda:
-            from tessera.kernels.int8_gemm_triton import w8a8_linear
+            from tessera.kernels.ngemm.gemm_triton import w8a8_linear
 
             n = self.out_features
             bias = None if self.bias is None else self.bias[:n]

@@ -1,4 +1,4 @@
-"""Quantize a model: convert the state dict of its linears, swap the modules, load (DESIGN rule 10).
+"""Quantize a model: convert the state dict of its linears, swap the modules, load.
 
     model = quantize_model(LlamaForCausalLM(cfg), "w8a8")
 

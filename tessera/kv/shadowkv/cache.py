@@ -8,7 +8,7 @@ for chunks that were not already resident) and attends over [local | outliers | 
 Rows of a batch have different prompt lengths, so prefill builds each row on its own and then pads them
 into one `LayerState`; a decode step is a few batched ops over B x H heads (padding is masked), not a
 loop over rows. Pure PyTorch on CPU; on CUDA the scoring, rebuild and decode attention go through Triton
-kernels (tessera/kernels/shadowkv_*.py), so far checked only under the interpreter.
+kernels (tessera/kernels/shadowkv/*.py), so far checked only under the interpreter.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class ShadowKVCache(SparseDecodeCache):
         valid = torch.cat([st.static_valid, st.static_valid.new_ones(B, st.gen.len)], 1)  # [B, T]
         dense = bool(valid.all())  # no padding: skip the mask
         if q.is_cuda:  # Triton GQA decode over the gathered buffer of all B x H heads; SDPA is its reference
-            from tessera.kernels.shadowkv_attn import decode_attention
+            from tessera.kernels.shadowkv.attn import decode_attention
 
             T = keys.shape[2]
             out = decode_attention(q.reshape(B * Hq, D), keys.reshape(B * self.H, T, D), vals.reshape(B * self.H, T, D),

@@ -33,7 +33,7 @@ def rebuild(u: torch.Tensor, sv: torch.Tensor, heads: torch.Tensor, chunks: torc
     (pos0 an int, or [M] per chunk: a batch flattens u over its rows and offsets each row's positions).
     """
     if u.is_cuda:  # fused gather + GEMM + RoPE in one Triton pass; the torch code below is its reference
-        from tessera.kernels.shadowkv_rebuild import rebuild_keys
+        from tessera.kernels.shadowkv.rebuild import rebuild_keys
 
         return rebuild_keys(u, sv, heads, chunks, chunk_size, pos0, rope.inv_freq)
     rows = chunks[:, None] * chunk_size + torch.arange(chunk_size, device=u.device)  # [M, C]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessera.kernels.shadowkv_score import landmark_scores_ref
+from tessera.kernels.shadowkv.score import landmark_scores_ref
 from tessera.kv.quest import page_bounds
 
 EMPTY = -1  # a sparse slot that holds no chunk yet
@@ -55,7 +55,7 @@ def select_chunks(q: torch.Tensor, landmarks: torch.Tensor, ids: torch.Tensor, n
     elif landmarks.shape[-1] != D:
         raise ValueError(f"select_chunks: landmarks of width {landmarks.shape[-1]} for queries of width {D}")
     if q.is_cuda:  # fused Triton scoring (no [H, G, n] logits in memory); torch reference elsewhere
-        from tessera.kernels.shadowkv_score import landmark_scores
+        from tessera.kernels.shadowkv.score import landmark_scores
 
         pooled = landmark_scores(q, landmarks, n_valid, scale=D**-0.5)  # [H, n], -1 at padding
     else:

@@ -4,7 +4,7 @@
     y[m, n] = s_a[m] * sum_g s_w[n, g] * sum_{k in g} a_q[m, k] * w_q[n, k] + bias[n]  (W4A8)
 
 Activations are quantized per token (dynamic, symmetric, int8 in [-127, 127]) inside the call.
-Kernels: `int8_codegen.py` (what is generated and why), compiled by `ccache.py`, dispatched on the
+Kernels: `codegen.py` (what is generated and why), compiled by `ccache.py`, dispatched on the
 best ISA of `cpu_isa.py`. The `torch` backend performs the same integer and fp32 operations in the
 same order, so every backend returns bit-identical outputs (tests check this).
 """
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tessera.kernels import ccache, cpu_isa, int8_codegen
-from tessera.kernels.int8_codegen import PANEL
-from tessera.kernels.int8_reference import quantize_per_token
+from tessera.kernels.ngemm import ccache, codegen, cpu_isa
+from tessera.kernels.ngemm.codegen import PANEL
+from tessera.kernels.ngemm.reference import quantize_per_token
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
@@ -31,11 +31,11 @@ def _ceil(a: int, b: int) -> int:
 
 
 @functools.cache
-def load_library(s: int8_codegen.Schedule) -> ctypes.CDLL | None:
+def load_library(s: codegen.Schedule) -> ctypes.CDLL | None:
     """Generate, compile (once per machine, cached) and load the kernels of schedule `s`; None on failure."""
     isa = s.isa
     try:
-        lib = ccache.build(int8_codegen.generate(s), int8_codegen.flags(s), f"tessera_int8_{isa}")
+        lib = ccache.build(codegen.generate(s), codegen.flags(s), f"tessera_int8_{isa}")
     except (ccache.CompileError, OSError) as e:
         warnings.warn(f"int8 kernels for {isa} unavailable, using the torch fallback: {e}", stacklevel=2)
         return None
@@ -62,7 +62,7 @@ _RESOLVED: dict = {}  # backend -> (name, lib): saves ~7 us per call
 
 
 def resolve_backend(backend) -> tuple[str, ctypes.CDLL | None]:
-    """backend: None (best for this CPU), an ISA name, "torch", or an `int8_codegen.Schedule`.
+    """backend: None (best for this CPU), an ISA name, "torch", or an `codegen.Schedule`.
     `$TESSERA_INT8_ISA` is read when None is first resolved, not per call: `os.environ.get` costs ~2 us,
     a tenth of a whole W8A8 call at the embedded model's shapes (`_RESOLVED.clear()` re-reads it)."""
     hit = _RESOLVED.get(backend)
@@ -72,13 +72,13 @@ def resolve_backend(backend) -> tuple[str, ctypes.CDLL | None]:
 
 
 def _resolve(backend) -> tuple[str, ctypes.CDLL | None]:
-    sched = backend if isinstance(backend, int8_codegen.Schedule) else None
+    sched = backend if isinstance(backend, codegen.Schedule) else None
     name = sched.isa if sched else (backend or cpu_isa.best_backend())
     if name not in cpu_isa.ALL_BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {cpu_isa.ALL_BACKENDS}")
     if name != "torch" and name not in cpu_isa.supported_isas():
         raise ValueError(f"this CPU does not support {name!r} (supported: {cpu_isa.supported_isas()})")
-    lib = None if name == "torch" else load_library(sched or int8_codegen.DEFAULT_SCHEDULES[name])
+    lib = None if name == "torch" else load_library(sched or codegen.DEFAULT_SCHEDULES[name])
     return (name if lib is not None else "torch"), lib
 
 

@@ -20,7 +20,7 @@ import triton.language as tl
 @triton.jit
 def _quantize_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, BLOCK: tl.constexpr):
     """Row `program_id(0)` of x [M, K] -> q [M, K] int8 = round_half_even(x * (127 / amax)) clamped to
-    +-127, s [M] = amax / 127: `int8_reference.quantize_per_token` op for op (IEEE divisions, no fused
+    +-127, s [M] = amax / 127: `reference.quantize_per_token` op for op (IEEE divisions, no fused
     multiply-add: the launch passes enable_fp_fusion=False)."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)  # [BLOCK]

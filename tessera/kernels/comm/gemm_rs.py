@@ -24,7 +24,7 @@ import triton.language as tl
 
 from tessera.dist import lang as dl
 from tessera.dist import parallel_state as ps
-from tessera.kernels.tile import check_matrix, f32_dot, gemm_tile, launch_grid, local_error, round_to
+from tessera.kernels.comm.tile import check_matrix, f32_dot, gemm_tile, launch_grid, local_error, round_to
 
 
 @triton.jit

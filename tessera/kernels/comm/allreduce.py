@@ -22,7 +22,7 @@ import triton.language as tl
 
 from tessera.dist import lang as dl
 from tessera.dist import parallel_state as ps
-from tessera.kernels.tile import launch_grid, round_to
+from tessera.kernels.comm.tile import launch_grid, round_to
 
 
 @triton.jit

@@ -1,4 +1,4 @@
-"""Plain-PyTorch references for the int8 / int4 GEMM kernels (DESIGN rule 8).
+"""Plain-PyTorch references for the int8 / int4 GEMM kernels: every kernel is tested against these.
 
 Integer results are computed in int64, so they are exact for any K; dequantised results in float64.
 `quantize_per_token` is bit-for-bit the quantizer the C kernels run: both compute

@@ -1,4 +1,4 @@
-"""Single-process torch references for the distributed ops (DESIGN rule 8).
+"""Single-process torch references for the distributed ops: every kernel is tested against these.
 
 Each takes every rank's inputs as a list and returns every rank's expected output, computed in
 fp32 in a fixed rank order, so that ops whose reduction order is the same can be compared exactly.

@@ -1,4 +1,4 @@
-"""Tile helpers shared by the Triton ops (DESIGN rule 6: they live once)."""
+"""Tile helpers shared by the Triton ops (written once, not copied per op)."""
 
 from __future__ import annotations
 
