@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-#: HF `model_type`s whose decoder our dense Llama-family model reproduces exactly.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "qwen3")
+QK_NORMS = ("", "head", "proj")  # none; per head before RoPE (Qwen3); over the whole projection (OLMoE)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a Llama/Qwen2/Mistral/Qwen3-family decoder, read from an HF config.json."""
+    """Architecture of a decoder (dense or Mixture-of-Experts), read from an HF config.json.
+
+    The families that fill it from a checkpoint (Llama, Qwen2, Qwen3, Mistral, Mixtral, Qwen2-MoE,
+    Qwen3-MoE, OLMoE) live in `tessera.models.families`; this class only holds and checks the numbers.
+    MoE fields stay at their zero defaults for dense models (`num_experts == 0`).
+    """
 
     vocab_size: int
     hidden_size: int
@@ -25,18 +29,26 @@ class ModelConfig:
     rope_scaling: dict | None = None  # {"rope_type": "llama3", "factor", "low_freq_factor", ...}
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q, k, v (Qwen2 sets it)
-    qk_norm: bool = False  # Qwen3: RMSNorm on each head of q and k before RoPE
+    qk_norm: str = ""  # one of QK_NORMS
+    o_bias: bool = False  # bias on o_proj too (OLMoE's attention_bias)
+    clip_qkv: float | None = None  # OLMoE: clamp q, k, v to [-clip, clip]
     model_type: str = "llama"
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    # Mixture of Experts (0 experts: a dense model)
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0  # FFN width of one routed expert
+    norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one always-on expert behind a sigmoid gate
+    decoder_sparse_step: int = 1  # layer i is MoE iff (i + 1) % step == 0 and i not in mlp_only_layers
+    mlp_only_layers: tuple[int, ...] = ()
+    router_aux_loss_coef: float = 0.0  # training only (load-balancing loss, Switch Transformer)
 
     def __post_init__(self):
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported architecture model_type={self.model_type!r}; "
-                f"tessera's dense decoder supports {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -45,6 +57,13 @@ class ModelConfig:
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "head_dim"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        if self.num_experts:
+            if not 0 < self.num_experts_per_tok <= self.num_experts:
+                raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts="
+                                 f"{self.num_experts}]")
+            if self.moe_intermediate_size <= 0 or self.decoder_sparse_step <= 0:
+                raise ValueError("moe_intermediate_size and decoder_sparse_step must be positive for an MoE model")
+        object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
         rs = self.rope_scaling
         if rs and rs.get("rope_type", rs.get("type")) not in (None, "default", "llama3"):
             raise ValueError(f"unsupported rope_scaling {rs!r}: only 'default' and 'llama3' are implemented")
@@ -54,34 +73,9 @@ class ModelConfig:
         e = self.eos_token_id
         return () if e is None else tuple(e) if isinstance(e, (list, tuple)) else (e,)
 
-    @classmethod
-    def from_hf(cls, d: dict) -> ModelConfig:
-        """Build from the dict of a Hugging Face config.json."""
-        model_type = d.get("model_type", "llama")
-        if "architectures" in d and model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"unsupported architecture {d['architectures']} (model_type={model_type!r})")
-        heads = d["num_attention_heads"]
-        head_dim = d.get("head_dim") or d["hidden_size"] // heads
-        bias = d.get("attention_bias", model_type == "qwen2")
-        rs = d.get("rope_scaling") or None
-        theta = d.get("rope_theta")
-        rp = d.get("rope_parameters")  # transformers >= 5 keeps theta and scaling here
-        if isinstance(rp, dict):
-            theta = rp.get("rope_theta", theta)
-            if rp.get("rope_type", "default") != "default":
-                rs = rp
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw.update(
-            head_dim=head_dim,
-            num_key_value_heads=d.get("num_key_value_heads") or heads,
-            attention_bias=bias,
-            qk_norm=model_type == "qwen3",
-            rope_theta=float(theta or 10000.0),
-            rope_scaling=rs,
-            model_type=model_type,
-        )
-        return cls(**kw)
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether decoder layer i has a routed-expert FFN (the Qwen2-MoE rule; every layer for Mixtral)."""
+        return bool(self.num_experts) and (i + 1) % self.decoder_sparse_step == 0 and i not in self.mlp_only_layers
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=cfg.o_bias)
         self.qkv_proj, self.qkv_sizes = None, None  # one fused GEMM when set (`tessera.quant.fuse_projections`)
+        # "head": one RMSNorm over each head's D (Qwen3); "proj": over the whole projection (OLMoE)
+        self.qk_norm, self.clip_qkv = cfg.qk_norm, cfg.clip_qkv
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            per_head = cfg.qk_norm == "head"
+            self.q_norm = RMSNorm(self.head_dim if per_head else self.n_heads * self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim if per_head else self.n_kv * self.head_dim, cfg.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
@@ -39,12 +42,16 @@ class Attention(nn.Module):
             q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)  # views of [B, S, (Hq + 2 Hkv) D]
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_norm == "proj":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.clip_qkv is not None:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         q = q.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
         k = k.view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
         v = v.view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
-        if self.q_norm is not None:
+        if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        if cache is not None and getattr(cache, "wants_pre_rope_keys", False):
+        if cache is not None and cache.wants_pre_rope_keys:
             cache.observe_pre_rope_keys(self.layer_idx, k, ctx)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:

@@ -1,4 +1,11 @@
-"""Load and save Hugging Face-format checkpoints from local disk (never from a hub)."""
+"""Load and save Hugging Face-format checkpoints from local disk (never from a hub).
+
+Routed experts are held fused (`mlp.experts.gate_up_proj [E, 2I, H]`, `mlp.experts.down_proj [E, H, I]`,
+as transformers >= 5 holds them). Checkpoints on disk usually carry one tensor per expert and projection
+(`block_sparse_moe.experts.{i}.w1|w3|w2.weight` for Mixtral, `mlp.experts.{i}.gate_proj|up_proj|down_proj
+.weight` for the others); `tessera.models.checkpoint` converts both ways, and `save_model` writes the
+per-expert layout, which every transformers release loads.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from tessera.config import ModelConfig
 from tessera.layers.rope import RotaryEmbedding
-from tessera.models.llama import LlamaForCausalLM
+from tessera.models.checkpoint import fuse_experts, split_experts
+from tessera.models.decoder import CausalLM
+from tessera.models.families import config_from_hf, config_to_hf
 
 
 def read_config(path: str | Path) -> ModelConfig:
@@ -20,7 +29,11 @@ def read_config(path: str | Path) -> ModelConfig:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found: an HF-format model dir needs config.json")
-    return ModelConfig.from_hf(json.loads(cfg_file.read_text()))
+    try:
+        d = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    return config_from_hf(d)
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -38,14 +51,15 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Build a `LlamaForCausalLM` from an HF directory; shapes are checked tensor by tensor."""
+    """Build a `CausalLM` from an HF directory; shapes are checked tensor by tensor."""
     path = Path(path)
     cfg = read_config(path)
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
+        model = CausalLM(cfg)
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(path):
         state.update(load_file(str(f)))
+    state = fuse_experts(state, cfg)
     expected = dict(model.state_dict())
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -67,36 +81,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     return model.to(device=device, dtype=dtype).eval()
 
 
-def save_model(model: LlamaForCausalLM, path: str | Path, extra_config: dict | None = None) -> None:
-    """Write config.json + model.safetensors in the HF Llama layout."""
+def save_model(model: CausalLM, path: str | Path, extra_config: dict | None = None) -> None:
+    """Write config.json + model.safetensors in the family's HF layout (per-expert tensors)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    c = model.config
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": c.model_type,
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "rope_scaling": c.rope_scaling,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "attention_bias": c.attention_bias,
-        "hidden_act": "silu",
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_id,
-        "pad_token_id": c.pad_token_id,
-        "torch_dtype": "float32",
-    }
+    cfg = config_to_hf(model.config)
     cfg.update(extra_config or {})
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    if c.tie_word_embeddings:
+    if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_file(split_experts(state, model.config), str(path / "model.safetensors"), metadata={"format": "pt"})

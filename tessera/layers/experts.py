@@ -1,0 +1,106 @@
+"""How routed experts run: four interchangeable backends over the same fused weights.
+
+    out[t] = sum_j  w[t, j] * down[e] @ (silu(gate[e] @ x[t]) * (up[e] @ x[t])),   e = ids[t, j]
+
+- `loop`: one token and one slot at a time; the plain reference the others are tested against.
+- `sorted`: the (token, slot) pairs sorted by expert, then one gate/up GEMM and one down GEMM per
+  non-empty expert over its contiguous rows (MegaBlocks' "permute, group, un-permute", arXiv 2211.15841,
+  without the block-sparse kernels). The CPU default.
+- `grouped_mm`: the same permutation, then `torch._grouped_mm` over all experts in one call.
+- `triton`: the same permutation, then the grouped GEMM of `tessera.kernels.moe.grouped_gemm`.
+
+A slot whose expert id is negative (dropped by capacity or by expert parallelism) contributes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "loop", "sorted", "grouped_mm", "triton")
+
+
+@dataclass
+class Permutation:
+    """Rows of `x` in expert order: row r of the grouped input is token `token[r]`, routed to an expert
+    with weight `weight[r]`; expert e owns rows offsets[e]:offsets[e + 1]."""
+
+    token: torch.Tensor  # [R] long
+    weight: torch.Tensor  # [R]
+    offsets: torch.Tensor  # [E + 1] long (CPU)
+
+
+def permute(ids: torch.Tensor, weights: torch.Tensor, num_experts: int) -> Permutation:
+    """ids, weights [T, k] -> the (token, slot) pairs grouped by expert, dropped slots (id < 0) left out."""
+    flat = ids.flatten()
+    keep = flat >= 0
+    order = torch.argsort(torch.where(keep, flat, num_experts), stable=True)[: int(keep.sum())]  # [R]
+    counts = torch.bincount(flat[keep], minlength=num_experts).cpu()
+    offsets = torch.zeros(num_experts + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return Permutation(order // ids.shape[1], weights.flatten()[order], offsets)
+
+
+def _swiglu_rows(h: torch.Tensor) -> torch.Tensor:  # [R, 2I] (gate | up) -> [R, I]
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def experts_loop(x, ids, weights, gate_up, down):
+    """Reference: x [T, H], ids / weights [T, k], gate_up [E, 2I, H], down [E, H, I] -> [T, H]."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[t, j])
+            if e >= 0:
+                h = _swiglu_rows(x[t : t + 1] @ gate_up[e].T)
+                out[t] += weights[t, j] * (h @ down[e].T)[0]
+    return out
+
+
+def experts_sorted(x, ids, weights, gate_up, down):
+    p = permute(ids, weights, gate_up.shape[0])
+    rows = x[p.token]  # [R, H]
+    y = torch.empty_like(rows)
+    bounds = p.offsets.tolist()
+    for e in range(gate_up.shape[0]):
+        s, t = bounds[e], bounds[e + 1]
+        if t > s:
+            y[s:t] = _swiglu_rows(rows[s:t] @ gate_up[e].T) @ down[e].T
+    return _combine(x, p, y)
+
+
+def experts_grouped_mm(x, ids, weights, gate_up, down):
+    p = permute(ids, weights, gate_up.shape[0])
+    offs = p.offsets[1:].to(device=x.device, dtype=torch.int32)  # cumulative row ends per expert
+    h = torch._grouped_mm(x[p.token], gate_up.transpose(1, 2), offs=offs)  # [R, 2I]
+    y = torch._grouped_mm(_swiglu_rows(h), down.transpose(1, 2), offs=offs)  # [R, H]
+    return _combine(x, p, y)
+
+
+def experts_triton(x, ids, weights, gate_up, down):
+    from tessera.kernels.moe.grouped_gemm import grouped_gemm
+
+    p = permute(ids, weights, gate_up.shape[0])
+    offsets = p.offsets.to(x.device)
+    h = grouped_gemm(x[p.token], gate_up, offsets)  # [R, 2I]
+    return _combine(x, p, grouped_gemm(_swiglu_rows(h), down, offsets))
+
+
+def _combine(x, p: Permutation, y):  # y [R, H] in expert order -> [T, H], weighted and summed per token
+    out = torch.zeros_like(x)
+    return out.index_add_(0, p.token, y * p.weight[:, None].to(y.dtype))
+
+
+_IMPL = {"loop": experts_loop, "sorted": experts_sorted, "grouped_mm": experts_grouped_mm,
+         "triton": experts_triton}
+
+
+def run(backend: str, x, ids, weights, gate_up, down) -> torch.Tensor:
+    if backend == "auto":
+        backend = "triton" if x.is_cuda else "sorted"
+    if backend not in _IMPL:
+        raise ValueError(f"unknown experts backend {backend!r}; known: {', '.join(BACKENDS)}")
+    return _IMPL[backend](x, ids, weights, gate_up, down)
