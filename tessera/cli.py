@@ -16,35 +16,71 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="HF-format model dir (default: the embedded tiny reasoner)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
-    p.add_argument("--press", default="none", help="KV compression method (default: none = full KV)")
-    p.add_argument("--budget", type=int, default=None, help="KV budget in tokens per head (presses)")
-    p.add_argument("--buffer", type=int, default=None, help="decoded tokens between compressions (presses)")
-    p.add_argument("--window", type=int, default=None, help="observation window of recent queries (presses)")
-    p.add_argument("--quant", default="none", choices=["none", "w8a8", "w4a8"],
-                   help="int8 (w8a8) or int4-weight (w4a8) linear layers (NGEMM kernels)")
-    p.add_argument("--kv", default="dense", help="KV-cache backend: dense (default), shadowkv, or quest (ShadowKV's page-selection baseline)")
-    p.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv, quest)")
-    p.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
-    p.add_argument("--landmark", default=None, choices=["mean", "bounds"],
+    """Options of every command that runs the model, one argument group per backend in --help."""
+    m = p.add_argument_group("model and device")
+    m.add_argument("--model", default=None, help="HF-format model dir (default: the embedded tiny reasoner)")
+    m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    m.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
+
+    c = p.add_argument_group("KV compression (--press)", "R-KV and baselines: docs/kv_compression.md")
+    c.add_argument("--press", default="none", help="KV compression method (default: none = full KV)")
+    c.add_argument("--budget", type=int, default=None, help="KV budget in tokens per head")
+    c.add_argument("--buffer", type=int, default=None, help="decoded tokens between compressions")
+    c.add_argument("--window", type=int, default=None, help="observation window of recent queries")
+
+    k = p.add_argument_group("ShadowKV / Quest (--kv)", "KV-cache backends: docs/shadowkv.md")
+    k.add_argument("--kv", default="dense",
+                   help="KV-cache backend: dense (default), shadowkv, or quest (ShadowKV's page-selection baseline)")
+    k.add_argument("--sparse-budget", type=int, default=None, help="tokens attended per KV head (shadowkv, quest)")
+    k.add_argument("--rank", type=int, default=None, help="rank of the low-rank key cache (shadowkv)")
+    k.add_argument("--landmark", default=None, choices=["mean", "bounds"],
                    help="shadowkv chunk summary: mean key (the paper, default) or min/max bounds (2x landmark bytes)")
-    p.add_argument("--chunk-size", type=int, default=None,
+    k.add_argument("--chunk-size", type=int, default=None,
                    help="shadowkv tokens per chunk (default 8; bounds landmarks over 16 cost what mean over 8 does)")
-    p.add_argument("--outlier-chunks", type=int, default=None, help="shadowkv dense outlier chunks (default 48)")
-    p.add_argument("--local-chunks", type=int, default=None, help="shadowkv dense chunks at the prompt's end (default 4)")
+    k.add_argument("--outlier-chunks", type=int, default=None, help="shadowkv dense outlier chunks (default 48)")
+    k.add_argument("--local-chunks", type=int, default=None, help="shadowkv dense chunks at the prompt's end (default 4)")
+
+    q = p.add_argument_group("quantization (--quant)", "NGEMM int8 / int4 kernels: docs/ngemm.md")
+    q.add_argument("--quant", default="none", choices=["none", "w8a8", "w4a8"],
+                   help="int8 (w8a8) or int4-weight (w4a8) linear layers")
+
+
+def _tp_options(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("tensor parallelism (--tp)",
+                             "one process per rank: torchrun --nproc-per-node N -m tessera ... --tp N; "
+                             "docs/distributed.md")
+    t.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (default 1: no parallelism)")
+    t.add_argument("--tp-backend", default=None, choices=["torch", "fused"],
+                   help="how row-parallel layers reduce: torch (dist.all_reduce, the default) or fused "
+                        "(TileLink-style Triton AllReduce over the symmetric heap; on CPU needs TRITON_INTERPRET=1)")
+
+
+def _check_tp(args) -> tuple[int, str]:
+    """(ranks, backend), or a one-line error for a combination that cannot run."""
+    tp_size, backend = getattr(args, "tp", 1), getattr(args, "tp_backend", None)
+    if tp_size < 1:
+        raise ValueError(f"--tp must be >= 1, got {tp_size}")
+    if backend is not None and tp_size == 1:
+        raise ValueError(f"--tp-backend {backend} needs --tp N with N > 1: one process has nothing to reduce")
+    if getattr(args, "quant", "none") != "none" and tp_size > 1:
+        raise ValueError("--quant with --tp > 1 is not supported: the int8/int4 linears have no sharded form yet")
+    if tp_size > 1 and "RANK" not in os.environ:
+        raise ValueError(f"--tp {tp_size} runs one process per rank: "
+                         f"torchrun --nproc-per-node {tp_size} -m tessera {args.cmd} --tp {tp_size} ...")
+    backend = backend or "torch"
+    # Triton has no CPU target: there the fused kernels only run in its interpreter, which Triton
+    # selects when a kernel is defined, so the variable must be set before tessera imports them
+    if backend == "fused" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("--tp-backend fused on CPU runs the Triton kernels in Triton's interpreter: "
+                         "set TRITON_INTERPRET=1 (slow, for testing) or use --device cuda")
+    return tp_size, backend
 
 
 def _llm(args):
     from tessera.engine import LLM
 
-    quant, tp_size = getattr(args, "quant", "none"), getattr(args, "tp", 1)
-    if quant != "none" and tp_size > 1:
-        raise ValueError("--quant with --tp > 1 is not supported: the int8/int4 linears have no sharded form yet")
-    if tp_size > 1 and "RANK" not in os.environ:
-        raise ValueError(f"--tp {tp_size} runs one process per rank: "
-                         f"torchrun --nproc-per-node {tp_size} -m tessera {args.cmd} --tp {tp_size} ...")
+    tp_size, tp_backend = _check_tp(args)
+    quant = getattr(args, "quant", "none")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     if quant != "none":
         from tessera.quant import quantize_model
@@ -58,7 +94,7 @@ def _llm(args):
         ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
         if ps.world_size() != tp_size:
             raise ValueError(f"--tp {tp_size} but torchrun started {ps.world_size()} processes")
-        tp.shard_model(llm.model)
+        tp.shard_model(llm.model, mode=tp_backend)
     return llm
 
 
@@ -223,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (run under torchrun --nproc-per-node N)")
+    _tp_options(g)
     g.set_defaults(fn=cmd_generate)
 
     e = sub.add_parser("eval", help="accuracy on N held-out problems")

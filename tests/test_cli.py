@@ -80,3 +80,28 @@ def test_shadowkv_chunk_options_reach_the_backend(capsys):
     assert main(["generate", "--kv", "shadowkv", "--sparse-budget", "100", "--chunk-size", "16", "--difficulty", "2"]) == 2
     err = capsys.readouterr().err
     assert "multiple of chunk_size=16" in err and "Traceback" not in err
+
+
+def test_tp_backend_needs_several_ranks(capsys):
+    assert main(["generate", "--tp-backend", "fused"]) == 2
+    assert "--tp-backend fused needs --tp N with N > 1" in capsys.readouterr().err
+    assert main(["generate", "--tp", "0"]) == 2
+    assert "--tp must be >= 1" in capsys.readouterr().err
+
+
+def test_fused_tp_on_cpu_needs_the_triton_interpreter(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")  # as under torchrun; the check comes before any process group
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main(["generate", "--tp", "2", "--tp-backend", "fused"]) == 2
+    assert "set TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+def test_help_groups_options_by_backend():
+    from tessera.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["generate"]
+    groups = {g.title: {a.dest for a in g._group_actions} for g in sub._action_groups}
+    assert {"press", "budget", "buffer", "window"} <= groups["KV compression (--press)"]
+    assert {"kv", "sparse_budget", "rank", "landmark", "chunk_size"} <= groups["ShadowKV / Quest (--kv)"]
+    assert groups["quantization (--quant)"] == {"quant"}
+    assert groups["tensor parallelism (--tp)"] == {"tp", "tp_backend"}

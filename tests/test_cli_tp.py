@@ -1,22 +1,54 @@
-"""`tessera generate --tp 2` under torchrun gives the same greedy text as one process."""
+"""`tessera generate --tp 2` under torchrun gives the same greedy text as one process, with the
+torch collectives (`--tp-backend torch`, the default) and with the fused Triton AllReduce
+(`--tp-backend fused`, interpreted on CPU)."""
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from tessera.cli import main
+
+SEP = "-" * 60  # the CLI prints the completion, then this line, then the stats
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # other test runs on this machine may hold a fixed port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    # the fused kernels run on CPU only in Triton's interpreter, which must be chosen before import
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), "-m", "tessera", *args, "--tp", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]
+    assert r.stdout.count("problem seed") == 1  # only rank 0 prints
+    return r
+
 
 @pytest.mark.dist
 def test_generate_tp2_matches_single_process():
-    args = ["-m", "tessera", "generate", "--difficulty", "3", "--max-new-tokens", "120"]
+    args = ["generate", "--difficulty", "3", "--max-new-tokens", "120"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, env=env)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "29533", *args, "--tp", "2"],
-                         capture_output=True, text=True, timeout=180, env=env)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[:3000] + "\n...\n" + two.stderr[-1500:]
-    text1 = one.stdout.split("-" * 60)[0].strip()
-    text2 = two.stdout.split("-" * 60)[0].strip()
+    one = subprocess.run([sys.executable, "-m", "tessera", *args], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert one.returncode == 0, one.stderr[-1500:]
+    text1 = one.stdout.split(SEP)[0].strip()
+    text2 = _torchrun(args, timeout=180).stdout.split(SEP)[0].strip()
     assert len(text1.split()) >= 100 and text2 == text1
-    assert two.stdout.count("problem seed") == 1  # only rank 0 prints
+
+
+@pytest.mark.dist
+def test_generate_tp2_fused_backend_matches_single_process(capsys):
+    # each interpreted AllReduce costs tens of ms per layer and token: a few tokens show the path
+    args = ["generate", "--difficulty", "3", "--max-new-tokens", "6"]
+    assert main(args) == 0  # the one-process baseline, in this process (no start-up cost)
+    text1 = capsys.readouterr().out.split(SEP)[0].strip()
+    two = _torchrun([*args, "--tp-backend", "fused"], timeout=240)
+    assert len(text1) > 0 and two.stdout.split(SEP)[0].strip() == text1
+    assert "generated: 6" in two.stdout

@@ -115,3 +115,32 @@ def test_fused_projections_are_refused_before_any_communicator():
     fuse_projections(model)
     with pytest.raises(ValueError, match="fused projections"):
         shard_model(model)  # no process group exists: the check must come first
+
+
+@pytest.mark.parametrize("world, n", [(2, 5 * 256), (4, 4096 * 32 + 7)])
+def test_fused_heap_size_fits_the_allreduce_exactly_enough(world, n):
+    from tessera.dist.symm import VirtualHeap
+    from tessera.dist.tp import AR_BLOCK, allreduce_heap_bytes
+    from tessera.kernels.comm.allreduce import create_allreduce_context
+
+    need = allreduce_heap_bytes(world, n, torch.float32)
+    create_allreduce_context(VirtualHeap(need, world), n, torch.float32, block=AR_BLOCK)
+    assert need - 4 * (world + 1) * n < 16 << 10  # no more than padding on top of stage + out
+
+
+def _too_many_tokens_job():
+    from tessera.dist import tp
+
+    model = _tiny()
+    comm = tp.shard_model(model, mode="fused", max_tokens=4, timeout_s=20)
+    try:
+        model(torch.zeros(1, 5, dtype=torch.long))
+    finally:
+        comm.close()
+
+
+def test_fused_forward_over_max_tokens_is_refused_on_every_rank(pool):
+    with pytest.raises(RankFailure) as ei:
+        pool.run(_too_many_tokens_job, timeout=60)
+    assert set(ei.value.errors) == {0, 1}
+    assert all("holds 4 tokens per forward, this one has 5" in e for e in ei.value.errors.values())

@@ -14,6 +14,8 @@ decoding picks the same token everywhere. Usage (under torchrun, gloo or nccl):
     logits = model(input_ids)                 # same on every rank
 
 The attention module is used unchanged: its per-instance head counts are divided by W.
+In "fused" mode the symmetric heap lives on the model's device and, unless `heap_bytes` is given,
+is sized for the AllReduce of `max_tokens` tokens per forward (`tessera generate --tp-backend fused`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,22 @@ import torch
 import torch.distributed as dist
 
 from tessera.dist import parallel_state as ps
-from tessera.dist.symm import SymmetricHeap
+from tessera.dist.symm import ALIGN, SymmetricHeap
 from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
 from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
 from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
 from tessera.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear
+
+MAX_TOKENS = 4096  # tokens per forward the fused AllReduce holds by default (a prefill of B x S counts B*S)
+AR_BLOCK = 1024  # elements per AllReduce chunk: few, large chunks, one program each
+
+
+def allreduce_heap_bytes(world: int, n: int, dtype: torch.dtype) -> int:
+    """Heap bytes `create_allreduce_context` takes for n elements: stage [W, n] and out [n] of
+    dtype, int64 signals [W, C] and [C] (C = n / AR_BLOCK chunks), plus the heap's error slot and
+    the alignment of each tensor."""
+    chunks = -(-n // AR_BLOCK)
+    return (world + 1) * (n * torch.empty((), dtype=dtype).element_size() + chunks * 8) + 8 * ALIGN
 
 
 class TPComm:
@@ -34,12 +47,12 @@ class TPComm:
     same order on every rank (the model's layer order), which is what epochs require."""
 
     def __init__(self, group=None, mode: str = "torch", heap_bytes: int = 64 << 20,
-                 max_tokens: int = 4096, timeout_s: float | None = 60.0):
+                 max_tokens: int = MAX_TOKENS, timeout_s: float | None = 60.0, device="cpu"):
         if mode not in ("torch", "fused"):
             raise ValueError(f"TPComm mode must be 'torch' or 'fused', got {mode!r}")
         self.group, self.mode, self.timeout_s = group, mode, timeout_s
         self.rank, self.world = ps.rank(group), ps.world_size(group)
-        self.max_tokens, self.heap_bytes = max_tokens, heap_bytes
+        self.max_tokens, self.heap_bytes, self.device = max_tokens, heap_bytes, torch.device(device)
         self.heap, self._ar, self._ctx = None, {}, {}
 
     def require(self, ok: bool, msg: str) -> None:
@@ -49,17 +62,21 @@ class TPComm:
 
     def _heap(self) -> SymmetricHeap:
         if self.heap is None:
-            self.heap = SymmetricHeap(self.heap_bytes, self.group)
+            self.heap = SymmetricHeap(self.heap_bytes, self.group, self.device)  # Triton reads it where y lives
         return self.heap
 
     def allreduce(self, y: torch.Tensor) -> torch.Tensor:
         if self.mode == "torch":
             dist.all_reduce(y, group=ps.group_or_world(self.group))
             return y
+        tokens = y.numel() // y.shape[-1]
+        if tokens > self.max_tokens:  # same shapes on every rank, so every rank raises here together
+            raise ValueError(f"the fused all-reduce holds {self.max_tokens} tokens per forward, this one has "
+                             f"{tokens}: shard_model(..., max_tokens=...) sizes it (CLI: use --tp-backend torch)")
         if y.dtype not in self._ar:
             self._ar[y.dtype] = create_allreduce_context(
                 self._heap(), self.max_tokens * y.shape[-1], y.dtype, two_shot=self.world > 2,
-                timeout_s=self.timeout_s, block=1024)  # few, large chunks: one program each
+                timeout_s=self.timeout_s, block=AR_BLOCK)
         return allreduce(y.contiguous(), self._ar[y.dtype])
 
     def _context(self, kind, m, n, k, dtype):
@@ -88,6 +105,11 @@ def shard_model(model, group=None, mode: str = "torch", **comm_kw) -> TPComm:
            for m in model.modules()):
         raise ValueError("shard_model: the model has fused projections (tessera.quant.fuse_projections); "
                          "shard it before fusing")
+    p = next(model.parameters())
+    comm_kw.setdefault("device", p.device)
+    if mode == "fused":
+        n = comm_kw.get("max_tokens", MAX_TOKENS) * model.config.hidden_size
+        comm_kw.setdefault("heap_bytes", allreduce_heap_bytes(ps.world_size(group), n, p.dtype))
     comm = TPComm(group, mode, **comm_kw)
     cfg, W = model.config, comm.world
     comm.require(cfg.num_attention_heads % W == 0 and cfg.num_key_value_heads % W == 0,
