@@ -1,18 +1,43 @@
 """CPU W8A8 / W4A8 kernels against int64 / float64 references, on every ISA this CPU offers."""
 
-import dataclasses
+from dataclasses import replace
 
 import pytest
 import torch
 
-from tessera.kernels.ngemm import codegen, cpu_isa
+from tessera.kernels.ngemm import cpu_isa, library
 from tessera.kernels.ngemm import gemm as G
 from tessera.kernels.ngemm import reference as R
+from tessera.kernels.ngemm.isa_ops import ISA_OPS
+from tessera.kernels.ngemm.schedule import DEFAULT_SCHEDULES, AmxSchedule, Schedule, W4Schedule, W8Schedule
+from tessera.kernels.ngemm.w8_kernel import W8Kernel
 
 BACKENDS = [*cpu_isa.supported_isas(), "torch"]
 # M covers 1, every M-tail of the 6-row micro-tile and a multi-tile case; N and K cover panel and k tails.
 SHAPES = [(1, 1, 1), (1, 64, 64), (1, 65, 5), (2, 63, 7), (5, 130, 260), (6, 64, 12), (7, 200, 129),
           (13, 17, 33), (17, 129, 515), (9, 100, 128), (16, 70, 64), (24, 65, 192)]  # last 2: AMX 16/32-row
+
+
+_RAW_ENTRY = {W8Kernel.SIGN: "tq_w8a8_s", W8Kernel.VECTOR: "tq_w8a8", W8Kernel.AMX16: "tq_w8a8_amx16",
+              W8Kernel.AMX32: "tq_w8a8_amx"}
+
+
+def int8_matmul_exact(a_q: torch.Tensor, pw: G.PackedInt8Weight, backend=None) -> torch.Tensor:
+    """The W8A8 integer core alone: a_q [M, K] int8 (any value, -128 included) -> [M, N] int32, through
+    the kernels `int8_linear` would choose; their drivers store raw sums when given a `raw` buffer."""
+    assert a_q.dtype == torch.int8 and a_q.is_contiguous() and a_q.shape[1] == pw.k
+    name, lib = library.resolve_backend(backend)
+    if name == "torch":
+        return torch._int_mm(a_q, G.unpack_int8(pw).T)
+    M, Kp = a_q.shape[0], pw.data.shape[1] * 4
+    kernel = lib.w8_kernel(M, Kp, pw.sign_ok)
+    rows = kernel.a_rows(M)  # AMX pad rows become u8 128 = int8 0 below
+    u = torch.nn.functional.pad(a_q, (0, Kp - pw.k, 0, rows - M)).view(torch.uint8) ^ 0x80  # [rows, Kp]: a + 128
+    raw = torch.empty(M, pw.n, dtype=torch.int32)
+    entry = getattr(lib.handle, _RAW_ENTRY[kernel])
+    entry(u.data_ptr(), None, pw.data.data_ptr(), pw.colsum.data_ptr(), None, None, None, 0, raw.data_ptr(),
+          M, pw.n, Kp, torch.get_num_threads())
+    return raw
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +58,7 @@ def test_threads_and_large_m_paths(backend):
     pw = G.pack_int8(w, torch.rand(N) * 1e-3)
     x = torch.randn(M, K)
     torch.set_num_threads(2)
-    got2, y2 = G.int8_matmul_exact(a, pw, backend=backend), G.int8_linear(x, pw, backend=backend)
+    got2, y2 = int8_matmul_exact(a, pw, backend=backend), G.int8_linear(x, pw, backend=backend)
     torch.set_num_threads(1)
     assert torch.equal(got2.long(), R.int_gemm(a, w))
     assert torch.equal(y2, G.int8_linear(x, pw, backend=backend))
@@ -45,7 +70,7 @@ def test_threads_and_large_m_paths(backend):
 def test_w8a8_integer_core_is_exact(backend, M, N, K):
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
     a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
-    got = G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(N)), backend=backend)
+    got = int8_matmul_exact(a, G.pack_int8(w, torch.ones(N)), backend=backend)
     assert got.dtype == torch.int32 and got.shape == (M, N)
     assert torch.equal(got.long(), R.int_gemm(a, w))
 
@@ -58,10 +83,10 @@ def test_w8a8_extremes_do_not_saturate(backend, av, wv):
     M, N, K = 3, 80, 4096
     a = torch.full((M, K), av, dtype=torch.int8)
     w = torch.full((N, K), wv, dtype=torch.int8)
-    got = G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(N)), backend=backend)
+    got = int8_matmul_exact(a, G.pack_int8(w, torch.ones(N)), backend=backend)
     assert torch.equal(got.long(), torch.full((M, N), av * wv * K))
     a2, w2 = _extremes(M, K), _extremes(N, K)
-    got2 = G.int8_matmul_exact(a2, G.pack_int8(w2, torch.ones(N)), backend=backend)
+    got2 = int8_matmul_exact(a2, G.pack_int8(w2, torch.ones(N)), backend=backend)
     assert torch.equal(got2.long(), R.int_gemm(a2, w2))
 
 
@@ -76,7 +101,7 @@ def test_w8a8_weights_without_minus128_are_exact(backend, M, N, K):
     a[0, :] = -128
     pw = G.pack_int8(w, torch.ones(N))
     assert pw.sign_ok and not G.pack_int8(torch.full((N, K), -128, dtype=torch.int8), torch.ones(N)).sign_ok
-    assert torch.equal(G.int8_matmul_exact(a, pw, backend=backend).long(), R.int_gemm(a, w))
+    assert torch.equal(int8_matmul_exact(a, pw, backend=backend).long(), R.int_gemm(a, w))
 
 
 def _extremes(*shape):
@@ -150,29 +175,33 @@ def test_w4a8_linear_matches_references(backend, M, N, K, g):
 
 def test_custom_schedule_compiles_and_is_exact():
     isa = cpu_isa.supported_isas()[0] if cpu_isa.supported_isas() else pytest.skip("no x86 SIMD ISA")
-    lanes = codegen.ISA_OPS[isa]["lanes"]
-    s = codegen.Schedule(isa, mr=3, nr=2 * lanes, k_unroll=3, prefetch=0, mr_w4=2, nr_w4=lanes)
+    lanes = ISA_OPS[isa].lanes
+    s = Schedule(isa, w8=W8Schedule(mr=3, nr=2 * lanes, k_unroll=3, prefetch=0),
+                 w4=W4Schedule(mr=2, nr=lanes, k_unroll=3, prefetch=0),
+                 amx=AmxSchedule(min_m=16) if isa == "amx" else None)
     a = torch.randint(-128, 128, (8, 77), dtype=torch.int8)
     w = torch.randint(-128, 128, (100, 77), dtype=torch.int8)
-    assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
-    # W4A8 with its own micro-tile width (nr_w4 != nr), as one tile or as passes over the whole panel
+    assert torch.equal(int8_matmul_exact(a, G.pack_int8(w, torch.ones(100)), backend=s).long(), R.int_gemm(a, w))
+    # W4A8 with its own micro-tile width (w4.nr != w8.nr), as one tile or as passes over the whole panel
     x, q4 = torch.randn(5, 128), torch.randint(-8, 8, (100, 128), dtype=torch.int8)
     pw4 = G.pack_int4(q4, torch.rand(100, 4) + 0.1, 32)
-    panel = dataclasses.replace(s, w4_panel=True, prefetch=2, prefetch_w4=3)
+    panel = replace(s, w8=replace(s.w8, prefetch=2), w4=replace(s.w4, panel=True, prefetch=3))
     # multi-row W4A8 micro-tiles with their own pass width (5 rows: a 3-row and a 2-row tile)
-    rows = dataclasses.replace(panel, mr_w4=3, nr_w4=2 * lanes, nr_w4_rows=lanes)
+    rows = replace(panel, w4=replace(panel.w4, mr=3, nr=2 * lanes, nr_rows=lanes))
     for sched in (s, panel, rows):
         assert torch.equal(G.int4_linear(x, pw4, backend=sched), G.int4_linear(x, pw4, backend="torch"))
-    with pytest.raises(ValueError, match="needs w4_panel"):
-        dataclasses.replace(s, nr_w4_rows=lanes)
-    with pytest.raises(ValueError, match="nr_w4_rows="):
-        dataclasses.replace(panel, nr_w4_rows=3 * lanes)
-    with pytest.raises(ValueError, match="nr="):
-        codegen.Schedule(isa, mr=1, nr=48, k_unroll=1, prefetch=0, mr_w4=1)
-    with pytest.raises(ValueError, match="nr_w4="):
-        codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, nr_w4=24)
+    with pytest.raises(ValueError, match="needs panel"):
+        replace(s.w4, nr_rows=lanes)
+    with pytest.raises(ValueError, match="w4.nr_rows="):
+        replace(panel, w4=replace(panel.w4, nr_rows=3 * lanes))
+    with pytest.raises(ValueError, match="w8.nr="):
+        replace(s, w8=W8Schedule(mr=1, nr=48, k_unroll=1, prefetch=0))
+    with pytest.raises(ValueError, match="w4.nr="):
+        replace(s, w4=W4Schedule(mr=1, nr=24, k_unroll=1, prefetch=0))
     with pytest.raises(ValueError, match="bad schedule"):
-        codegen.Schedule(isa, mr=1, nr=64, k_unroll=1, prefetch=0, mr_w4=1, prefetch_w4=-1)
+        replace(s, w4=replace(s.w4, prefetch=-1))
+    with pytest.raises(ValueError, match="AmxSchedule"):
+        Schedule("avx2", s.w8, s.w4, AmxSchedule(min_m=16))
 
 
 @pytest.mark.parametrize("M", [16, 40])  # the 16-row and the 32-row AMX kernel
@@ -180,10 +209,10 @@ def test_amx_prefetch_schedule_is_exact(M):
     # the B prefetch runs past the last panel's end (prefetches never fault); results must not change
     if "amx" not in cpu_isa.supported_isas():
         pytest.skip("no AMX on this CPU")
-    s = dataclasses.replace(codegen.DEFAULT_SCHEDULES["amx"], amx_prefetch=3)
+    s = replace(DEFAULT_SCHEDULES["amx"], amx=replace(DEFAULT_SCHEDULES["amx"].amx, prefetch=3))
     a = torch.randint(-128, 128, (M, 320), dtype=torch.int8)
     w = torch.randint(-128, 128, (130, 320), dtype=torch.int8)
-    assert torch.equal(G.int8_matmul_exact(a, G.pack_int8(w, torch.ones(130)), backend=s).long(), R.int_gemm(a, w))
+    assert torch.equal(int8_matmul_exact(a, G.pack_int8(w, torch.ones(130)), backend=s).long(), R.int_gemm(a, w))
 
 
 def test_pack_roundtrip():
@@ -207,8 +236,6 @@ def test_bad_inputs_raise_clear_errors():
         G.pack_int8(torch.zeros(16, 8, dtype=torch.int8).T, torch.ones(8))
     with pytest.raises(ValueError, match="shape"):
         G.pack_int8(torch.zeros(8, 16, dtype=torch.int8), torch.ones(9))
-    with pytest.raises(ValueError, match="a_q has K"):
-        G.int8_matmul_exact(torch.zeros(1, 4, dtype=torch.int8), pw)
     q4 = torch.zeros(8, 96, dtype=torch.int8)
     with pytest.raises(ValueError, match="unsupported group size 48"):
         G.pack_int4(q4, torch.ones(8, 2), 48)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tessera.kernels.ngemm import gemm as G
-from tessera.kernels.ngemm.codegen import PANEL
+from tessera.kernels.ngemm.layout import PANEL
 from tessera.quant.weights import quantize_weight_int4, quantize_weight_int8
 
 

@@ -4,82 +4,26 @@
     y[m, n] = s_a[m] * sum_g s_w[n, g] * sum_{k in g} a_q[m, k] * w_q[n, k] + bias[n]  (W4A8)
 
 Activations are quantized per token (dynamic, symmetric, int8 in [-127, 127]) inside the call.
-Kernels: `codegen.py` (what is generated and why), compiled by `ccache.py`, dispatched on the
-best ISA of `cpu_isa.py`. The `torch` backend performs the same integer and fp32 operations in the
-same order, so every backend returns bit-identical outputs (tests check this).
+Kernels: `codegen.py` (what is generated and why), compiled by `ccache.py`, loaded and chosen by
+`library.py` on the best ISA of `cpu_isa.py`. The `torch` backend performs the same integer and fp32
+operations in the same order, so every backend returns bit-identical outputs (tests check this).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from tessera.kernels.ngemm import ccache, codegen, cpu_isa
-from tessera.kernels.ngemm.codegen import PANEL
+from tessera.kernels.ngemm.layout import PANEL
+from tessera.kernels.ngemm.library import resolve_backend
 from tessera.kernels.ngemm.reference import quantize_per_token
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
-_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b) * b
-
-
-@functools.cache
-def load_library(s: codegen.Schedule) -> ctypes.CDLL | None:
-    """Generate, compile (once per machine, cached) and load the kernels of schedule `s`; None on failure."""
-    isa = s.isa
-    try:
-        lib = ccache.build(codegen.generate(s), codegen.flags(s), f"tessera_int8_{isa}")
-    except (ccache.CompileError, OSError) as e:
-        warnings.warn(f"int8 kernels for {isa} unavailable, using the torch fallback: {e}", stacklevel=2)
-        return None
-    for name in ("tq_quant_f32", "tq_quant_bf16"):
-        getattr(lib, name).argtypes = [_P, _L, _L, _L, _I, _P, _P, _L, _P, _I]
-    lib.tq_w8a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _P, _L, _L, _L, _I]
-    lib.tq_w4a8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _L, _L, _L, _L, _I]
-    lib.tq_w8a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _P, _I, _L, _L, _L, _I, _I]
-    lib.tq_w4a8_x.argtypes = [_P, _I, _L, _L, _P, _P, _P, _P, _I, _L, _L, _I]
-    lib.w8_sign = isa == "avx2"  # has tq_w8a8_s, the sign-trick kernels for weights without -128
-    if lib.w8_sign:
-        lib.tq_w8a8_s.argtypes = lib.tq_w8a8.argtypes
-    lib.amx_min_m = 0
-    if s.amx_min_m:
-        lib.tq_w8a8_amx.argtypes = lib.tq_w8a8_amx16.argtypes = lib.tq_w8a8.argtypes
-        if lib.tq_amx_init() == 0:  # the kernel lets this process use the AMX tile state
-            lib.amx_min_m = s.amx_min_m
-        else:
-            warnings.warn("AMX tiles refused by the OS; using the AVX512-VNNI kernels", stacklevel=2)
-    return lib
-
-
-_RESOLVED: dict = {}  # backend -> (name, lib): saves ~7 us per call
-
-
-def resolve_backend(backend) -> tuple[str, ctypes.CDLL | None]:
-    """backend: None (best for this CPU), an ISA name, "torch", or an `codegen.Schedule`.
-    `$TESSERA_INT8_ISA` is read when None is first resolved, not per call: `os.environ.get` costs ~2 us,
-    a tenth of a whole W8A8 call at the embedded model's shapes (`_RESOLVED.clear()` re-reads it)."""
-    hit = _RESOLVED.get(backend)
-    if hit is None:
-        hit = _RESOLVED[backend] = _resolve(backend)
-    return hit
-
-
-def _resolve(backend) -> tuple[str, ctypes.CDLL | None]:
-    sched = backend if isinstance(backend, codegen.Schedule) else None
-    name = sched.isa if sched else (backend or cpu_isa.best_backend())
-    if name not in cpu_isa.ALL_BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {cpu_isa.ALL_BACKENDS}")
-    if name != "torch" and name not in cpu_isa.supported_isas():
-        raise ValueError(f"this CPU does not support {name!r} (supported: {cpu_isa.supported_isas()})")
-    lib = None if name == "torch" else load_library(sched or codegen.DEFAULT_SCHEDULES[name])
-    return (name if lib is not None else "torch"), lib
 
 
 @dataclass
@@ -218,13 +162,6 @@ def _as_input_shape(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
 
 
-def _amx_rows(lib, M: int, Kp: int) -> int:
-    """AMX block height for this call (16: one 16-row tile, 32: 32-row blocks), or 0: VNNI kernels."""
-    if not lib.amx_min_m or M < lib.amx_min_m or Kp % 64:
-        return 0
-    return 16 if M <= 16 else 32
-
-
 def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
@@ -246,33 +183,13 @@ def int8_linear(x: torch.Tensor, pw: PackedInt8Weight, out_dtype=None, backend=N
         y = _epilogue(acc, sa[:, None] * pw.scale[None, : pw.n], pw.bias, pw.n, out_dtype)
         return y.view(*x.shape[:-1], pw.n)
     Kp = pw.data.shape[1] * 4
-    amx = _amx_rows(lib, M, Kp)
+    kernel = lib.w8_kernel(M, Kp, pw.sign_ok)
     out = torch.empty(M, pw.n, dtype=out_dtype)
-    lib.tq_w8a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
-                  pw.colsum.data_ptr(), pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(),
-                  int(out_dtype == torch.bfloat16), pw.n, Kp, _ceil(M, amx) if amx else M,
-                  amx or -int(lib.w8_sign and pw.sign_ok), torch.get_num_threads())
+    lib.handle.tq_w8a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
+                         pw.colsum.data_ptr(), pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(),
+                         int(out_dtype == torch.bfloat16), pw.n, Kp, kernel.a_rows(M), kernel,
+                         torch.get_num_threads())
     return _as_input_shape(out, x)
-
-
-def int8_matmul_exact(a_q: torch.Tensor, pw: PackedInt8Weight, backend=None) -> torch.Tensor:
-    """Integer core of W8A8 for tests: a_q [M, K] int8 (any value, -128 included) -> [M, N] int32."""
-    _check(a_q, "a_q", (torch.int8,), 2)
-    if a_q.shape[1] != pw.k:
-        raise ValueError(f"a_q has K={a_q.shape[1]}, the weight expects K={pw.k}")
-    name, lib = resolve_backend(backend)
-    if name == "torch":
-        return torch._int_mm(a_q, unpack_int8(pw).T)
-    M, Kp = a_q.shape[0], pw.data.shape[1] * 4
-    amx = _amx_rows(lib, M, Kp)
-    fn = {0: lib.tq_w8a8_s if lib.w8_sign and pw.sign_ok else lib.tq_w8a8,
-          16: getattr(lib, "tq_w8a8_amx16", None), 32: getattr(lib, "tq_w8a8_amx", None)}[amx]
-    rows = _ceil(M, amx) if amx else M  # AMX pad rows become u8 128 = int8 0 below
-    u = torch.nn.functional.pad(a_q, (0, Kp - pw.k, 0, rows - M)).view(torch.uint8) ^ 0x80  # [rows, Kp] = a + 128
-    raw = torch.empty(M, pw.n, dtype=torch.int32)
-    fn(u.data_ptr(), None, pw.data.data_ptr(), pw.colsum.data_ptr(), None, None, None, 0,
-                raw.data_ptr(), M, pw.n, Kp, torch.get_num_threads())
-    return raw
 
 
 def int4_linear(x: torch.Tensor, pw: PackedInt4Weight, out_dtype=None, backend=None):
@@ -289,7 +206,7 @@ def int4_linear(x: torch.Tensor, pw: PackedInt4Weight, out_dtype=None, backend=N
             acc = acc + part.float() * sc[:, g]
         return _epilogue(acc, sa[:, None], pw.bias, pw.n, out_dtype).view(*x.shape[:-1], pw.n)
     out = torch.empty(M, pw.n, dtype=out_dtype)
-    lib.tq_w4a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
-                  pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16),
-                  pw.n, G, torch.get_num_threads())
+    lib.handle.tq_w4a8_x(x2.data_ptr(), int(x2.dtype == torch.bfloat16), M, pw.k, pw.data.data_ptr(),
+                         pw.scale.data_ptr(), _ptr(pw.bias), out.data_ptr(), int(out_dtype == torch.bfloat16),
+                         pw.n, G, torch.get_num_threads())
     return _as_input_shape(out, x)
