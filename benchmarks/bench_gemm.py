@@ -59,8 +59,8 @@ double tq_int8_peak(long iters, int x, int nt) {  /* CHAINS independent int8 mul
   return ops;
 }
 """
-# The multiply-add each kernel ISA builds on (int8_codegen): AVX2 has no vpdpbusd, its dot4 is
-# vpmaddubsw + vpmaddwd + vpaddd (W8A8's sign-trick kernels add a vpsignb, the bit-7 split doubles it).
+# The multiply-add each kernel ISA builds on (tessera/kernels/ngemm/isa_ops.py): AVX2 has no vpdpbusd, its
+# dot4 is vpmaddubsw + vpmaddwd + vpaddd (W8A8's sign-trick kernels add a vpsignb, the bit-7 split doubles it).
 PEAK_PROBES = {
     "avx512vnni": ("vpdpbusd zmm", ("-mavx512f", "-mavx512bw", "-mavx512vnni"),
                    "#define CHAINS 12\n#define VEC __m512i\n#define SET1 _mm512_set1_epi32\n#define ADD _mm512_add_epi32\n"

@@ -1,7 +1,7 @@
 """What a call pays for the call before it: Tessera W8A8 (M = 1, 4096x4096, cold) timed alone, right
 after an MKL pack call, and after other things in between, in one run.
 
-    python benchmarks/bench_after_mkl.py --mkl .../libmkl_rt.so.3
+    python benchmarks/ab/bench_after_mkl.py --mkl .../libmkl_rt.so.3
 
 Found while benchmarking on an AVX2 EPYC (docs/ngemm.md, "2026-11-27 (evening)"): the call after MKL's
 ran ~0.3 ms slower whichever library it was, a sleep did not help, and writing 16 MB of memory before
@@ -18,19 +18,20 @@ import time
 from pathlib import Path
 
 import torch
-from bench_gemm import MklPack, machine_info, paths
+from common import import_bench_gemm
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mkl", required=True, help="path to libmkl_rt.so (pip download mkl; unzip the wheel)")
     ap.add_argument("--calls", type=int, default=30)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "after_mkl"))
+    ap.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "after_mkl"))
     args = ap.parse_args()
     N = K = 4096
     torch.manual_seed(0)
     w, x = torch.randn(N, K) * 0.02, torch.randn(1, K)
-    lib = paths(MklPack(args.mkl, torch.get_num_threads()), "avx2")
+    bench_gemm = import_bench_gemm()
+    lib = bench_gemm.paths(bench_gemm.MklPack(args.mkl, torch.get_num_threads()), "avx2")
     fns = {}
     for name in ("MKL pack (int only)", "tessera W8A8"):
         prep, copy, call, _ = lib[name]
@@ -62,7 +63,7 @@ def main():
     rows = {name: timed(before) for name, before in cases.items()}
     for name, ms in rows.items():
         print(f"{name:40s} {ms:.3f} ms", flush=True)
-    info = machine_info()
+    info = bench_gemm.machine_info()
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "median_ms": rows}, indent=1))
     base = rows["alone (our previous call before it)"]

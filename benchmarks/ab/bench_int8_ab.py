@@ -1,10 +1,12 @@
 """A/B of the generated int8 kernels: this checkout's against those of an earlier commit, in one run.
 
-    python benchmarks/bench_int8_ab.py --rev bf3caf9 [--isa avx2] [--ms 1,16] [--shapes 4096x4096]
+    python benchmarks/ab/bench_int8_ab.py --rev bf3caf9 [--isa avx2] [--ms 1,16] [--shapes 4096x4096]
 
-The earlier `int8_codegen.py` is read with `git show`, its default schedule for the ISA generated and
-compiled next to ours; both run through the same `int8_linear` / `int4_linear` host code (so `--rev`
-must share the C entry points of this checkout: ace6995 or later). Cold: each
+The code generator of `--rev` (`tessera/kernels/ngemm/` or, before b003367, `tessera/kernels/int8_codegen.py`;
+see `common.kernels_at`) generates its default schedule for the ISA in its own tree; the C is compiled
+here and bound by this checkout's `library.bind`, so both sides run through the same `int8_linear` /
+`int4_linear` host code, and `--rev` must share this checkout's C entry points (ace6995 or later; the
+W8A8 kernel choice was a bare int before `W8Kernel` named it, with the same values). Cold: each
 side gets its own pool of distinct weights (> 640 MiB; sharing one pool would hand the second side
 weights the first just pulled into L3), called in turn, interleaved call by call with the side that
 goes first alternating. Outputs are asserted bit-identical. Writes benchmarks/results/int8_ab.{json,md}.
@@ -13,42 +15,26 @@ goes first alternating. Outputs are asserted bit-identical. Writes benchmarks/re
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_gemm import POOL_BYTES, machine_info, paths
+from common import import_bench_gemm, kernels_at
 
-from tessera.kernels.ngemm import codegen, cpu_isa
+from tessera.kernels.ngemm import ccache, cpu_isa, library
 from tessera.kernels.ngemm import gemm as G
 
 
-def old_backend(rev: str, isa: str) -> str:
-    """Register the kernels of `rev` as backend name "rev:<rev>" and return that name."""
-    src = subprocess.run(["git", "show", f"{rev}:tessera/kernels/ngemm/codegen.py"], check=True,
-                         capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-    path = Path(tempfile.mkdtemp()) / "old_int8_codegen.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("old_int8_codegen", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    G.codegen = mod  # load_library generates from the module it sees
+def old_backend(rev: str, isa: str) -> library.KernelLibrary:
+    """The kernels of `rev`, compiled here: a backend for `int8_linear` / `int4_linear`."""
+    k = kernels_at(rev, isa)
     try:
-        lib = G.load_library.__wrapped__(mod.DEFAULT_SCHEDULES[isa])
-    finally:
-        G.codegen = codegen
-    if lib is None:
-        raise SystemExit(f"the kernels of {rev} did not compile for {isa}")
-    name = f"rev:{rev}"
-    G._RESOLVED[name] = (isa, lib)  # resolve_backend(name) now returns rev's library
-    return name
+        handle = ccache.build(k.source, k.flags, f"tessera_int8_{isa}_{rev}")
+    except ccache.CompileError as e:
+        raise SystemExit(f"the kernels of {rev} did not compile for {isa}: {e}") from e
+    return library.bind(handle, isa, k.amx_min_m)
 
 
 def main():
@@ -59,17 +45,18 @@ def main():
     ap.add_argument("--shapes", type=lambda v: [tuple(map(int, s.split("x"))) for s in v.split(",")],
                     default=[(4096, 4096)], help="NxK,...")
     ap.add_argument("--calls", type=int, default=40)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "int8_ab"))
+    ap.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "int8_ab"))
     args = ap.parse_args()
+    bench_gemm = import_bench_gemm()
     old = old_backend(args.rev, args.isa)
-    lib = paths(None, args.isa)
+    lib = bench_gemm.paths(None, args.isa)
     rows = []
     for N, K in args.shapes:
         w = torch.randn(N, K) * 0.02
         for kind, fn in (("W8A8", G.int8_linear), ("W4A8 g128", G.int4_linear)):
             prep, clone, _, size = lib[f"tessera {kind}"]  # bench_gemm's packing and copying of the weight
             pw, nbytes = prep(w), size(w)
-            n = max(2, -(-POOL_BYTES // nbytes))
+            n = max(2, -(-bench_gemm.POOL_BYTES // nbytes))
             pools = {b: [clone(pw) for _ in range(n)] for b in (old, args.isa)}
             for M in args.ms:
                 x = torch.randn(M, K)
@@ -88,7 +75,7 @@ def main():
                        "speedup": med[old] / med[args.isa], "weight_gbs_after": nbytes / med[args.isa] / 1e6}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    info = machine_info() | {"rev": args.rev, "isa": args.isa}
+    info = bench_gemm.machine_info() | {"rev": args.rev, "isa": args.isa}
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     md = [f"# int8 kernels: this checkout vs {args.rev} ({info['cpu']}, {info['threads']} threads, ISA {args.isa}, "

@@ -1,6 +1,6 @@
 """AVX2 W8A8: the sign-trick kernels against the exact bit-7 split they replace, and fbgemm, in one run.
 
-    python benchmarks/bench_w8a8_avx2_sign.py   (~2 min; needs a CPU with AVX2)
+    python benchmarks/ab/bench_w8a8_avx2_sign.py   (~2 min; needs a CPU with AVX2)
 
 Both Tessera kernels compute the same integers (asserted below); the split runs when the packed weight
 holds -128 (`PackedInt8Weight.sign_ok` False), which this script forces on a copy. Cold: a pool of 40
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_gemm import paths
+from common import import_bench_gemm
 
 from tessera.kernels.ngemm import cpu_isa
 
@@ -26,14 +26,14 @@ from tessera.kernels.ngemm import cpu_isa
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ms", type=lambda v: [int(m) for m in v.split(",")], default=[1, 16, 256])
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "w8a8_avx2_sign"))
+    ap.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "w8a8_avx2_sign"))
     args = ap.parse_args()
     if "avx2" not in cpu_isa.supported_isas():
         raise SystemExit("this CPU has no AVX2")
     torch.manual_seed(0)
     N = K = 4096
     w = torch.randn(N, K) * 0.02
-    lib = paths(None, "avx2")  # bench_gemm's preparation and call of each path, so both benchmarks time the same
+    lib = import_bench_gemm().paths(None, "avx2")  # bench_gemm's preparation and call of each path, so both benchmarks time the same
     prep8, copy8, call8, _ = lib["tessera W8A8"]
     prepfb, copyfb, callfb, _ = lib["qlinear_dynamic fbgemm"]
     pw, fb = prep8(w), prepfb(w)
