@@ -1,9 +1,9 @@
 """Which x86 integer-dot-product ISA this CPU (and OS) offers, for the int8 GEMM dispatch.
 
-Order of preference, best first (int8 peaks on 2 cores of the project machine, ngemm_int8.md §2):
-AMX-INT8 (`tdpbusd`; ~4.8 TOPS per core in a tile micro-benchmark here, but some hypervisors hide
-it) > AVX512-VNNI (`vpdpbusd zmm`, ~1.47 TOPS) > AVX-VNNI (`vpdpbusd ymm`, ~0.76) >
-AVX2 (`vpmaddubsw` + `vpmaddwd`, ~0.35) > the plain torch fallback.
+Order of preference, best first, by int8 multiply-add throughput per core (peak figures measured on
+the project's VMs are in docs/ngemm.md): AMX-INT8 (`tdpbusd`; some hypervisors hide it) >
+AVX512-VNNI (`vpdpbusd zmm`) > AVX-VNNI (`vpdpbusd ymm`) > AVX2 (`vpmaddubsw` + `vpmaddwd`) > the
+plain torch fallback.
 
 Linux clears a `/proc/cpuinfo` flag when the kernel did not enable the matching XSAVE state, so the
 flags already account for OS support. `TESSERA_INT8_ISA` forces a choice (tests, benchmarks).
@@ -17,7 +17,7 @@ import os
 #: ISA name -> the cpuinfo flags it needs. Order is the dispatch preference.
 ISA_FLAGS: dict[str, tuple[str, ...]] = {
     # AMX-INT8 tiles (Sapphire Rapids+), plus the AVX512-VNNI kernels for small M. The OS must also
-    # grant the tile state (arch_prctl); `int8_gemm.load_library` asks and falls back if refused.
+    # grant the tile state (arch_prctl); `library.bind` asks and falls back if refused.
     "amx": ("amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma"),
     "avx512vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma"),
     "avxvnni": ("avx_vnni", "avx2", "fma"),

@@ -2,12 +2,12 @@
 
     y[m, n] = float(sum_k a_q[m, k] * w_q[n, k]) * (s_a[m] * s_w[n]) + bias[n]
 
-Same quantization contract as `int8_gemm.py` (per-token symmetric activations, per-channel
+Same quantization contract as `gemm.py` (per-token symmetric activations, per-channel
 weights, mul-then-add epilogue), so it is tested under TRITON_INTERPRET=1 against the same
 references. Weights stay in nn.Linear's [N, K] orientation: the tile load transposes for free.
 Activations are quantized by `_quantize_kernel`, one program per token, bit-identical to the torch
-reference quantizer (which launches ~10 kernels: 2.5x the GEMM's time at M = 1 on an H200). On
-H100/H200 int8 `tl.dot` maps to IMMA tensor cores.
+reference quantizer (which launches ~10 kernels, longer than the GEMM itself at decode; docs/ngemm.md).
+On H100/H200 int8 `tl.dot` maps to IMMA tensor cores.
 """
 
 from __future__ import annotations
@@ -89,11 +89,10 @@ def _check(t, name, dtype, shape):
 
 
 def default_config(M: int, N: int) -> tuple[tuple[int, int, int], int, int]:
-    """((BLOCK_M, BLOCK_N, BLOCK_K), num_warps, num_stages), from two sweeps on an H200 over the Llama-8B
-    projection shapes (`benchmarks/results/ngemm_gpu_NVIDIA_H200{_sweep1,}.json`). Decode (M <= 16) streams
-    the weights: wide K tiles, BLOCK_N by N, 2 warps for narrow tiles (within 3 % of each shape's best
-    of 72 configs; split-K lost everywhere). Prefill: 128x128 tiles, or 64x64 when 128x128 would leave
-    SMs idle (M = 256, N = 4096: 64 tiles on 132 SMs, 1.53x slower than 64x64)."""
+    """((BLOCK_M, BLOCK_N, BLOCK_K), num_warps, num_stages), from sweeps on an H200 over the Llama-8B
+    projection shapes (figures in docs/ngemm.md, section "GPU"). Decode (M <= 16) streams the weights:
+    wide K tiles, BLOCK_N by N, 2 warps for narrow tiles; split-K lost everywhere. Prefill: 128x128
+    tiles, or 64x64 when 128x128 would leave SMs idle (M = 256, N = 4096: 64 tiles on 132 SMs)."""
     if M <= 16:
         bn = 16 if N <= 1024 else 32 if N < 8192 else 64
         return (16, bn, 256 if bn == 64 else 512), 2 if bn <= 32 else 4, 4
