@@ -15,6 +15,11 @@ training.
 
     python scripts/train_tiny.py --minutes 60 --out tessera/assets/tiny-reasoner   # what `make train` runs
     python scripts/train_tiny.py --induction-steps 1000 --repeat-share 0.1 ...    # induction head first (docs/shadowkv.md)
+    python scripts/train_tiny.py --arch moe --out tessera/assets/tiny-moe-reasoner  # what `make train-moe` runs
+
+`--arch moe` trains the embedded Mixture-of-Experts reasoner (Mixtral format, 8 experts, top-2): the experts
+run through the fixed-capacity backend (static shapes, so `torch.compile` takes the layer whole) and a
+Switch-Transformer load-balancing loss (`--aux-weight`) keeps routing from collapsing onto a few experts.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from tessera.config import ModelConfig
-from tessera.models import LlamaForCausalLM, save_model
+from tessera.layers.moe import load_balancing_loss
+from tessera.models import CausalLM, save_model
 from tessera.tasks import vocabulary
 from tessera.tasks.reasoning import EVAL_SEED_BASE, RESULT_WORDS, make_problem
 from tessera.tasks.repeat import LENGTHS, copy_accuracy, held_out_batch, repeat_batch
@@ -41,6 +47,9 @@ MODEL = dict(
     num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, rope_theta=10000.0,
     rms_norm_eps=1e-6, tie_word_embeddings=True,
 )
+# The MoE reasoner: the dense model's attention, and 8 experts of width 256 (top-2: 512 active, vs 768 dense)
+MOE_MODEL = dict(MODEL, model_type="mixtral", intermediate_size=256, moe_intermediate_size=256, num_experts=8,
+                 num_experts_per_tok=2)
 
 
 _TOK = None
@@ -92,6 +101,10 @@ def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train
     return out
 
 
+_MOE_BLOCKS: list = []  # the MoE blocks of the model in training (their router logits feed the aux loss)
+AUX_WEIGHT = [0.0]
+
+
 def loss_fn(fwd, ids, mask, far, far_weight=1.0):
     """(loss, token accuracy, per-target hits [B, T-1]) over the unmasked targets; the far-copy
     targets count `far_weight` times in the loss (they are ~3 tokens in 1,600, and the ones that
@@ -103,7 +116,11 @@ def loss_fn(fwd, ids, mask, far, far_weight=1.0):
     hit = logits.argmax(-1) == tgt  # [B, T-1]
     ce = F.cross_entropy(logits.float()[m], tgt[m], reduction="none")  # [N]
     w = 1.0 + (far_weight - 1.0) * far[:, 1:][m].float()  # [N]
-    return (ce * w).sum() / w.sum(), hit[m].float().mean(), hit
+    loss = (ce * w).sum() / w.sum()
+    if _MOE_BLOCKS and AUX_WEIGHT[0] and _MOE_BLOCKS[0].last_router_logits is not None:
+        aux = sum(load_balancing_loss(b.last_router_logits, b.gate.top_k) for b in _MOE_BLOCKS) / len(_MOE_BLOCKS)
+        loss = loss + AUX_WEIGHT[0] * aux
+    return loss, hit[m].float().mean(), hit
 
 
 def cosine_lr(base: float, elapsed: float, budget: float, warmup: float) -> float:
@@ -171,6 +188,9 @@ def main():
     ap.add_argument("--repeat-share", type=float, default=0.0,
                     help="share of the later steps on repeat-copy, so that the reasoning task's positional "
                          "look-ups do not displace the head")
+    ap.add_argument("--arch", choices=("dense", "moe"), default="dense")
+    ap.add_argument("--aux-weight", type=float, default=0.01,
+                    help="MoE: weight of the load-balancing loss (1.0 = perfectly even routing)")
     args = ap.parse_args()
 
     if args.threads:
@@ -184,11 +204,15 @@ def main():
     is_result = torch.zeros(tok.vocab_size, dtype=torch.bool)  # [V] True for r0, r1, ..
     is_result[tok.encode(" ".join(RESULT_WORDS), add_bos=False)] = True
     cfg = ModelConfig(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-                      pad_token_id=tok.pad_id, **MODEL)
-    model = LlamaForCausalLM(cfg)
+                      pad_token_id=tok.pad_id, **(MOE_MODEL if args.arch == "moe" else MODEL))
+    model = CausalLM(cfg)
     for name, p in model.named_parameters():  # GPT-2-style small init keeps early training stable
-        if p.dim() == 2:
+        if p.dim() >= 2:
             torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * cfg.num_hidden_layers) if "o_proj" in name or "down_proj" in name else 1))
+    _MOE_BLOCKS[:] = model.moe_blocks().values()
+    AUX_WEIGHT[0] = args.aux_weight
+    for b in _MOE_BLOCKS:
+        b.experts.backend = "capacity"  # training only: exact backends at inference (saved files carry no backend)
     if args.init_from:
         from tessera.models import load_model
 
@@ -229,8 +253,11 @@ def main():
 
     def evaluate():
         model.eval()
+        for b in _MOE_BLOCKS:
+            b.stats.reset()
         with torch.no_grad():
             ev = [loss_fn(fwd, *b) for b in eval_batches]
+        bal = " ".join(f"{b.stats.balancedness():.2f}" for b in _MOE_BLOCKS)  # mean / max tokens per expert
 
         def acc(masks):
             return sum(int(e[2][v].sum()) for e, v in zip(ev, masks)) / max(1, sum(int(v.sum()) for v in masks))
@@ -239,6 +266,8 @@ def main():
                f"tok-acc {sum(e[1].item() for e in ev) / len(ev):.5f} value-acc {acc(vals):.4f} far-acc {acc(fars):.4f} "
                f"count-acc {acc(counts):.4f} "
                f"repeat-acc {repeat_acc():.4f}")
+        if bal:
+            msg += f" balancedness {bal}"
         say(msg)
 
     def repeat_acc():

@@ -40,6 +40,26 @@ def test_expert_backends_match_the_loop(backend, T, drop, one_expert):
     torch.testing.assert_close(X.run(backend, x, ids, w, gate_up, down), ref, atol=1e-4, rtol=1e-5)
 
 
+def test_capacity_backend_is_exact_when_nothing_overflows_and_drops_past_capacity():
+    E, H, ffn = 4, 6, 10
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, H, generator=g)
+    gate_up, down = torch.randn(E, 2 * ffn, H, generator=g), torch.randn(E, H, ffn, generator=g)
+    ids, w = _routing(8, 2, E, 3)
+    ref = X.experts_loop(x, ids, w, gate_up, down)
+    torch.testing.assert_close(X.experts_capacity(x, ids, w, gate_up, down, capacity_factor=4.0), ref)
+    ids[:, 0] = 0  # expert 0 gets at least 8 pairs; capacity 1.0 gives every expert 4 slots
+    got = X.experts_capacity(x, ids, w, gate_up, down, capacity_factor=1.0)
+    dropped, seen = ids.clone(), [0] * E
+    for t in range(8):  # the first 4 pairs of each expert in (token, slot) order are kept
+        for j in range(2):
+            seen[int(ids[t, j])] += 1
+            if seen[int(ids[t, j])] > 4:
+                dropped[t, j] = -1
+    assert (dropped < 0).any()
+    torch.testing.assert_close(got, X.experts_loop(x, dropped, w, gate_up, down))
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown experts backend 'nope'"):
         X.run("nope", torch.zeros(1, 2), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1),
@@ -174,3 +194,28 @@ def test_sharded_checkpoint_with_fused_experts_loads(tmp_path):
     ids = torch.randint(0, 50, (1, 7))
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path)(ids), m(ids))
+
+
+def test_deepseek_v3_block_matches_transformers():
+    import transformers
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+
+    from tessera.layers.moe_deepseek import DeepSeekMoEBlock
+
+    cfg = transformers.DeepseekV3Config(hidden_size=32, moe_intermediate_size=16, n_routed_experts=8,
+                                        num_experts_per_tok=3, n_shared_experts=2, n_group=4, topk_group=2,
+                                        routed_scaling_factor=2.5, norm_topk_prob=True)
+    torch.manual_seed(0)
+    ref = DeepseekV3MoE(cfg).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+        ref.gate.e_score_correction_bias.normal_(0, 0.5)  # big enough to change choices
+    ours = DeepSeekMoEBlock(32, 8, 3, 16, n_shared=2, n_group=4, topk_group=2, scaling=2.5).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+        _, w, ids = ours.gate(x.reshape(-1, 32))
+        _, w_ref, ids_ref = ref.gate(x.reshape(-1, 32))
+    assert torch.equal(ids.sort(-1).values, ids_ref.sort(-1).values)

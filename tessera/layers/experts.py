@@ -8,6 +8,10 @@
   without the block-sparse kernels). The CPU default.
 - `grouped_mm`: the same permutation, then `torch._grouped_mm` over all experts in one call.
 - `triton`: the same permutation, then the grouped GEMM of `tessera.kernels.moe.grouped_gemm`.
+- `capacity`: for training only. Every expert gets a fixed number of slots, C = capacity_factor * T * k / E
+  (GShard, arXiv 2006.16668; Switch Transformer, arXiv 2101.03961), one batched matmul over [E, C, H], and
+  the pairs past an expert's C are dropped. Every shape is static, so `torch.compile` takes it whole; at
+  inference nothing may be dropped, so the model uses one of the exact backends.
 
 A slot whose expert id is negative (dropped by capacity or by expert parallelism) contributes nothing.
 """
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "loop", "sorted", "grouped_mm", "triton")
+BACKENDS = ("auto", "loop", "sorted", "grouped_mm", "triton", "capacity")
+CAPACITY_FACTOR = 2.0
 
 
 @dataclass
@@ -89,13 +94,32 @@ def experts_triton(x, ids, weights, gate_up, down):
     return _combine(x, p, grouped_gemm(_swiglu_rows(h), down, offsets))
 
 
+def experts_capacity(x, ids, weights, gate_up, down, capacity_factor: float = CAPACITY_FACTOR):
+    T, k = ids.shape
+    E, H = gate_up.shape[0], x.shape[1]
+    C = max(1, int(capacity_factor * T * k / E))
+    flat = ids.flatten()  # [T k]
+    order = torch.argsort(flat, stable=True)
+    expert = flat[order]
+    counts = F.one_hot(flat, E).sum(0)  # [E] (one_hot, not bincount: a static shape)
+    pos = torch.arange(T * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert]  # slot in its expert
+    keep = pos < C
+    dst = torch.where(keep, expert * C + pos, E * C)  # dropped pairs all land on one spare row
+    token = order // k
+    buf = x.new_zeros(E * C + 1, H).index_copy(0, dst, x[token])[: E * C].view(E, C, H)
+    h = _swiglu_rows(torch.bmm(buf, gate_up.transpose(1, 2)))  # [E, C, I]
+    y = torch.cat([torch.bmm(h, down.transpose(1, 2)).reshape(E * C, H), x.new_zeros(1, H)])[dst]  # [T k, H]
+    w = (weights.flatten()[order] * keep).to(y.dtype)
+    return x.new_zeros(T, H).index_add(0, token, y * w[:, None])
+
+
 def _combine(x, p: Permutation, y):  # y [R, H] in expert order -> [T, H], weighted and summed per token
     out = torch.zeros_like(x)
     return out.index_add_(0, p.token, y * p.weight[:, None].to(y.dtype))
 
 
 _IMPL = {"loop": experts_loop, "sorted": experts_sorted, "grouped_mm": experts_grouped_mm,
-         "triton": experts_triton}
+         "triton": experts_triton, "capacity": experts_capacity}
 
 
 def run(backend: str, x, ids, weights, gate_up, down) -> torch.Tensor:
