@@ -1,10 +1,15 @@
-"""Shared by the KV-backend tests: a tiny random model, random prompts, and a prefill + decode driver."""
+"""Shared by the KV-backend and press tests: a tiny random model, random prompts, a prefill + decode driver,
+and the registered presses the shared press tests run on."""
 
 import torch
 
 from tessera.config import ModelConfig
 from tessera.kv.cache import StepContext
+from tessera.kv.presses import PRESSES, ScorerPress
 from tessera.models import LlamaForCausalLM
+
+#: every registered decode-time press (budget/buffer/window scorers): the shared press tests run on each
+DECODE_PRESSES = sorted(name for name, cls in PRESSES.items() if issubclass(cls, ScorerPress))
 
 
 def tiny_model(heads=4, kv_heads=2, head_dim=16, layers=2, seed=0):

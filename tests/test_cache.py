@@ -14,7 +14,8 @@ def test_prefill_then_decode_matches_plain_attention():
     torch.manual_seed(0)
     B, Hq, H, D = 2, 4, 2, 8
     lens = torch.tensor([5, 3])
-    c = DenseCache(1, B, H, D, torch.float32, "cpu", query_window=2, growth=4)
+    c = DenseCache(1, B, H, D, torch.float32, "cpu", growth=4)
+    c.request_queries(2)
     q, k, v = torch.randn(B, Hq, 5, D), torch.randn(B, H, 5, D), torch.randn(B, H, 5, D)
     out = c.attend(0, q, k, v, _ctx(torch.arange(5).expand(B, 5), lens, True))
     for b in range(B):
@@ -34,8 +35,9 @@ def test_prefill_then_decode_matches_plain_attention():
     assert c.lens[0].tolist() == [6, 4]
     assert c.pos[0][1, 0, :4].tolist() == [0, 1, 2, 3]
     # query ring: last 2 real queries of each row, the newest last
-    torch.testing.assert_close(c.queries[0][1, :, 0], q[1, :, 2])
-    torch.testing.assert_close(c.queries[0][1, :, 1], q1[1, :, 0])
+    ring = c.window_queries(0, torch.tensor([1]))[0]  # [Hq, 2, D]
+    torch.testing.assert_close(ring[:, 0], q[1, :, 2])
+    torch.testing.assert_close(ring[:, 1], q1[1, :, 0])
 
 
 def test_keep_gathers_per_head_and_shrinks():

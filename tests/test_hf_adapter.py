@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kv_helpers import DECODE_PRESSES
 
 from tessera.engine.engine import DEFAULT_MODEL
 from tessera.kv.hf import PressCache
@@ -48,7 +49,7 @@ def generate(model, n, cache=None):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("press", ["rkv", "h2o"])
+@pytest.mark.parametrize("press", DECODE_PRESSES)
 def test_budget_above_length_is_token_identical(family, press):
     model = tiny(family)
     plain = generate(model, 40)

@@ -5,13 +5,27 @@ import math
 
 import pytest
 import torch
+from kv_helpers import DECODE_PRESSES
 
 from tessera.config import SamplingParams
 from tessera.kv.cache import DenseCache, StepContext
-from tessera.kv.presses import H2OPress, RKVPress, SnapKVPress, StreamingLLMPress, make_press
+from tessera.kv.press_target import PressTarget
+from tessera.kv.presses import (
+    PRESSES,
+    H2OPress,
+    NoPress,
+    RKVPress,
+    ScorerPress,
+    SnapKVPress,
+    StreamingLLMPress,
+    make_press,
+    register_press,
+)
 
 
-# ---- independent transcription of R-KV (shared/reference/rkv.md §1.2-1.4), plain loops --------
+# ---- independent transcription of R-KV, plain loops ---------------------------------------------
+# Importance, redundancy and their mix as the authors' code computes them (arXiv 2505.24133;
+# github.com/Zefan-Cai/R-KV @d15c976, `rkv/compression/r1_kv.py` and `rkv/utils.py::cal_similarity`).
 def _softmax(xs):
     m = max(xs)
     e = [math.exp(x - m) for x in xs]
@@ -56,7 +70,8 @@ def _planted_keys(n, d, gen):
 def _filled_cache(lens, Hkv, Hq, D, alpha, gen):
     """A cache whose rows hold lens[b] tokens with planted duplicates and alpha cached queries."""
     B, T = len(lens), max(lens)
-    c = DenseCache(1, B, Hkv, D, torch.float32, "cpu", query_window=alpha)
+    c = DenseCache(1, B, Hkv, D, torch.float32, "cpu")
+    c.request_queries(alpha)
     k = torch.stack([torch.stack([_planted_keys(T, D, gen) for _ in range(Hkv)]) for _ in range(B)])
     v = torch.randn(B, Hkv, T, D, generator=gen)
     q = torch.randn(B, Hq, T, D, generator=gen)
@@ -77,7 +92,7 @@ def test_rkv_keeps_exactly_the_reference_token_set(Hq, Hkv, budget):
     for b, n in enumerate(lens):
         for h in range(Hkv):
             K = c.k[0][b, h, :n].tolist()
-            Q = [c.queries[0][b, h * G + g].tolist() for g in range(G)]
+            Q = [c.window_queries(0, torch.tensor([b]))[0, h * G + g].tolist() for g in range(G)]
             z = reference_rkv_scores(K, Q, alpha)
             order = sorted(range(n - alpha), key=lambda j: -z[j])
             want = set(order[: budget - alpha]) | set(range(n - alpha, n))
@@ -99,14 +114,25 @@ def test_rkv_evicts_the_older_duplicate():
 
 
 # ---- scheduler ----------------------------------------------------------------------------
+def protocol_only(cache):
+    """`cache` seen through exactly the PressTarget methods: a press reaching past the protocol fails."""
+
+    def forward(name):
+        return lambda self, *args: getattr(cache, name)(*args)
+
+    methods = {m: forward(m) for m in PressTarget.__abstractmethods__ if m != "num_layers"}
+    return type("ProtocolOnly", (PressTarget,), {**methods, "num_layers": cache.num_layers})()
+
+
 def _decode_step(c, gen, active=None):
     B, H, D = c.B, c.H, c.D
     pos = c.pos[0].amax((1, 2)).long() + 1  # next logical position of each row
-    q, k, v = (torch.randn(B, s, 1, D, generator=gen) for s in (c.queries[0].shape[1] if c.queries[0] is not None else H, H, H))
+    Hq = c.window_queries(0, torch.arange(B)).shape[1] if c.ring is not None else H
+    q, k, v = (torch.randn(B, s, 1, D, generator=gen) for s in (Hq, H, H))
     c.attend(0, q, k, v, StepContext(pos[:, None], torch.ones(B, dtype=torch.long), False))
 
 
-@pytest.mark.parametrize("name", ["rkv", "snapkv", "streamingllm", "h2o"])
+@pytest.mark.parametrize("name", DECODE_PRESSES)
 @pytest.mark.parametrize("lens", [[30, 10], [12, 10]])
 def test_schedule_bounds_memory_and_keeps_positions(name, lens):
     """lens [30, 10]: row 0 starts above the budget, row 1 far below it (own schedules)."""
@@ -114,21 +140,23 @@ def test_schedule_bounds_memory_and_keeps_positions(name, lens):
     budget, buffer, alpha = 24, 8, 4
     press = make_press(name, budget=budget, buffer=buffer, window=alpha)
     B, T, H, D = 2, 30, 2, 8
-    c = DenseCache(1, B, H, D, torch.float32, "cpu", query_window=press.query_window,
-                   track_attention=press.needs_attention)
+    c = DenseCache(1, B, H, D, torch.float32, "cpu")
+    target = protocol_only(c)
+    press.prepare(target)
+    assert (c.ring is not None) == press.uses_queries and (c.sums is not None) == press.uses_attention
     k = torch.randn(B, H, T, D, generator=gen)
     c.attend(0, torch.randn(B, 4, T, D, generator=gen), k, torch.randn(B, H, T, D, generator=gen),
              StepContext(torch.arange(T).expand(B, T), torch.tensor(lens), True))
-    press.after_prefill(c, torch.zeros(B, dtype=torch.long))
+    press.after_prefill(target, torch.zeros(B, dtype=torch.long))
     assert c.lens[0].tolist() == lens  # nothing evicted at prefill, not even a prompt above the budget
     assert torch.equal(c.k[0][0, :, : lens[0]], k[0, :, : lens[0]])
-    ring = c.queries[0].numel() * 4 if c.queries[0] is not None else 0  # fixed: W queries per row
+    ring = c.ring.nbytes() if c.ring is not None else 0  # fixed: W queries per row
     per_slot = (c.nbytes() - ring) / c.capacity()
     seen_compress = [False, False]
     for step in range(1, 97):
         before = c.lens[0].clone()
         _decode_step(c, gen)
-        press.after_decode(c, torch.full((B,), step))
+        press.after_decode(target, torch.full((B,), step))
         after = c.lens[0]
         for b in range(B):
             if after[b] < before[b] + 1:
@@ -180,7 +208,8 @@ def test_streamingllm_keeps_sinks_and_recent():
 
 def test_h2o_keeps_heavy_hitters_and_recent():
     gen = torch.Generator().manual_seed(5)
-    c = DenseCache(1, 1, 1, 8, torch.float32, "cpu", track_attention=True)
+    c = DenseCache(1, 1, 1, 8, torch.float32, "cpu")
+    c.request_attention_sums()
     T = 40
     k = torch.randn(1, 1, T, 8, generator=gen)
     k[0, 0, 7] = 30 * torch.ones(8)  # a key every query attends to
@@ -188,7 +217,7 @@ def test_h2o_keeps_heavy_hitters_and_recent():
     c.attend(0, q, k, torch.randn(1, 1, T, 8), StepContext(torch.arange(T)[None], torch.tensor([T]), True))
     # accumulated attention equals the explicit causal softmax sums
     probs = torch.softmax((q[0, 0] @ k[0, 0].T / 8**0.5).masked_fill(torch.ones(T, T).triu(1).bool(), -1e9), -1)
-    torch.testing.assert_close(c.attn_sums[0][0, 0, :T], probs.sum(0))
+    torch.testing.assert_close(c.attention_sums(0, torch.tensor([0]), T)[0, 0], probs.sum(0))
     kept = H2OPress(budget=12, buffer=8, window=4, recent=6).select(c, 0, torch.tensor([0]))[0, 0].tolist()
     assert 7 in kept and kept[-6:] == list(range(34, 40)) and len(kept) == 12
 
@@ -196,13 +225,20 @@ def test_h2o_keeps_heavy_hitters_and_recent():
 def test_snapkv_sums_window_attention_and_avg_pools():
     gen = torch.Generator().manual_seed(6)
     c = _filled_cache([30], 1, 2, 8, 4, gen)
-    K, Q = c.k[0][0, 0, :30], c.queries[0][0]  # [30, 8], [2, 4, 8]
+    K, Q = c.k[0][0, 0, :30], c.window_queries(0, torch.tensor([0]))[0]  # [30, 8], [2, 4, 8]
     logits = (Q @ K[:26].T / 8**0.5).amax(0)  # [4, 26] GQA max
     a = torch.softmax(logits, -1).sum(0)
     pooled = torch.tensor([sum(a[max(0, j - 2): j + 3]) / 5 for j in range(26)])
     want = set(pooled.topk(8).indices.tolist()) | set(range(26, 30))
     got = set(SnapKVPress(budget=12, buffer=8, window=4).select(c, 0, torch.tensor([0]))[0, 0].tolist())
     assert got == want
+
+
+def test_registry_holds_every_press_once():
+    assert {"rkv", "snapkv", "streamingllm", "h2o"} <= set(DECODE_PRESSES)
+    assert PRESSES["none"] is PRESSES["full"] is NoPress and not NoPress.acts_on_cache
+    with pytest.raises(ValueError, match="taken"):
+        register_press("rkv")(type("Other", (ScorerPress,), {}))
 
 
 # ---- engine integration -----------------------------------------------------------------------
@@ -214,7 +250,7 @@ def llm(tiny_llm):
 PROMPTS = [[1, 5, 7, 9, 11], [1, 3, 4, 4, 4, 4, 4, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
 
 
-@pytest.mark.parametrize("name", ["rkv", "snapkv", "streamingllm", "h2o"])
+@pytest.mark.parametrize("name", DECODE_PRESSES)
 def test_engine_budget_above_length_is_lossless(llm, name):
     sp = SamplingParams(max_new_tokens=40, ignore_eos=True)
     full = llm.generate(PROMPTS, sp)

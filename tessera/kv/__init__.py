@@ -1,48 +1,26 @@
-"""KV-cache backends. The engine builds its cache through `make_cache(name, ...)`; a backend that
-changes where K/V live (ShadowKV) registers itself here, a method that only evicts is a press."""
+"""KV caches: the backend protocol (backend.py), the registry the engine builds caches from
+(registry.py), the dense cache (cache.py), the interface presses act through (press_target.py),
+the presses (presses/), and the sparse-decode backends (shadowkv/, quest.py).
 
-from __future__ import annotations
+A backend registers itself with `tessera.kv.registry.register_backend`; the built-in ones are
+imported here, in one place. None of them imports this package's names, so no import order matters.
+"""
 
-from collections.abc import Callable
+from tessera.kv import cache as _dense  # noqa: F401  registers "dense"
+from tessera.kv import quest as _quest  # noqa: F401  registers "quest"
+from tessera.kv import shadowkv as _shadowkv  # noqa: F401  registers "shadowkv"
+from tessera.kv.backend import KVCache, StepContext
+from tessera.kv.cache import DenseCache
+from tessera.kv.press_target import PressTarget
+from tessera.kv.registry import KV_BACKENDS, check_backend_args, make_cache, register_backend
 
-from tessera.kv.cache import DenseCache, KVCache
-
-#: name -> factory(model_config, batch, dtype, device, press, **options) -> KVCache
-KV_BACKENDS: dict[str, Callable[..., KVCache]] = {}
-
-
-def register_backend(name: str):
-    def deco(factory):
-        KV_BACKENDS[name] = factory
-        return factory
-
-    return deco
-
-
-@register_backend("dense")
-def _dense(cfg, batch, dtype, device, press, **options) -> KVCache:
-    if options:
-        raise ValueError(f"the dense KV backend takes no options, got {sorted(options)}")
-    return DenseCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, dtype, device,
-                      query_window=press.query_window, track_attention=press.needs_attention)
-
-
-def check_backend_args(name: str, press, options: dict, known: set[str]) -> None:
-    """For backends that decide what is attended themselves: no press on top, only known options."""
-    from tessera.kv.presses import NoPress
-
-    if press is not None and not isinstance(press, NoPress):
-        raise ValueError(f"the {name} backend does not compose with the press {type(press).__name__}")
-    if set(options) - known:
-        raise ValueError(f"unknown {name} options {sorted(set(options) - known)}; known: {sorted(known)}")
-
-
-def make_cache(name: str, cfg, batch: int, dtype, device, press, **options) -> KVCache:
-    if name not in KV_BACKENDS:
-        raise ValueError(f"unknown KV backend {name!r}; known: {', '.join(sorted(KV_BACKENDS))}")
-    return KV_BACKENDS[name](cfg, batch, dtype, device, press, **options)
-
-
-# Backends in subpackages register themselves on import (after register_backend exists).
-from tessera.kv import quest as _quest  # noqa: E402, F401
-from tessera.kv import shadowkv as _shadowkv  # noqa: E402, F401
+__all__ = [
+    "KV_BACKENDS",
+    "DenseCache",
+    "KVCache",
+    "PressTarget",
+    "StepContext",
+    "check_backend_args",
+    "make_cache",
+    "register_backend",
+]

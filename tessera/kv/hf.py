@@ -15,8 +15,9 @@ forward, runs the press hooks exactly as our engine does. `update` only hands th
 
 Positions: `generate` passes explicit `position_ids` (from the attention mask, then +1 per step),
 so new tokens get their logical position whatever the physical cache length; `get_seq_length()`
-reports the logical length too (shared/reference/rkv.md §5.7). HF's decode-time mask, sized by
-HF's logical bookkeeping, is ignored: after per-head eviction no 2D mask can describe the cache.
+reports the logical length too, never the physical one (evicted tokens still count). HF's decode-time
+mask, sized by HF's logical bookkeeping, is ignored: after per-head eviction no 2D mask can describe
+the cache.
 Left padding is read from the prefill mask and the pad slots are never stored.
 
 ShadowKV (`kv="shadowkv"`): the backend factorises *pre*-RoPE keys, but HF hands the cache post-RoPE
@@ -36,10 +37,12 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from tessera.config import ModelConfig
-from tessera.kv.cache import DenseCache, KVCache, StepContext
+from tessera.kv.backend import KVCache, StepContext
+from tessera.kv.cache import DenseCache
 from tessera.kv.presses.base import NoPress, Press
+from tessera.kv.registry import make_cache
 from tessera.layers.rope import RotaryEmbedding, apply_rope
+from tessera.models.families import config_from_hf
 
 ATTN_NAME = "tessera_kv"
 
@@ -95,9 +98,7 @@ class PressCache(Cache):
         self.kv, self.kv_options = kv, dict(kv_options or {})
         self._cfg = None  # our config, for the other backends only (the dense path takes any RoPE scaling)
         if kv != "dense":  # build one now so that bad options or a press that does not compose fail here
-            from tessera.kv import make_cache
-
-            self._cfg = ModelConfig.from_hf(cfg.to_dict())
+            self._cfg = config_from_hf(cfg.to_dict())
             make_cache(kv, self._cfg, 1, torch.float32, "cpu", self.press, **self.kv_options)
         self._rope: RotaryEmbedding | None = None
         self.num_layers = cfg.num_hidden_layers
@@ -121,7 +122,7 @@ class PressCache(Cache):
         """Slots the longest row holds now (<= budget + buffer once a press compresses); dense backend only."""
         if self.dense is not None and not isinstance(self.dense, DenseCache):
             raise NotImplementedError(f"physical_length is defined for the dense backend, not {self.kv!r}")
-        return int(self.dense.lens[0].max()) if self.dense is not None else 0
+        return int(self.dense.lengths(0).max()) if self.dense is not None else 0
 
     def reorder_cache(self, beam_idx):
         raise NotImplementedError("PressCache does not support beam search")
@@ -140,7 +141,7 @@ class PressCache(Cache):
         if self._order is not None:  # left padding -> right padding, as DenseCache expects
             g = self._order[:, None, :, None]
             q, k, v = (t.gather(2, g.expand(-1, t.shape[1], -1, D)) for t in (q, k, v))
-        if self._ctx.is_prefill and getattr(self.dense, "wants_pre_rope_keys", False):
+        if self._ctx.is_prefill and self.dense.wants_pre_rope_keys:
             cos, sin = self._rope.to(k.device).cos_sin(self._ctx.positions, torch.float32)
             k_pre = apply_rope(k.float(), cos, -sin).to(k.dtype)  # rotate back: RoPE is orthogonal
             self.dense.observe_pre_rope_keys(layer, k_pre, self._ctx)
@@ -157,11 +158,9 @@ class PressCache(Cache):
         prefill = self.dense is None
         if prefill:
             if self.kv == "dense":
-                self.dense = DenseCache(self.num_layers, B, self.n_kv, D, k.dtype, dev,
-                                        query_window=self.press.query_window, track_attention=self.press.needs_attention)
+                self.dense = DenseCache(self.num_layers, B, self.n_kv, D, k.dtype, dev)
+                self.press.prepare(self.dense)  # the press asks for the optional state it reads
             else:
-                from tessera.kv import make_cache
-
                 self.dense = make_cache(self.kv, self._cfg, B, k.dtype, dev, self.press, **self.kv_options)
                 self._rope = RotaryEmbedding(self._cfg.head_dim, self._cfg.rope_theta, self._cfg.rope_scaling)
             self.decoded = torch.zeros(B, dtype=torch.long, device=dev)

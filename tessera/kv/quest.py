@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tessera.kv import check_backend_args, register_backend
-from tessera.kv.cache import SparseDecodeCache, StepContext
+from tessera.kv.backend import SparseDecodeCache, StepContext
 from tessera.kv.decoded import DecodedKV
+from tessera.kv.registry import check_backend_args, register_backend
 
 
 @dataclass(frozen=True)

@@ -7,21 +7,20 @@ builds its own state. Afterwards each child is an independent cache, ready to de
 
 from __future__ import annotations
 
-from tessera.kv.cache import KVCache
+from tessera.kv.backend import KVCache, SparseDecodeCache
 
 
 class SharedPrefill(KVCache):
     """Prefill fan-out: the dense cache attends (and keeps its K/V), every other backend ingests the same
     keys and values. Afterwards each child is an independent, ready-to-decode cache."""
 
-    wants_pre_rope_keys = True
-
-    def __init__(self, dense: KVCache, others: list[KVCache]):
+    def __init__(self, dense: KVCache, others: list[SparseDecodeCache]):
         self.dense, self.others = dense, others
+        self.wants_pre_rope_keys = any(c.wants_pre_rope_keys for c in others)
 
     def observe_pre_rope_keys(self, layer, k_pre, ctx):
         for c in self.others:
-            if getattr(c, "wants_pre_rope_keys", False):
+            if c.wants_pre_rope_keys:
                 c.observe_pre_rope_keys(layer, k_pre, ctx)
 
     def attend(self, layer, q, k, v, ctx):

@@ -1,26 +1,16 @@
+"""KV-compression presses, one method per file, reachable by name through the registry.
+
+Adding a press: see docs/kv_compression.md ("Adding a press"). The built-in presses are imported
+here, in one place, so that importing this package registers all of them.
+"""
+
 from tessera.kv.presses.base import NoPress, Press
-from tessera.kv.presses.decoding import Candidates, ScorerPress
 from tessera.kv.presses.h2o import H2OPress
+from tessera.kv.presses.registry import PRESSES, make_press, register_press
 from tessera.kv.presses.rkv import RKVPress
+from tessera.kv.presses.scorer import Candidates, ScorerPress
 from tessera.kv.presses.snapkv import SnapKVPress
 from tessera.kv.presses.streaming_llm import StreamingLLMPress
-
-PRESSES: dict[str, type[Press]] = {
-    "none": NoPress,
-    "full": NoPress,
-    "rkv": RKVPress,
-    "snapkv": SnapKVPress,
-    "streamingllm": StreamingLLMPress,
-    "h2o": H2OPress,
-}
-
-
-def make_press(name: str, **kw) -> Press:
-    """Build a registered press by name ('none'/'full' = no compression)."""
-    if name not in PRESSES:
-        raise ValueError(f"unknown press {name!r}; known: {', '.join(sorted(PRESSES))}")
-    return PRESSES[name](**kw)
-
 
 __all__ = [
     "PRESSES",
@@ -33,4 +23,5 @@ __all__ = [
     "SnapKVPress",
     "StreamingLLMPress",
     "make_press",
+    "register_press",
 ]

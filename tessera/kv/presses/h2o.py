@@ -4,7 +4,7 @@ Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LL
 arXiv 2306.14048 (github.com/FMInference/H2O `modify_llama.py`): a token's score is the attention it
 has received from every query so far (prompt and decoded, summed over the query heads of its KV
 head's group); keep the `budget - recent` heaviest plus the `recent` newest tokens (an even split
-by default, as in the paper). The cache accumulates the scores (`needs_attention`). H2O evicts at
+by default, as in the paper). The cache accumulates the scores (`uses_attention`). H2O evicts at
 every step; here it runs on the shared scheduler (every `buffer` tokens) so all methods are
 compared at the same cache sizes.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from tessera.kv.presses.decoding import Candidates, ScorerPress
+from tessera.kv.presses.registry import register_press
+from tessera.kv.presses.scorer import Candidates, ScorerPress
 
 
+@register_press("h2o")
 class H2OPress(ScorerPress):
     uses_queries = False
-    needs_attention = True
+    uses_attention = True
 
     def __init__(self, budget: int = 1024, buffer: int = 128, window: int = 8, recent: int | None = None):
         super().__init__(budget, buffer, window)

@@ -2,7 +2,7 @@
 
 Cai et al., "R-KV: Redundancy-aware KV Cache Compression for Reasoning Models", arXiv 2505.24133
 (NeurIPS 2025); semantics restated from the authors' `rkv/compression/r1_kv.py` and
-`rkv/utils.py::cal_similarity` (github.com/Zefan-Cai/R-KV @d15c976), see shared/reference/rkv.md §1.
+`rkv/utils.py::cal_similarity` (github.com/Zefan-Cai/R-KV @d15c976).
 
 Per row and per KV head, over the n held tokens of which the last `window` (alpha) are the window:
   I = maxpool_7( mean_alpha( softmax_fp32( max_group(Q K^T / sqrt d) )[non-window] ) )
@@ -18,9 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessera.kv.presses.decoding import Candidates, ScorerPress, window_attention
+from tessera.kv.presses.registry import register_press
+from tessera.kv.presses.scorer import Candidates, ScorerPress
+from tessera.kv.presses.window_attention import window_attention
 
 
+@register_press("rkv")
 class RKVPress(ScorerPress):
     def __init__(self, budget: int = 1024, buffer: int = 128, window: int = 8, lam: float = 0.1,
                  kernel: int = 7, threshold: float = 0.5):

@@ -13,9 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessera.kv.presses.decoding import Candidates, ScorerPress, window_attention
+from tessera.kv.presses.registry import register_press
+from tessera.kv.presses.scorer import Candidates, ScorerPress
+from tessera.kv.presses.window_attention import window_attention
 
 
+@register_press("snapkv")
 class SnapKVPress(ScorerPress):
     def __init__(self, budget: int = 1024, buffer: int = 128, window: int = 8, kernel: int = 5):
         super().__init__(budget, buffer, window)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tessera.kv import check_backend_args, register_backend
+from tessera.kv.registry import check_backend_args, register_backend
 from tessera.kv.shadowkv.cache import ShadowKVCache
 from tessera.kv.shadowkv.options import ShadowKVOptions
 from tessera.layers.rope import RotaryEmbedding

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tessera.kv.cache import SparseDecodeCache, StepContext
+from tessera.kv.backend import SparseDecodeCache, StepContext
 from tessera.kv.shadowkv.lowrank import rebuild
 from tessera.kv.shadowkv.options import ShadowKVOptions
 from tessera.kv.shadowkv.selection import DISABLED, assign_slots, select_chunks
