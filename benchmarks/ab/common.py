@@ -67,15 +67,16 @@ def kernels_at(rev: str, isa: str) -> RevKernels:
     """The default schedule's generated C for `isa` as the code generator of git revision `rev` wrote it."""
     tar = subprocess.run(["git", "archive", "--format=tar", rev, "tessera/kernels"], cwd=ROOT, check=True,
                          capture_output=True).stdout
-    tmp = Path(tempfile.mkdtemp(prefix=f"tessera_{rev}_"))
-    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-        t.extractall(tmp, filter="data")
-    path = next((p for p in CODEGEN_PATHS if (tmp / p).exists()), None)
-    if path is None:
-        raise SystemExit(f"{rev} has none of {CODEGEN_PATHS}")
-    module = path.removesuffix(".py").replace("/", ".")
-    res = subprocess.run([sys.executable, "-c", _GENERATE, str(tmp), module, isa], cwd=tmp, capture_output=True,
-                         text=True)
+    with tempfile.TemporaryDirectory(prefix=f"tessera_{rev}_") as d:
+        tmp = Path(d)
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall(tmp, filter="data")
+        path = next((p for p in CODEGEN_PATHS if (tmp / p).exists()), None)
+        if path is None:
+            raise SystemExit(f"{rev} has none of {CODEGEN_PATHS}")
+        module = path.removesuffix(".py").replace("/", ".")
+        res = subprocess.run([sys.executable, "-c", _GENERATE, str(tmp), module, isa], cwd=tmp, capture_output=True,
+                             text=True)
     if res.returncode != 0:
         raise SystemExit(f"generating the kernels of {rev} failed:\n{res.stderr[-3000:]}")
     d = json.loads(res.stdout)
