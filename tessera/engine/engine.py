@@ -20,7 +20,7 @@ from tessera.kv import make_cache
 from tessera.kv.cache import StepContext
 from tessera.kv.presses import NoPress, Press
 from tessera.layers.sampler import make_generators, sample
-from tessera.models.llama import LlamaForCausalLM
+from tessera.models.decoder import LlamaForCausalLM
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-reasoner"
 
