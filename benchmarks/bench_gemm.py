@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gemm.py [--quick] [--mkl /path/to/libmkl_rt.so.2]
 
-Every figure is measured in the same run on the same machine (DESIGN "Measuring"):
+Every figure is measured in the same run on the same machine:
 - baselines: fp32 `torch.mm` (MKL sgemm), `torch._int_mm` (int8 in, int32 out, no quantization),
   torch's prepacked dynamic int8 linear (`quantized::linear_dynamic`, engines fbgemm and x86; fp32
   in/out like ours), and MKL's pack API (`cblas_gemm_s8u8s32_pack/_compute`, u8 in, int32 out, via

@@ -22,7 +22,7 @@ launch give up at once, and the host raises `DistTimeoutError` naming rank, sign
 Ordering: the acquire atomic in `wait` orders the loads after it (in LLVM and in hardware);
 `consume_token` adds a data dependency in the spirit of Triton-distributed's op, which the compiler
 may fold. The interpreter runs programs of a launch one after another, so kernels only wait on
-lower program ids, other ranks or earlier launches (DESIGN "Triton kernels on CPU and GPU").
+lower program ids, other ranks or earlier launches (docs/architecture.md, conventions).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one place that knows ranks and process groups (DESIGN layout: dist/parallel_state.py).
+"""The one place that knows ranks and process groups (as Megatron-LM's `parallel_state.py`).
 
 Everything else asks this module for `rank(group)`, `world_size(group)` and for the collective
 argument check, so that a later switch (torchrun env, sub-groups for TP x EP, virtual ranks on
