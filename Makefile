@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint train train-vt bench-ngemm clean-venv
+.PHONY: demo test setup lint train train-moe train-vt bench-ngemm clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,13 @@ train: $(STAMP)
 	$(BIN)/python scripts/train_tiny.py --induction-steps 1000 --repeat-share 0.1 --out runs/train/reasoner --work runs/train/tiny
 	$(BIN)/python scripts/train_long.py --init-from runs/train/reasoner --work runs/train/long --minutes 40 \
 		--ruler-share 0.5 --repeat-share 0.05
+
+# The embedded MoE reasoner (tessera/assets/tiny-moe-reasoner): Mixtral format, 8 experts of width 256, top-2,
+# from scratch on the reasoning task, a load-balancing loss, 2,600 optimizer steps (a step budget: a loaded
+# machine takes longer instead of training less). Log: benchmarks/results/train_moe_cpu.log.
+train-moe: $(STAMP)
+	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2600 --eval-every 200 \
+		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe
 
 # Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on
 # one H200 with 10 batch-building processes (10,149 steps); reads and rewrites tessera/assets/tiny-reasoner.

@@ -188,6 +188,13 @@ def main():
     ap.add_argument("--repeat-share", type=float, default=0.0,
                     help="share of the later steps on repeat-copy, so that the reasoning task's positional "
                          "look-ups do not displace the head")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="budget in optimizer steps instead of minutes (a loaded machine then takes longer, not "
+                         "fewer steps); warm-up is --warmup-seconds / 2 steps, the curriculum the first "
+                         "--curriculum-minutes / --minutes of them")
+    ap.add_argument("--capacity-factor", type=float, default=1.25,
+                    help="MoE: expert slots per expert during training, in units of the even share T k / E")
+    ap.add_argument("--eval-every", type=int, default=50, help="teacher-forced held-out evaluation every N steps")
     ap.add_argument("--arch", choices=("dense", "moe"), default="dense")
     ap.add_argument("--aux-weight", type=float, default=0.01,
                     help="MoE: weight of the load-balancing loss (1.0 = perfectly even routing)")
@@ -213,6 +220,7 @@ def main():
     AUX_WEIGHT[0] = args.aux_weight
     for b in _MOE_BLOCKS:
         b.experts.backend = "capacity"  # training only: exact backends at inference (saved files carry no backend)
+        b.experts.capacity_factor = args.capacity_factor
     if args.init_from:
         from tessera.models import load_model
 
@@ -231,8 +239,14 @@ def main():
         print(f"resumed at step {state['step']} after {state['elapsed'] / 60:.1f} min", flush=True)
     print(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {tok.vocab_size}", flush=True)
 
-    budget = args.minutes * 60
-    warmup = args.warmup_seconds
+    # the schedule's clock: seconds spent in training steps, or optimizer steps with --steps
+    budget = args.steps or args.minutes * 60
+    warmup = args.warmup_seconds / 2 if args.steps else args.warmup_seconds
+    curriculum_end = budget * args.curriculum_minutes / args.minutes
+
+    def clock() -> float:
+        return state["step"] if args.steps else state["elapsed"]
+
     pool = None
     if args.workers:
         import multiprocessing as mp
@@ -301,17 +315,17 @@ def main():
             f"{acc:.3f}); RULER-style look-ups will not be learnt. Try more --induction-steps or another --seed.")
     last_ckpt = time.time()
     evaluate()  # where a resumed or initialised run starts from
-    while state["elapsed"] < budget:
+    while clock() < budget:
         seeds = range(state["next_seed"], state["next_seed"] + args.pool)
         assert seeds[-1] < EVAL_SEED_BASE, "training would reach the held-out evaluation seeds"
         state["next_seed"] += args.pool
-        short = args.short_share if state["elapsed"] < args.curriculum_minutes * 60 else 0.0
+        short = args.short_share if clock() < curriculum_end else 0.0
         batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool, args.train_prompt)
         rng.shuffle(batches)
         for ids, mask, far in batches:
             ids, mask, far = (t.to(args.device, non_blocking=True) for t in (ids, mask, far))
             t0 = time.time()
-            lr = cosine_lr(args.lr, state["elapsed"], budget, warmup)
+            lr = cosine_lr(args.lr, clock(), budget, warmup)
             if rng.random() < args.repeat_share:
                 repeat_step(lr)
             loss, acc = train_step(model, opt, fwd, ids, mask, far, args.far_weight, lr)
@@ -323,14 +337,15 @@ def main():
             state["tokens"] += ids.numel()
             if state["step"] % 10 == 0:
                 say(f"step {state['step']} loss {loss.item():.4f} tok-acc {acc.item():.4f} lr {lr:.2e} "
-                    f"{ids.numel() / dt:.0f} tok/s elapsed {state['elapsed'] / 60:.1f}/{args.minutes:.0f} min")
-            if state["step"] % 50 == 0:
+                    f"{ids.numel() / dt:.0f} tok/s elapsed {state['elapsed'] / 60:.1f} min"
+                    + (f", step {state['step']}/{args.steps}" if args.steps else f"/{args.minutes:.0f} min"))
+            if state["step"] % args.eval_every == 0:
                 evaluate()
             if time.time() - last_ckpt > 180:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
                 save_model(model, args.out)
                 last_ckpt = time.time()
-            if state["elapsed"] >= budget:
+            if clock() >= budget:
                 break
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
     save_model(model, args.out)

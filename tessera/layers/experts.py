@@ -108,8 +108,8 @@ def experts_capacity(x, ids, weights, gate_up, down, capacity_factor: float = CA
     token = order // k
     buf = x.new_zeros(E * C + 1, H).index_copy(0, dst, x[token])[: E * C].view(E, C, H)
     h = _swiglu_rows(torch.bmm(buf, gate_up.transpose(1, 2)))  # [E, C, I]
-    y = torch.cat([torch.bmm(h, down.transpose(1, 2)).reshape(E * C, H), x.new_zeros(1, H)])[dst]  # [T k, H]
-    w = (weights.flatten()[order] * keep).to(y.dtype)
+    y = torch.bmm(h, down.transpose(1, 2)).reshape(E * C, H)[dst.clamp(max=E * C - 1)]  # [T k, H]
+    w = (weights.flatten()[order] * keep).to(y.dtype)  # 0 for the dropped pairs
     return x.new_zeros(T, H).index_add(0, token, y * w[:, None])
 
 
@@ -122,9 +122,11 @@ _IMPL = {"loop": experts_loop, "sorted": experts_sorted, "grouped_mm": experts_g
          "triton": experts_triton, "capacity": experts_capacity}
 
 
-def run(backend: str, x, ids, weights, gate_up, down) -> torch.Tensor:
+def run(backend: str, x, ids, weights, gate_up, down, capacity_factor: float = CAPACITY_FACTOR) -> torch.Tensor:
     if backend == "auto":
         backend = "triton" if x.is_cuda else "sorted"
     if backend not in _IMPL:
         raise ValueError(f"unknown experts backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "capacity":
+        return experts_capacity(x, ids, weights, gate_up, down, capacity_factor)
     return _IMPL[backend](x, ids, weights, gate_up, down)

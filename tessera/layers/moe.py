@@ -48,13 +48,14 @@ class Experts(nn.Module):
         nn.init.normal_(self.gate_up_proj, std=hidden ** -0.5)
         nn.init.normal_(self.down_proj, std=ffn ** -0.5)
         self.backend = "auto"  # see tessera.layers.experts.BACKENDS
+        self.capacity_factor = X.CAPACITY_FACTOR  # slots per expert of the training-only `capacity` backend
 
     @property
     def num_experts(self) -> int:
         return self.gate_up_proj.shape[0]
 
     def forward(self, x, ids, weights):  # x [T, H], ids / weights [T, k] -> [T, H]
-        return X.run(self.backend, x, ids, weights, self.gate_up_proj, self.down_proj)
+        return X.run(self.backend, x, ids, weights, self.gate_up_proj, self.down_proj, self.capacity_factor)
 
 
 class RoutingStats:
