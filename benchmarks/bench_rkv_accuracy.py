@@ -6,11 +6,14 @@ reference trace length of those problems (`--fractions`), also reported in token
 the same invocation, so every ratio is against a baseline from the same run and machine.
 
 Points can be split over processes (`--shard i/k`, each writes its own file under `--work-dir`);
-`--report` merges whatever points exist into `<out>.json`, `<out>.md` and `<out>.png`.
+`--report` merges whatever points exist into `<out>.json`, `<out>.md` and `<out>.png`; `--replot-from
+<out>.json` redraws the PNG from a result file alone (seconds, nothing rerun).
 
     python benchmarks/bench_rkv_accuracy.py --n 200                  # the issue's 200 problems per point
     python benchmarks/bench_rkv_accuracy.py --n 48 --shard 0/2 &     # two processes, then:
     python benchmarks/bench_rkv_accuracy.py --n 48 --shard 1/2; python benchmarks/bench_rkv_accuracy.py --n 48 --report
+    python benchmarks/bench_rkv_accuracy.py --replot-from benchmarks/results/rkv_accuracy.json \
+        --weights "2026-11-26 weights" --machine "Intel Xeon, 2 vCPUs"
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def report(args, avg: float, work: Path) -> None:
     res = {"model": str(args.model or "embedded tiny-reasoner"), "machine": machine(), "n": args.n,
            "difficulty": args.difficulty,
            "seeds": [args.seed_start, args.seed_start + args.n - 1], "avg_trace_tokens": avg,
-           "buffer": args.buffer, "window": args.window, "note": args.note, "full": full, "points": rows}
+           "buffer": args.buffer, "window": args.window, "note": args.note, "weights": args.weights,
+           "full": full, "points": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
@@ -104,29 +108,50 @@ def report(args, avg: float, work: Path) -> None:
                  for m in ms]
         lines.append(f"| {100 * f:.0f}% | {b} | " + " | ".join(cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    _plot(out.with_suffix(".png"), full, rows, ms, avg, args.n)
+    _plot(out.with_suffix(".png"), res)
     print("\n".join(lines))
 
 
-def _plot(path: Path, full, rows, ms, avg, n) -> None:
+def _plot(path: Path, res: dict, weights: str | None = None, machine: str | None = None) -> None:
+    """Accuracy (%) against the budget, one line per press, FullKV as a horizontal line. Budgets sit on a log axis
+    so that 5, 10 and 16% do not crowd; each press is shifted a little sideways and has its own marker and line
+    style, so that presses with equal scores stay visible. The title names the model, its weights and the machine."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in ms:
+    full, rows = res["full"], res["points"]
+    ms = [m for m in METHODS if any(v["method"] == m for v in rows)]
+    fracs = sorted({v["fraction"] for v in rows})
+    styles = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":")]
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    for i, m in enumerate(ms):
         pts = sorted((v["fraction"], v["accuracy"]) for v in rows if v["method"] == m)
-        ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=METHODS[m])
-    ax.axhline(full["accuracy"], color="black", ls="--", label="FullKV")
-    ax.set_xlabel(f"KV budget, % of the average trace ({avg:.0f} tokens)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Accuracy vs KV budget, {n} problems per point")
-    ax.set_ylim(0, 1.02)
-    ax.legend()
+        shift = 1 + 0.05 * (i - (len(ms) - 1) / 2)  # multiplicative: equal spacing on the log axis
+        marker, ls = styles[i % len(styles)]
+        ax.plot([100 * f * shift for f, _ in pts], [100 * a for _, a in pts], marker=marker, ls=ls, lw=1.8, ms=7,
+                label=METHODS[m])
+    ax.axhline(100 * full["accuracy"], color="black", ls=(0, (5, 3)), lw=1.2,
+               label=f"FullKV {100 * full['accuracy']:.1f}% ({full['correct']}/{full['n']})")
+    budget = {v["fraction"]: v["budget"] for v in rows}
+    ax.set_xscale("log")
+    ax.set_xticks([100 * f for f in fracs], [f"{100 * f:.0f}%\n{budget[f]} tok" for f in fracs])
+    ax.minorticks_off()
+    ax.set_xlabel(f"KV budget per KV head: % of the average reference trace ({res['avg_trace_tokens']:.0f} tokens)")
+    ax.set_ylabel("accuracy, % of problems")
+    ax.set_ylim(0, 102)
+    weights = weights or res.get("weights") or ""
+    machine = (machine or res.get("machine", "")).replace("(R)", "")
+    ax.set_title(f"Accuracy vs KV budget: {res.get('model', 'embedded tiny-reasoner')}"
+                 f"{', ' + weights if weights else ''}\n{machine}; {res['n']} held-out problems per point "
+                 f"(seeds {res['seeds'][0]}..{res['seeds'][1]}),\ngreedy, buffer {res['buffer']}, window {res['window']}",
+                 fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main():
@@ -146,8 +171,17 @@ def main():
     ap.add_argument("--work-dir", default="/tmp/rkv_accuracy", help="per-shard partial results")
     ap.add_argument("--report", action="store_true", help="only merge the shards and write the report")
     ap.add_argument("--note", default="", help="caveat printed under the title (e.g. which checkpoint)")
+    ap.add_argument("--weights", default="", help="which weights of the model, for the plot's title (e.g. a date)")
     ap.add_argument("--out", default="benchmarks/results/rkv_accuracy")
+    ap.add_argument("--replot-from", default=None, metavar="JSON",
+                    help="only redraw JSON's PNG (next to it) from the result file; --weights/--machine label it")
+    ap.add_argument("--machine", default=None, help="with --replot-from: the machine as the title names it")
     args = ap.parse_args()
+    if args.replot_from:
+        src = Path(args.replot_from)
+        _plot(src.with_suffix(".png"), json.loads(src.read_text()), weights=args.weights, machine=args.machine)
+        print(f"wrote {src.with_suffix('.png')}")
+        return
     from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
 
     if args.threads:

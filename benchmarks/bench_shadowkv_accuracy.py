@@ -9,13 +9,16 @@ outlier chunks and local window and Quest's local window come on top, as in both
 All three prefill with dense attention, so the prompt is prefilled *once* per problem: the dense cache
 computes the attention and the sparse backends `ingest` the same keys and values; then each method decodes
 the answer greedily on its own cache. Results are appended per problem to `<out>.jsonl` (a rerun resumes),
-and `--report` writes `<out>.{json,md,png}`.
+and `--report` writes `<out>.{json,md,png}`; `--replot-from <out>.json` redraws the PNG from the result file
+alone (seconds, nothing rerun).
 
     python benchmarks/bench_shadowkv_accuracy.py --n 100 --lengths 8192 16384 32768   # ~40 min, 2 cores
     python benchmarks/bench_shadowkv_accuracy.py --report
     # bounds landmarks at the landmark bytes of the paper's mean landmarks, in a file of its own:
     python benchmarks/bench_shadowkv_accuracy.py --methods shadowkv shadowkv-bounds16 --lengths 8192 16384 \
         --out benchmarks/results/shadowkv_bounds16
+    python benchmarks/bench_shadowkv_accuracy.py --replot-from benchmarks/results/shadowkv_accuracy.json \
+        --weights "stage-4 weights (2026-11-27)" --machine "NVIDIA H200, fp32"
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ METHODS = {
     "shadowkv-bounds": ("shadowkv", {"landmark": "bounds"}),
     "shadowkv-bounds16": ("shadowkv", {"landmark": "bounds", "chunk_size": 16, "outlier_chunks": 24, "local_chunks": 2}),
 }
+
+
+LABELS = {"shadowkv": "ShadowKV (mean landmarks, chunks of 8)", "quest": "Quest (pages of 16)",
+          "shadowkv-bounds": "ShadowKV (bounds landmarks, chunks of 8)",
+          "shadowkv-bounds16": "ShadowKV (bounds landmarks, chunks of 16)"}
 
 
 def methods(length: int, fracs: list[float], names=("shadowkv", "quest")) -> list[tuple[str, str, float, dict]]:
@@ -143,7 +151,8 @@ def report(args):
         v["of_full"] = v["accuracy"] / max(1e-9, table[f"{v['length']}/full"]["accuracy"])
     meta = dict(machine=", ".join(sorted({r.get("device", "cpu") for r in rows})),
                 model=args.model or "embedded (tessera/assets/tiny-reasoner)", seeds=f"{EVAL_SEED_BASE}..", tasks=list(TASKS),
-                note="one shared dense prefill per problem; greedy answers; RULER string_match_all on whole words")
+                note="one shared dense prefill per problem; greedy answers; RULER string_match_all on whole words",
+                **({"weights": args.weights} if args.weights else {}))
     Path(f"{args.out}.json").write_text(json.dumps(dict(meta=meta, points=table), indent=2))
     lines = ["| context | method | budget | n | accuracy % | of full | " + " | ".join(TASKS) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(TASKS)]
@@ -153,24 +162,54 @@ def report(args):
                      f"{100 * v['of_full']:.0f}% | " + " | ".join(f"{v['by_task'][t]:.0f}" for t in TASKS) + " |")
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(Path(f"{args.out}.png"), table, meta)
+
+
+def _plot(path: Path, table: dict, meta: dict, weights: str | None = None, machine: str | None = None) -> None:
+    """One panel per context length: accuracy against the sparse budget, full attention as a horizontal line.
+    Methods are shifted a little sideways and differ in marker and line style, so that equal scores (common:
+    a problem is right or wrong for every method alike) stay visible; the y axis is shared and spans the data
+    with a point of margin. The title names the model, its weights and the machine."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths), 3.2), sharey=True, squeeze=False)
+    pts_all = list(table.values())
+    lengths = sorted({v["length"] for v in pts_all})
+    names = [m for m in METHODS if any(v["method"] == m for v in pts_all)]
+    styles = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":")]
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.9), sharey=True, squeeze=False)
     for ax, L in zip(axes[0], lengths):
-        pts = [v for v in table.values() if v["length"] == L]
-        ax.axhline(next(v["accuracy"] for v in pts if v["method"] == "full"), color="k", ls="--", label="full")
-        for i, m in enumerate(METHODS):  # shrinking markers, so that methods with equal scores stay visible
-            mp = sorted((v["budget_frac"] * 100, v["accuracy"]) for v in pts if v["method"] == m)
-            ax.plot(*zip(*mp), marker="osD^v"[i % 5], ms=9 - 1.5 * i, lw=2.5 - 0.4 * i, label=m) if mp else None
-        ax.set_title(f"{L // 1024}K context")
-        ax.set_xlabel("sparse budget (% of context)")
-    axes[0][0].set_ylabel("RULER accuracy %")
-    axes[0][0].legend()
+        pts = [v for v in pts_all if v["length"] == L]
+        full = next(v for v in pts if v["method"] == "full")
+        ax.axhline(full["accuracy"], color="k", ls=(0, (5, 3)), lw=1.2, label="full attention", zorder=3)
+        fracs = sorted({v["budget_frac"] for v in pts if v["method"] != "full"})
+        for i, m in enumerate(names):
+            mp = sorted((v["budget_frac"], v["accuracy"]) for v in pts if v["method"] == m)
+            if not mp:
+                continue
+            shift = 1 + 0.06 * (i - (len(names) - 1) / 2)  # multiplicative: equal spacing on the log axis
+            marker, ls = styles[i % len(styles)]
+            ax.plot([100 * f * shift for f, _ in mp], [a for _, a in mp], marker=marker, ls=ls, lw=1.6, ms=7,
+                    label=LABELS.get(m, m))
+        ax.set_xscale("log")
+        ax.set_xticks([100 * f for f in fracs], [f"{100 * f:.3g}%" for f in fracs])
+        ax.minorticks_off()
+        ax.set_title(f"{L // 1024}K context, {full['n']} problems", fontsize=10)
+        ax.set_xlabel("sparse budget, % of the context")
+        ax.grid(alpha=0.3)
+    acc = [v["accuracy"] for v in pts_all]
+    axes[0][0].set_ylim(min(acc) - 1, min(100.5, max(acc) + 1))
+    axes[0][0].set_ylabel("RULER accuracy, %")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9)
+    weights = weights or meta.get("weights") or ""
+    machine = machine or meta.get("machine", "")
+    fig.suptitle(f"RULER (niah_single, niah_multikey, variable_tracking): {meta.get('model', 'embedded model')}"
+                 f"{', ' + weights if weights else ''}; {machine}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(f"{args.out}.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main():
@@ -186,7 +225,17 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda (ShadowKV then runs its Triton kernels)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true", help="only summarise <out>.jsonl")
+    ap.add_argument("--weights", default="", help="which weights of the model, for the plot's title (e.g. a date)")
+    ap.add_argument("--replot-from", default=None, metavar="JSON",
+                    help="only redraw JSON's PNG (next to it) from the result file; --weights/--machine label it")
+    ap.add_argument("--machine", default=None, help="with --replot-from: the machine as the title names it")
     args = ap.parse_args()
+    if args.replot_from:
+        src = Path(args.replot_from)
+        res = json.loads(src.read_text())
+        _plot(src.with_suffix(".png"), res["points"], res["meta"], weights=args.weights, machine=args.machine)
+        print(f"wrote {src.with_suffix('.png')}")
+        return
     if args.bounds and "shadowkv-bounds" not in args.methods:
         args.methods.append("shadowkv-bounds")
     if not args.report:
