@@ -18,7 +18,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 def _common(p: argparse.ArgumentParser) -> None:
     """Options of every command that runs the model, one argument group per backend in --help."""
     m = p.add_argument_group("model and device")
-    m.add_argument("--model", default=None, help="HF-format model dir (default: the embedded tiny reasoner)")
+    m.add_argument("--model", default=None,
+                   help="HF-format model dir, or 'dense' / 'moe' for an embedded reasoner (default: dense)")
     m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     m.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
 
@@ -161,7 +162,18 @@ def cmd_generate(args) -> int:
     print(f"finish: {c.finish_reason}  prompt tokens: {len(c.prompt_ids)}  generated: {len(c.token_ids)}")
     print(f"decode: {st.decode_tokens_per_s:.1f} tok/s  prefill: {st.prefill_s * 1e3:.1f} ms  "
           f"peak KV: {_mib(st.peak_kv_bytes)}")
+    if args.stats:
+        _print_routing(st)
     return 0
+
+
+def _print_routing(st) -> None:
+    if not st.routing:
+        print("routing: a dense model, no experts")
+        return
+    bal = st.balancedness
+    for i, counts in st.routing.items():
+        print(f"layer {i:2d} routing: tokens per expert {counts}  balancedness {bal[i]:.2f}")
 
 
 def cmd_eval(args) -> int:
@@ -221,7 +233,7 @@ def cmd_demo(args) -> int:
 
 def cmd_info(args) -> int:
     import tessera
-    from tessera.engine.engine import DEFAULT_MODEL
+    from tessera.engine.engine import resolve_model_path
     from tessera.kv.presses import PRESSES
     from tessera.models.loader import read_config
 
@@ -234,11 +246,21 @@ def cmd_info(args) -> int:
         print("triton: not installed")
     print(f"cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
-    path = Path(args.model) if args.model else DEFAULT_MODEL
+    path = resolve_model_path(args.model)
     cfg = read_config(path)
     print(f"model {path}: {cfg.model_type}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.head_dim}, "
           f"vocab {cfg.vocab_size}, max positions {cfg.max_position_embeddings}")
+    if cfg.num_experts:
+        from tessera.models import CausalLM
+
+        with torch.device("meta"):  # counts only: no weights are read
+            m = CausalLM(cfg)
+        moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+        print(f"experts: {cfg.num_experts} per MoE layer ({moe_layers} of {cfg.num_hidden_layers} layers), "
+              f"top-{cfg.num_experts_per_tok}, expert FFN {cfg.moe_intermediate_size}"
+              + (f", shared expert FFN {cfg.shared_expert_intermediate_size}" if cfg.shared_expert_intermediate_size else "")
+              + f"; parameters {m.num_parameters() / 1e6:.2f}M total, {m.num_active_parameters() / 1e6:.2f}M active")
     print(f"presses: {', '.join(sorted(PRESSES))}")
     return 0
 
@@ -258,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--stats", action="store_true", help="MoE models: tokens per expert and balancedness per layer")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     _tp_options(g)
     g.set_defaults(fn=cmd_generate)

@@ -219,3 +219,31 @@ def test_deepseek_v3_block_matches_transformers():
         _, w, ids = ours.gate(x.reshape(-1, 32))
         _, w_ref, ids_ref = ref.gate(x.reshape(-1, 32))
     assert torch.equal(ids.sort(-1).values, ids_ref.sort(-1).values)
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a8"])
+def test_quantized_moe_model_uses_int_experts_and_stays_close(scheme):
+    from dataclasses import replace
+
+    from tessera.quant import quantize_model
+    from tessera.quant.experts import LinearExperts, split_experts
+    from tessera.quant.linear import Int4Linear, Int8Linear
+
+    torch.manual_seed(0)
+    cfg = replace(MOE_CFG, model_type="qwen2_moe", moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                  norm_topk_prob=False)  # int4 groups of 32 along every K
+    ref = CausalLM(cfg).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        want = ref(ids)
+        split = CausalLM(cfg).eval()
+        split.load_state_dict(ref.state_dict())
+        split_experts(split)  # same numbers, per-expert linears: the same logits up to summation order
+        torch.testing.assert_close(split(ids), want, atol=1e-5, rtol=1e-5)
+        quantize_model(ref, scheme, group=32)
+        experts = ref.model.layers[0].mlp.experts
+        assert isinstance(experts, LinearExperts)
+        assert isinstance(experts.gate_up[0], Int8Linear if scheme == "w8a8" else Int4Linear)
+        assert type(ref.model.layers[0].mlp.shared_expert_gate) is torch.nn.Linear  # skipped by default
+        got = ref(ids)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()

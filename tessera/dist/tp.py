@@ -101,6 +101,10 @@ def shard_model(model, group=None, mode: str = "torch", **comm_kw) -> TPComm:
     """Split `model` (a LlamaForCausalLM, identical on every rank) over `group`, in place.
     Returns the TPComm (keep it alive as long as the model). Raises on every rank if the head
     counts or FFN width do not divide by the world size."""
+    cfg = model.config
+    if cfg.num_experts or cfg.qk_norm == "proj":  # the same model on every rank: every rank raises this
+        raise ValueError(f"shard_model: tensor parallelism of a {cfg.model_type} model is not implemented "
+                         f"({'routed experts' if cfg.num_experts else 'q/k norms over the whole projection'})")
     if any(getattr(m, "qkv_proj", None) is not None or getattr(m, "gate_up_proj", None) is not None
            for m in model.modules()):
         raise ValueError("shard_model: the model has fused projections (tessera.quant.fuse_projections); "
@@ -111,7 +115,7 @@ def shard_model(model, group=None, mode: str = "torch", **comm_kw) -> TPComm:
         n = comm_kw.get("max_tokens", MAX_TOKENS) * model.config.hidden_size
         comm_kw.setdefault("heap_bytes", allreduce_heap_bytes(ps.world_size(group), n, p.dtype))
     comm = TPComm(group, mode, **comm_kw)
-    cfg, W = model.config, comm.world
+    W = comm.world
     comm.require(cfg.num_attention_heads % W == 0 and cfg.num_key_value_heads % W == 0,
                  f"tensor parallelism over {W} ranks needs num_attention_heads={cfg.num_attention_heads} "
                  f"and num_key_value_heads={cfg.num_key_value_heads} divisible by {W}")

@@ -20,9 +20,19 @@ from tessera.kv import make_cache
 from tessera.kv.cache import StepContext
 from tessera.kv.presses import NoPress, Press
 from tessera.layers.sampler import make_generators, sample
-from tessera.models.decoder import LlamaForCausalLM
+from tessera.models.decoder import CausalLM
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-reasoner"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = ASSETS / "tiny-reasoner"
+#: names `LLM.load` and `--model` accept for the embedded models, besides a directory
+EMBEDDED = {"dense": DEFAULT_MODEL, "moe": ASSETS / "tiny-moe-reasoner"}
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """None -> the embedded dense reasoner; "dense" / "moe" -> an embedded model; anything else: a directory."""
+    if path is None:
+        return DEFAULT_MODEL
+    return EMBEDDED.get(str(path), Path(path))
 
 
 @dataclass
@@ -42,6 +52,13 @@ class GenerationStats:
     peak_kv_bytes: int = 0
     decode_steps: int = 0
     batch_first_tokens: int = 0  # tokens produced by prefill (one per sequence), not by decode
+    #: MoE layers: layer index -> tokens routed to each expert in this call (prefill padding included)
+    routing: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def balancedness(self) -> dict[int, float]:
+        """Per MoE layer: mean / max tokens per expert (1.0 even, 1/E all on one expert)."""
+        return {i: (sum(c) / len(c)) / max(c) if max(c) else 1.0 for i, c in self.routing.items()}
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -65,7 +82,7 @@ StreamCallback = Callable[[int, int, str], None]
 class LLM:
     """A model, its tokenizer and a device: `LLM.load().generate(["..."], SamplingParams())`."""
 
-    def __init__(self, model: LlamaForCausalLM, tokenizer=None):
+    def __init__(self, model: CausalLM, tokenizer=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
@@ -77,7 +94,7 @@ class LLM:
         from tessera.models.loader import load_model
         from tessera.tokenizer import Tokenizer
 
-        path = Path(path) if path is not None else DEFAULT_MODEL
+        path = resolve_model_path(path)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but torch sees no CUDA device")
         if dtype is None:
@@ -139,9 +156,12 @@ class LLM:
         n, cfg, dev = len(ids), self.config, self.device
         stats = GenerationStats(prompt_tokens=sum(map(len, ids)))
         # the heads this process holds (fewer than the config's under tensor parallelism)
-        attn = self.model.model.layers[0].self_attn
-        local = replace(cfg, num_attention_heads=attn.n_heads, num_key_value_heads=attn.n_kv)
+        lay = self.model.kv_layout()
+        local = replace(cfg, num_attention_heads=lay.num_heads, num_key_value_heads=lay.num_kv_heads)
         cache = make_cache(kv, local, n, self.dtype, dev, press, **(kv_options or {}))
+        moe = self.model.moe_blocks()
+        for block in moe.values():
+            block.stats.reset()
         eos = set() if sp.ignore_eos else set(cfg.eos_ids) | ({self.tokenizer.eos_id} if self.tokenizer and self.tokenizer.eos_id is not None else set())
         stops = [StopChecker(sp, eos, self._decode_text) for _ in range(n)]
         gens = make_generators(sp, n, dev)
@@ -196,4 +216,5 @@ class LLM:
         stats.decode_s = time.perf_counter() - t0
         comps = [Completion(ids[i], st.tokens, st.text(), st.reason) for i, st in enumerate(stops)]
         stats.generated_tokens = sum(len(c.token_ids) for c in comps)
+        stats.routing = {i: block.stats.counts.tolist() for i, block in moe.items()}
         return GenerationOutput(comps, stats)

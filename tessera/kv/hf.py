@@ -42,7 +42,7 @@ from tessera.kv.cache import DenseCache
 from tessera.kv.presses.base import NoPress, Press
 from tessera.kv.registry import make_cache
 from tessera.layers.rope import RotaryEmbedding, apply_rope
-from tessera.models.families import config_from_hf
+from tessera.models.families import FAMILIES, config_from_hf
 
 ATTN_NAME = "tessera_kv"
 
@@ -91,8 +91,8 @@ class PressCache(Cache):
 
     def __init__(self, model, press: Press | None = None, kv: str = "dense", kv_options: dict | None = None):
         cfg = model.config.get_text_config(decoder=True)
-        if getattr(cfg, "model_type", None) not in ("llama", "qwen2", "qwen3", "mistral"):
-            raise ValueError(f"PressCache supports llama, qwen2, qwen3 and mistral models, not {cfg.model_type!r}")
+        if getattr(cfg, "model_type", None) not in FAMILIES:
+            raise ValueError(f"PressCache supports {', '.join(sorted(FAMILIES))} models, not {cfg.model_type!r}")
         self.press = press or NoPress()
         self.press.validate(cfg.max_position_embeddings)
         self.kv, self.kv_options = kv, dict(kv_options or {})

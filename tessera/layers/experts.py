@@ -48,7 +48,7 @@ def permute(ids: torch.Tensor, weights: torch.Tensor, num_experts: int) -> Permu
     return Permutation(order // ids.shape[1], weights.flatten()[order], offsets)
 
 
-def _swiglu_rows(h: torch.Tensor) -> torch.Tensor:  # [R, 2I] (gate | up) -> [R, I]
+def swiglu_rows(h: torch.Tensor) -> torch.Tensor:  # [R, 2I] (gate | up) -> [R, I]
     gate, up = h.chunk(2, dim=-1)
     return F.silu(gate) * up
 
@@ -60,7 +60,7 @@ def experts_loop(x, ids, weights, gate_up, down):
         for j in range(ids.shape[1]):
             e = int(ids[t, j])
             if e >= 0:
-                h = _swiglu_rows(x[t : t + 1] @ gate_up[e].T)
+                h = swiglu_rows(x[t : t + 1] @ gate_up[e].T)
                 out[t] += weights[t, j] * (h @ down[e].T)[0]
     return out
 
@@ -73,16 +73,16 @@ def experts_sorted(x, ids, weights, gate_up, down):
     for e in range(gate_up.shape[0]):
         s, t = bounds[e], bounds[e + 1]
         if t > s:
-            y[s:t] = _swiglu_rows(rows[s:t] @ gate_up[e].T) @ down[e].T
-    return _combine(x, p, y)
+            y[s:t] = swiglu_rows(rows[s:t] @ gate_up[e].T) @ down[e].T
+    return combine(x, p, y)
 
 
 def experts_grouped_mm(x, ids, weights, gate_up, down):
     p = permute(ids, weights, gate_up.shape[0])
     offs = p.offsets[1:].to(device=x.device, dtype=torch.int32)  # cumulative row ends per expert
     h = torch._grouped_mm(x[p.token], gate_up.transpose(1, 2), offs=offs)  # [R, 2I]
-    y = torch._grouped_mm(_swiglu_rows(h), down.transpose(1, 2), offs=offs)  # [R, H]
-    return _combine(x, p, y)
+    y = torch._grouped_mm(swiglu_rows(h), down.transpose(1, 2), offs=offs)  # [R, H]
+    return combine(x, p, y)
 
 
 def experts_triton(x, ids, weights, gate_up, down):
@@ -91,7 +91,7 @@ def experts_triton(x, ids, weights, gate_up, down):
     p = permute(ids, weights, gate_up.shape[0])
     offsets = p.offsets.to(x.device)
     h = grouped_gemm(x[p.token], gate_up, offsets)  # [R, 2I]
-    return _combine(x, p, grouped_gemm(_swiglu_rows(h), down, offsets))
+    return combine(x, p, grouped_gemm(swiglu_rows(h), down, offsets))
 
 
 def experts_capacity(x, ids, weights, gate_up, down, capacity_factor: float = CAPACITY_FACTOR):
@@ -107,13 +107,13 @@ def experts_capacity(x, ids, weights, gate_up, down, capacity_factor: float = CA
     dst = torch.where(keep, expert * C + pos, E * C)  # dropped pairs all land on one spare row
     token = order // k
     buf = x.new_zeros(E * C + 1, H).index_copy(0, dst, x[token])[: E * C].view(E, C, H)
-    h = _swiglu_rows(torch.bmm(buf, gate_up.transpose(1, 2)))  # [E, C, I]
+    h = swiglu_rows(torch.bmm(buf, gate_up.transpose(1, 2)))  # [E, C, I]
     y = torch.bmm(h, down.transpose(1, 2)).reshape(E * C, H)[dst.clamp(max=E * C - 1)]  # [T k, H]
     w = (weights.flatten()[order] * keep).to(y.dtype)  # 0 for the dropped pairs
     return x.new_zeros(T, H).index_add(0, token, y * w[:, None])
 
 
-def _combine(x, p: Permutation, y):  # y [R, H] in expert order -> [T, H], weighted and summed per token
+def combine(x, p: Permutation, y):  # y [R, H] in expert order -> [T, H], weighted and summed per token
     out = torch.zeros_like(x)
     return out.index_add_(0, p.token, y * p.weight[:, None].to(y.dtype))
 

@@ -62,7 +62,7 @@ class RoutingStats:
     """Tokens routed to each expert, summed over forward calls until `reset()` (a CPU tensor [E])."""
 
     def __init__(self, num_experts: int):
-        self.counts = torch.zeros(num_experts, dtype=torch.long)
+        self.counts = torch.zeros(num_experts, dtype=torch.long, device="cpu")  # explicit: models are built on meta
 
     def add(self, ids: torch.Tensor) -> None:  # ids [T, k]
         self.counts += torch.bincount(ids.flatten().cpu(), minlength=len(self.counts))

@@ -42,6 +42,7 @@ class KVLayout:
     """What a KV cache must hold for this model on this rank (heads are per rank under TP)."""
 
     num_layers: int
+    num_heads: int  # query heads
     num_kv_heads: int
     head_dim: int
 
@@ -118,7 +119,7 @@ class CausalLM(nn.Module):
     # -- what callers may ask instead of reaching into layers ---------------------------------------------
     def kv_layout(self) -> KVLayout:
         attn = self.model.layers[0].self_attn  # heads are per rank once tensor parallelism split them
-        return KVLayout(len(self.model.layers), attn.n_kv, attn.head_dim)
+        return KVLayout(len(self.model.layers), attn.n_heads, attn.n_kv, attn.head_dim)
 
     def moe_blocks(self) -> dict[int, MoEBlock]:
         """Layer index -> MoE block, for the layers that route (empty for a dense model)."""

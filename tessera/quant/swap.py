@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from tessera.quant.experts import split_experts
 from tessera.quant.fuse import fuse_projections
 from tessera.quant.linear import Int4Linear, Int8Linear
 
@@ -52,13 +53,19 @@ def swap_linears(model: nn.Module, scheme: str, group: int = 128, skip=("lm_head
     return model
 
 
-def quantize_model(model: nn.Module, scheme: str, group: int = 128, skip=("lm_head",), fuse: bool = True) -> nn.Module:
+#: not worth quantizing: the output head (accuracy) and Qwen2-MoE's one-output shared-expert gate
+DEFAULT_SKIP = ("lm_head", "shared_expert_gate")
+
+
+def quantize_model(model: nn.Module, scheme: str, group: int = 128, skip=DEFAULT_SKIP, fuse: bool = True) -> nn.Module:
     """In place: quantize every nn.Linear except `skip` to `scheme` ("w8a8" or "w4a8"); returns model.
     fuse: first merge q/k/v and gate/up into one linear each (`fuse_projections`: same outputs, bit for
-    bit, in fewer calls)."""
+    bit, in fewer calls). Routed experts become one linear per expert and projection first
+    (`tessera.quant.experts`), so they are quantized too; the routers stay in floating point."""
     _check_scheme(scheme)
     if scheme == "w4a8" and any(p.is_cuda for p in model.parameters()):
         raise ValueError("w4a8 has CPU kernels only; on CUDA use w8a8 (Triton)")
+    split_experts(model)
     if fuse:
         fuse_projections(model)
     sd = quantize_state_dict(model, scheme, group, skip)
