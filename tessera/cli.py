@@ -90,7 +90,7 @@ def _llm(args):
     if tp_size > 1:
         # under torchrun: every rank loads the full model, then keeps its shard (Megatron-style)
         from tessera.dist import parallel_state as ps
-        from tessera.dist import tp
+        from tessera.parallel import tp
 
         ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
         if ps.world_size() != tp_size:

@@ -1,7 +1,7 @@
 """Tensor parallelism on a tiny random Llama/Qwen2-style model over 2 gloo processes.
 
 Each rank builds the same model (same seed), keeps an unsharded copy (what one process computes)
-and shards the other with `tessera.dist.tp.shard_model`. Asserted: logits within 1e-5 (fp32;
+and shards the other with `tessera.parallel.tp.shard_model`. Asserted: logits within 1e-5 (fp32;
 row-parallel layers sum K in two halves, so not bitwise) and the same 6 greedy tokens.
 """
 
@@ -40,7 +40,7 @@ def _greedy(model, ids, steps):
 
 
 def _tp_job(mode, steps):
-    from tessera.dist import tp
+    from tessera.parallel import tp
 
     full = _tiny()
     sharded = copy.deepcopy(full)
@@ -67,7 +67,7 @@ def _seq_parallel_mlp_job():
     import torch.nn.functional as F
 
     from tessera.dist import parallel_state as ps
-    from tessera.dist.tp import TPComm
+    from tessera.parallel.tp import TPComm
     from tessera.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear
 
     me, W = ps.rank(), ps.world_size()
@@ -93,7 +93,7 @@ def test_sequence_parallel_mlp_uses_fused_ops(pool):
 
 
 def _bad_heads_job():
-    from tessera.dist import tp
+    from tessera.parallel import tp
 
     tp.shard_model(_tiny(kv_heads=1))
 
@@ -108,7 +108,7 @@ def test_indivisible_heads_raise_on_every_rank(pool):
 def test_fused_projections_are_refused_before_any_communicator():
     from kv_helpers import tiny_model
 
-    from tessera.dist.tp import shard_model
+    from tessera.parallel.tp import shard_model
     from tessera.quant import fuse_projections
 
     model = tiny_model()
@@ -119,7 +119,7 @@ def test_fused_projections_are_refused_before_any_communicator():
 
 def test_moe_models_are_refused_before_any_communicator():
     from tessera.config import ModelConfig
-    from tessera.dist.tp import shard_model
+    from tessera.parallel.tp import shard_model
     from tessera.models import CausalLM
 
     cfg = ModelConfig(vocab_size=20, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -132,7 +132,7 @@ def test_moe_models_are_refused_before_any_communicator():
 @pytest.mark.parametrize("world, n", [(2, 5 * 256), (4, 4096 * 32 + 7)])
 def test_fused_heap_size_fits_the_allreduce_exactly_enough(world, n):
     from tessera.dist.symm import VirtualHeap
-    from tessera.dist.tp import AR_BLOCK, allreduce_heap_bytes
+    from tessera.parallel.tp import AR_BLOCK, allreduce_heap_bytes
     from tessera.kernels.comm.allreduce import create_allreduce_context
 
     need = allreduce_heap_bytes(world, n, torch.float32)
@@ -141,7 +141,7 @@ def test_fused_heap_size_fits_the_allreduce_exactly_enough(world, n):
 
 
 def _too_many_tokens_job():
-    from tessera.dist import tp
+    from tessera.parallel import tp
 
     model = _tiny()
     comm = tp.shard_model(model, mode="fused", max_tokens=4, timeout_s=20)

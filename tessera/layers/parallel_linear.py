@@ -8,7 +8,7 @@ Each layer owns its sharding and its one collective (as nano-vllm `layers/linear
   AllReduce (fused Triton kernel or torch, `TPComm.mode`); with token-split outputs it runs the
   fused GEMM-ReduceScatter. The bias is added once, after the reduction.
 
-`comm` is a `tessera.dist.tp.TPComm`: the group, the symmetric heap and the op contexts.
+`comm` is a `tessera.parallel.tp.TPComm`: the group, the symmetric heap and the op contexts.
 """
 
 from __future__ import annotations
