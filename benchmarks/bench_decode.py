@@ -8,6 +8,7 @@ measured in the same run on the same machine. Writes `<out>.json` and `<out>.md`
     python benchmarks/bench_decode.py                      # CPU, fp32, batch 1 and 8
     python benchmarks/bench_decode.py --device cuda --out benchmarks/results/decode_gpu
     python benchmarks/bench_decode.py --quant none,w8a8,w4a8 --out benchmarks/results/decode_quant
+    python benchmarks/bench_decode.py --model moe --batch-sizes 1,8,32 --out benchmarks/results/decode_moe
 
 `--quant`: one Tessera engine per listed mode (NGEMM int8 / int4-weight linears, lm_head stays fp;
 `fused`: fp with q/k/v and gate/up fused, `tessera.quant.fuse_projections`; `w8a8-unfused` /
@@ -20,26 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-
-
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+from machine import describe
 
 
 def sync(device):
@@ -49,7 +36,7 @@ def sync(device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None, help="HF dir, or 'dense' / 'moe' (default: the embedded dense model)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--batch-sizes", default="1,8")
@@ -63,10 +50,10 @@ def main():
 
     from tessera.config import SamplingParams
     from tessera.engine import LLM
-    from tessera.engine.engine import DEFAULT_MODEL
+    from tessera.engine.engine import resolve_model_path
     from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
 
-    path = Path(args.model) if args.model else DEFAULT_MODEL
+    path = resolve_model_path(args.model)  # a directory, or "dense" / "moe" for an embedded model
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     quants = args.quant.split(",")
     if bad := set(quants) - {"none", "fused", "w8a8", "w4a8", "w8a8-unfused", "w4a8-unfused"}:
@@ -129,7 +116,7 @@ def main():
               + "; identical to transformers: " + ", ".join(f"{names[q]} {r[names[q] + '_identical_outputs']}" for q in quants),
               flush=True)
 
-    meta = {"machine": machine(args.device), "device": args.device, "dtype": str(dtype), "model": str(path),
+    meta = {"machine": describe(args.device), "device": args.device, "dtype": str(dtype), "model": str(path),
             "torch": torch.__version__, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d"), "quant": quants}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

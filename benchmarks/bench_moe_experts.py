@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import describe
 
 from tessera.layers import experts as X
 
@@ -27,11 +27,6 @@ SHAPES = {"embedded (H 256, E 8 x 256, top-2)": (256, 256, 8, 2),
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -63,10 +58,10 @@ def main() -> None:
                          "sorted_over_grouped_mm": med["sorted"] / med["grouped_mm"]})
             print(f"{name:40s} T={T:5d}  sorted {med['sorted']:8.3f} ms  grouped_mm {med['grouped_mm']:8.3f} ms  "
                   f"ratio {rows[-1]['sorted_over_grouped_mm']:.2f}", flush=True)
-    meta = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "reps": args.reps,
+    meta = {"machine": describe(), "torch": torch.__version__, "reps": args.reps,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    md = [f"# Expert backends on the CPU: sorted vs torch._grouped_mm ({meta['cpu']}, {meta['threads']} threads)", "",
+    md = [f"# Expert backends on the CPU: sorted vs torch._grouped_mm ({meta['machine']})", "",
           f"{meta['date']}, torch {meta['torch']}, fp32, {args.reps} interleaved calls each; median ms (min-max). "
           "`python benchmarks/bench_moe_experts.py`.", "",
           "| shape | tokens | sorted ms | grouped_mm ms | sorted / grouped_mm |", "|---|---:|---:|---:|---:|"]
