@@ -49,8 +49,9 @@ def test_routing_stats_count_every_routed_token(moe_dir):
 
 
 @pytest.mark.parametrize("kv, kw", [("dense", {"press": "rkv"}), ("dense", {"press": "snapkv"}),
-                                    ("shadowkv", {"sparse_budget": 4096, "rank": 32})])
-def test_presses_and_shadowkv_at_a_budget_above_the_length_change_nothing(moe_dir, kv, kw):
+                                    ("shadowkv", {"sparse_budget": 4096, "rank": 32}),
+                                    ("quest", {"sparse_budget": 4096})])
+def test_presses_shadowkv_and_quest_at_a_budget_above_the_length_change_nothing(moe_dir, kv, kw):
     llm = LLM.load(moe_dir)
     sp = SamplingParams(max_new_tokens=24, ignore_eos=True)
     plain = llm.generate(_prompts(), sp)
