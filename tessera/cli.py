@@ -54,6 +54,26 @@ def _tp_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tp-backend", default=None, choices=["torch", "fused"],
                    help="how row-parallel layers reduce: torch (dist.all_reduce, the default) or fused "
                         "(TileLink-style Triton AllReduce over the symmetric heap; on CPU needs TRITON_INTERPRET=1)")
+    e = p.add_argument_group("expert parallelism (--ep)",
+                             "MoE models, one process per rank: torchrun --nproc-per-node N -m tessera ... --ep N; "
+                             "docs/moe.md")
+    e.add_argument("--ep", type=int, default=1, help="expert-parallel ranks: each keeps num_experts / N experts")
+
+
+def _check_ep(args) -> int:
+    """Expert-parallel ranks, or a one-line error for a combination that cannot run."""
+    ep = getattr(args, "ep", 1)
+    if ep < 1:
+        raise ValueError(f"--ep must be >= 1, got {ep}")
+    if ep > 1:
+        if getattr(args, "tp", 1) > 1:
+            raise ValueError("--tp and --ep together are not supported yet: choose one")
+        if getattr(args, "quant", "none") != "none":
+            raise ValueError("--quant with --ep > 1 is not supported: the quantized experts have no sharded form yet")
+        if "RANK" not in os.environ:
+            raise ValueError(f"--ep {ep} runs one process per rank: "
+                             f"torchrun --nproc-per-node {ep} -m tessera {args.cmd} --ep {ep} ...")
+    return ep
 
 
 def _check_tp(args) -> tuple[int, str]:
@@ -81,6 +101,7 @@ def _llm(args):
     from tessera.engine import LLM
 
     tp_size, tp_backend = _check_tp(args)
+    ep_size = _check_ep(args)
     quant = getattr(args, "quant", "none")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     if quant != "none":
@@ -96,14 +117,25 @@ def _llm(args):
         if ps.world_size() != tp_size:
             raise ValueError(f"--tp {tp_size} but torchrun started {ps.world_size()} processes")
         tp.shard_model(llm.model, mode=tp_backend)
+    if ep_size > 1:
+        # every rank loads the full model, keeps its experts and serves the same requests (greedy: the same
+        # steps on every rank, so the dispatch collectives line up)
+        from tessera.dist import parallel_state as ps
+        from tessera.parallel.ep import shard_experts
+
+        ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
+        if ps.world_size() != ep_size:
+            raise ValueError(f"--ep {ep_size} but torchrun started {ps.world_size()} processes")
+        shard_experts(llm.model)
     return llm
 
 
 def _is_main(args) -> bool:
-    """Only one rank prints under tensor parallelism."""
+    """Only one rank prints under tensor or expert parallelism."""
     import torch.distributed as dist
 
-    return getattr(args, "tp", 1) == 1 or not dist.is_initialized() or dist.get_rank() == 0
+    single = getattr(args, "tp", 1) == 1 and getattr(args, "ep", 1) == 1
+    return single or not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _press_kwargs(args) -> dict:
@@ -185,6 +217,9 @@ def cmd_eval(args) -> int:
     res.update(model=str(args.model or "embedded tiny-reasoner"), press=args.press, device=args.device, **_kv(args))
     print(f"accuracy {res['accuracy']:.3f} ({res['correct']}/{res['n']}, seeds {res['seeds'][0]}..{res['seeds'][1]}), "
           f"{res['tokens_per_s']:.0f} tok/s, peak KV {_mib(res['peak_kv_bytes'])}")
+    if "balancedness" in res:
+        print("balancedness per MoE layer (mean / max tokens per expert): "
+              + " ".join(f"{v:.2f}" for v in res["balancedness"].values()))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(res, indent=2) + "\n")

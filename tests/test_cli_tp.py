@@ -1,6 +1,6 @@
 """`tessera generate --tp 2` under torchrun gives the same greedy text as one process, with the
 torch collectives (`--tp-backend torch`, the default) and with the fused Triton AllReduce
-(`--tp-backend fused`, interpreted on CPU)."""
+(`--tp-backend fused`, interpreted on CPU); `--ep 2` on the embedded MoE reasoner likewise."""
 
 import os
 import socket
@@ -20,11 +20,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: int, parallel=("--tp", "2")) -> subprocess.CompletedProcess:
     # the fused kernels run on CPU only in Triton's interpreter, which must be chosen before import
     env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(_free_port()), "-m", "tessera", *args, "--tp", "2"]
+           "--master-port", str(_free_port()), "-m", "tessera", *args, *parallel]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]
     assert r.stdout.count("problem seed") == 1  # only rank 0 prints
@@ -52,3 +52,19 @@ def test_generate_tp2_fused_backend_matches_single_process(capsys):
     two = _torchrun([*args, "--tp-backend", "fused"], timeout=240)
     assert len(text1) > 0 and two.stdout.split(SEP)[0].strip() == text1
     assert "generated: 6" in two.stdout
+
+
+@pytest.mark.dist
+def test_generate_ep2_on_the_moe_reasoner_matches_single_process(capsys):
+    args = ["generate", "--model", "moe", "--difficulty", "3", "--max-new-tokens", "80"]
+    assert main(args) == 0
+    text1 = capsys.readouterr().out.split(SEP)[0].strip()
+    two = _torchrun(args, timeout=180, parallel=("--ep", "2"))
+    assert len(text1.split()) >= 60 and two.stdout.split(SEP)[0].strip() == text1
+
+
+def test_ep_errors_are_one_line(capsys):
+    assert main(["generate", "--model", "moe", "--ep", "2", "--difficulty", "2"]) == 2
+    assert "torchrun --nproc-per-node 2" in capsys.readouterr().err
+    assert main(["generate", "--ep", "2", "--tp", "2", "--difficulty", "2"]) == 2
+    assert "--tp and --ep together" in capsys.readouterr().err

@@ -67,8 +67,8 @@ def _seq_parallel_mlp_job():
     import torch.nn.functional as F
 
     from tessera.dist import parallel_state as ps
-    from tessera.parallel.tp import TPComm
     from tessera.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear
+    from tessera.parallel.tp import TPComm
 
     me, W = ps.rank(), ps.world_size()
     mlp = _tiny().model.layers[0].mlp
@@ -119,8 +119,8 @@ def test_fused_projections_are_refused_before_any_communicator():
 
 def test_moe_models_are_refused_before_any_communicator():
     from tessera.config import ModelConfig
-    from tessera.parallel.tp import shard_model
     from tessera.models import CausalLM
+    from tessera.parallel.tp import shard_model
 
     cfg = ModelConfig(vocab_size=20, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
                       num_key_value_heads=2, head_dim=8, model_type="mixtral", num_experts=4, num_experts_per_tok=2,
@@ -132,8 +132,8 @@ def test_moe_models_are_refused_before_any_communicator():
 @pytest.mark.parametrize("world, n", [(2, 5 * 256), (4, 4096 * 32 + 7)])
 def test_fused_heap_size_fits_the_allreduce_exactly_enough(world, n):
     from tessera.dist.symm import VirtualHeap
-    from tessera.parallel.tp import AR_BLOCK, allreduce_heap_bytes
     from tessera.kernels.comm.allreduce import create_allreduce_context
+    from tessera.parallel.tp import AR_BLOCK, allreduce_heap_bytes
 
     need = allreduce_heap_bytes(world, n, torch.float32)
     create_allreduce_context(VirtualHeap(need, world), n, torch.float32, block=AR_BLOCK)

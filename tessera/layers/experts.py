@@ -65,16 +65,21 @@ def experts_loop(x, ids, weights, gate_up, down):
     return out
 
 
-def experts_sorted(x, ids, weights, gate_up, down):
-    p = permute(ids, weights, gate_up.shape[0])
-    rows = x[p.token]  # [R, H]
+def grouped_swiglu(rows: torch.Tensor, offsets: torch.Tensor, gate_up, down) -> torch.Tensor:
+    """rows [R, H] grouped by expert (expert e owns rows offsets[e]:offsets[e + 1], offsets a CPU tensor)
+    -> each row through its expert, unweighted [R, H]: one gate/up and one down GEMM per non-empty expert."""
     y = torch.empty_like(rows)
-    bounds = p.offsets.tolist()
+    bounds = offsets.tolist()
     for e in range(gate_up.shape[0]):
         s, t = bounds[e], bounds[e + 1]
         if t > s:
             y[s:t] = swiglu_rows(rows[s:t] @ gate_up[e].T) @ down[e].T
-    return combine(x, p, y)
+    return y
+
+
+def experts_sorted(x, ids, weights, gate_up, down):
+    p = permute(ids, weights, gate_up.shape[0])
+    return combine(x, p, grouped_swiglu(x[p.token], p.offsets, gate_up, down))
 
 
 def experts_grouped_mm(x, ids, weights, gate_up, down):

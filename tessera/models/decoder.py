@@ -56,8 +56,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     @property
-    def is_moe(self) -> bool:
-        return isinstance(self.mlp, MoEBlock)
+    def is_moe(self) -> bool:  # an MoE block or a replacement of it (expert parallelism), not a dense MLP
+        return not isinstance(self.mlp, SwiGLU)
 
     def attention_half(self, x: torch.Tensor, step: LayerStep) -> torch.Tensor:  # [B, S, H] -> [B, S, H]
         return x + self.self_attn(self.input_layernorm(x), step.cos, step.sin, step.cache, step.ctx)
@@ -121,8 +121,8 @@ class CausalLM(nn.Module):
         attn = self.model.layers[0].self_attn  # heads are per rank once tensor parallelism split them
         return KVLayout(len(self.model.layers), attn.n_heads, attn.n_kv, attn.head_dim)
 
-    def moe_blocks(self) -> dict[int, MoEBlock]:
-        """Layer index -> MoE block, for the layers that route (empty for a dense model)."""
+    def moe_blocks(self) -> dict[int, nn.Module]:
+        """Layer index -> MoE block (`MoEBlock` or its expert-parallel replacement) of the routed layers."""
         return {i: layer.mlp for i, layer in enumerate(self.model.layers) if layer.is_moe}
 
     def num_parameters(self) -> int:
@@ -131,9 +131,10 @@ class CausalLM(nn.Module):
     def num_active_parameters(self) -> int:
         """Parameters one token uses: all but the routed experts it is not sent to."""
         c, idle = self.config, 0
-        for block in self.moe_blocks().values():
+        for block in self.moe_blocks().values():  # (the experts on this rank, under expert parallelism)
+            held = block.experts.gate_up_proj.shape[0]
             per_expert = block.experts.gate_up_proj[0].numel() + block.experts.down_proj[0].numel()
-            idle += (c.num_experts - c.num_experts_per_tok) * per_expert
+            idle += max(0, held - c.num_experts_per_tok) * per_expert
         return self.num_parameters() - idle
 
 

@@ -35,6 +35,7 @@ def evaluate(
                       key=lambda p: p.difficulty)
     results, gen_tokens, peak, t0 = [], 0, 0, time.perf_counter()
     decode_s = 0.0
+    routing: dict[int, list[int]] = {}  # MoE models: tokens per expert per layer, summed over the batches
     bar = tqdm(total=n, desc="eval", unit="problem", disable=not progress)
     for i in range(0, n, batch_size):
         batch = problems[i : i + batch_size]
@@ -48,11 +49,17 @@ def evaluate(
         gen_tokens += out.stats.generated_tokens
         decode_s += out.stats.prefill_s + out.stats.decode_s
         peak = max(peak, out.stats.peak_kv_bytes)
+        for layer, counts in out.stats.routing.items():
+            routing[layer] = [a + b for a, b in zip(routing.get(layer, [0] * len(counts)), counts)]
         bar.update(len(batch))
         bar.set_postfix(acc=f"{sum(r['correct'] for r in results) / len(results):.3f}")
     bar.close()
     results.sort(key=lambda r: r["seed"])
     correct = sum(r["correct"] for r in results)
+    moe = {}
+    if routing:
+        moe = {"routing": {str(k): v for k, v in routing.items()},
+               "balancedness": {str(k): (sum(v) / len(v)) / max(v) if max(v) else 1.0 for k, v in routing.items()}}
     return {
         "n": n,
         "seeds": [seed_start, seed_start + n - 1],
@@ -64,5 +71,6 @@ def evaluate(
         "wall_s": time.perf_counter() - t0,
         "peak_kv_bytes": peak,
         "batch_size": batch_size,
+        **moe,
         "results": results,
     }

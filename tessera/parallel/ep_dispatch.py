@@ -1,0 +1,86 @@
+"""Expert-parallel token dispatch and combine over torch.distributed (`all_to_all_single`).
+
+    rows, weights, layout = dispatch(x, topk_ids, topk_weights, num_experts, group)
+    y = experts(rows)                                   # rows grouped by local expert, then source rank
+    out = combine(y, layout)                            # [T, H]: sum over each token's top-k, weighted
+
+With W ranks and E experts, rank r owns experts r*E/W .. (r+1)*E/W - 1. Dispatch sends each (token, slot)
+pair to the rank owning its expert: counts first ([W, E/W] per rank, one all-to-all), rows and weights
+second. Received rows arrive grouped by source rank; they are regrouped by local expert (then source rank,
+the order Triton-distributed's `EPAll2AllLayer` and DeepEP's low-latency layout use), so a grouped GEMM
+reads each expert's rows contiguously. A slot whose expert id is negative sends nothing. Combine reverses
+both permutations with one more all-to-all and applies the routing weights at home, so identity experts
+give back x * sum(weights). This is the reference and the CPU path; overlapped and fused variants
+(chunked sends, the symmetric heap) implement the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tessera.dist import parallel_state as ps
+
+
+@dataclass
+class DispatchLayout:
+    """What combine needs to send rows home, and what the experts need to find theirs."""
+
+    token: torch.Tensor  # [S] the token of each row this rank sent, in send order
+    weight: torch.Tensor  # [S] its routing weight
+    send_counts: list[int]  # rows sent to each rank
+    recv_counts: list[int]  # rows received from each rank
+    regroup: torch.Tensor  # [R] received row (source-major) of each row in expert-major order
+    expert_offsets: torch.Tensor  # [E_local + 1] (CPU): local expert e owns rows offsets[e]:offsets[e + 1]
+    recv_matrix: torch.Tensor  # [W, E_local] (CPU): rows received from each source rank per local expert
+    num_tokens: int
+
+
+def _split(num_experts: int, world: int) -> int:
+    if num_experts % world:
+        raise ValueError(f"expert parallelism: {num_experts} experts do not divide over {world} ranks")
+    return num_experts // world
+
+
+def dispatch(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int,
+             group=None) -> tuple[torch.Tensor, torch.Tensor, DispatchLayout]:
+    """x [T, H], topk_ids / topk_weights [T, k] (global expert ids, -1 = dropped) ->
+    (rows [R, H] grouped by local expert then source rank, their weights [R], layout)."""
+    W = ps.world_size(group)
+    local = _split(num_experts, W)
+    T, k = topk_ids.shape
+    flat = topk_ids.flatten()
+    keep = flat >= 0
+    order = torch.argsort(torch.where(keep, flat, num_experts), stable=True)[: int(keep.sum())]  # [S]
+    send_matrix = torch.bincount(flat[keep], minlength=num_experts).reshape(W, local).cpu()  # [W, E_local]
+    recv_matrix = torch.empty_like(send_matrix)
+    dist.all_to_all_single(recv_matrix, send_matrix, group=group)  # counts first: sizes for the rows
+    send_counts, recv_counts = send_matrix.sum(1).tolist(), recv_matrix.sum(1).tolist()
+    token = order // k
+    sent = x[token]  # [S, H], destination-major, then local expert
+    weight = topk_weights.flatten()[order]
+    rows = x.new_empty(sum(recv_counts), x.shape[1])
+    weights = weight.new_empty(sum(recv_counts))
+    dist.all_to_all_single(rows, sent, recv_counts, send_counts, group=group)
+    dist.all_to_all_single(weights, weight, recv_counts, send_counts, group=group)
+    # received: source-major, each source's rows expert-major; regroup expert-major, source-minor
+    starts = torch.cumsum(recv_matrix.flatten(), 0) - recv_matrix.flatten()  # [W * E_local] start of (src, e)
+    regroup = torch.cat([torch.arange(int(starts[s * local + e]), int(starts[s * local + e] + recv_matrix[s, e]))
+                         for e in range(local) for s in range(W)] or [torch.zeros(0, dtype=torch.long)])
+    offsets = torch.zeros(local + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(recv_matrix.sum(0), 0)
+    regroup = regroup.to(x.device)
+    layout = DispatchLayout(token, weight, send_counts, recv_counts, regroup, offsets, recv_matrix, T)
+    return rows[regroup], weights[regroup], layout
+
+
+def combine(rows: torch.Tensor, layout: DispatchLayout, group=None) -> torch.Tensor:
+    """rows [R, H] in dispatch's output order -> [T, H]: each token's rows, weighted and summed at home."""
+    source_major = torch.empty_like(rows)
+    source_major[layout.regroup] = rows
+    back = rows.new_empty(len(layout.token), rows.shape[1])
+    dist.all_to_all_single(back, source_major, layout.send_counts, layout.recv_counts, group=group)
+    out = rows.new_zeros(layout.num_tokens, rows.shape[1])
+    return out.index_add_(0, layout.token, back * layout.weight[:, None].to(back.dtype))
