@@ -12,7 +12,10 @@ Every figure is measured in the same run on the same machine:
 - cold: each call uses the next weight of a pool of distinct copies larger than 2x the L3
   (decode streams every weight once per token); hot: the same weight every call (L2/L3-resident).
 - rooflines use the DRAM read bandwidth and the `vpdpbusd` peak measured by this script.
-Writes benchmarks/results/gemm.json and gemm.md.
+Writes benchmarks/results/gemm.json, gemm.md and gemm.png (or `--out PREFIX`); `--replot-from PREFIX.json`
+redraws the PNG from a result file alone (seconds, nothing rerun):
+
+    python benchmarks/bench_gemm.py --replot-from benchmarks/results/gemm_epyc_avx2_final.json
 """
 
 from __future__ import annotations
@@ -333,36 +336,108 @@ def markdown(rows, summary, info, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], info: dict, path: Path) -> None:
-    """Ratio vs M per shape: W8A8 against the best prepacked library, W4A8 against the best int8 one
-    (cold where measured, hot above), with the issue's targets (1.2x, 1.7x at M = 1) drawn in."""
+PANEL_KEYS = (("w8a8_speedup_vs_best_prepacked", "W8A8 vs best prepacked library", 1.2),
+              ("w4a8_speedup_vs_best_int8_lib", "W4A8 g128 vs best int8 library", 1.7))
+# colour, marker, line style per layer role, the same for the 8B and the embedded shapes of that role; no red,
+# black or grey: those are the reference lines
+ROLE_STYLES = {"q,o": ("tab:blue", "o", "-"), "k,v": ("tab:orange", "s", "--"),
+               "gate,up": ("tab:green", "D", "-."), "down": ("tab:purple", "^", ":")}
+EXTRA_STYLES = (("tab:brown", "v", (0, (3, 1, 1, 1))), ("tab:cyan", "P", (0, (5, 2))), ("tab:olive", "X", "-"))
+
+
+def _role(shape: str) -> tuple[str, str]:
+    """'emb gate,up 768x256' -> ('gate,up', '768x256')."""
+    name, _, dims = shape.removeprefix("emb ").rpartition(" ")
+    return name or dims, dims if name else ""
+
+
+def plot(summary: list[dict], info: dict, path: Path, machine: str | None = None, libs: list[str] | None = None) -> None:
+    """Speedup against M, one panel per (ratio, weight group, regime): rows W8A8 against the best prepacked
+    library and W4A8 against the best int8 one; columns the Llama-8B shapes with cold weights (the decode
+    case, M <= 64), the same shapes hot, and the embedded model's shapes (hot: ~10 MB, they live in L3).
+    Each layer role (q,o / k,v / gate,up / down) has its own colour, marker and line style in every panel, and
+    a slight sideways shift, so equal ratios stay visible; one legend for the figure. Each panel's y axis spans
+    its data rather than starting at 0: it reaches down to 1.0x (a dashed black line) unless the data sits far
+    above it, then the panel says so; the targets (1.2x, 1.7x at M = 1, cold 8B shapes) are a dotted red line.
+    The title names the CPU, threads, kernel ISA, date and the libraries measured, all from the run's JSON
+    (`machine` replaces the CPU name)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    panels = (("w8a8_speedup_vs_best_prepacked", "W8A8 vs best prepacked library", 1.2),
-              ("w4a8_speedup_vs_best_int8_lib", "W4A8 vs best int8 library", 1.7))
-    for ax, (key, title, target) in zip(axes, panels):
-        for shape in sorted({r["shape"] for r in summary}):
-            pts = {}
-            for r in summary:  # cold wins over hot at the same M
-                if r["shape"] == shape and (r["M"] not in pts or r["mode"] == "cold"):
-                    pts[r["M"]] = r[key]
-            ms = sorted(pts)
-            ax.plot(ms, [pts[m] for m in ms], marker="o", label=shape)
-        ax.axhline(1.0, color="black", lw=1)
-        ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target}x" + (" (M = 1)" if target == 1.7 else ""))
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("M (tokens per call)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("speedup (median time ratio)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle(f"{info['cpu']}, {info['threads']} threads, ISA {info['isa']}, {info['date_utc']} UTC")
-    fig.tight_layout()
+    shapes = sorted({r["shape"] for r in summary}, key=lambda s: ([*LLAMA8B, *EMBEDDED, s].index(s), s))
+    big = [s for s in shapes if not s.startswith("emb ")]
+    small = [s for s in shapes if s.startswith("emb ")]
+    roles = list(dict.fromkeys(_role(s)[0] for s in shapes))
+    extra = iter(EXTRA_STYLES * len(roles))
+    style = {r: ROLE_STYLES.get(r) or next(extra) for r in roles}
+    cols = [(grp, mode, label) for grp, mode, label in (
+        (big, "cold", "Llama-8B shapes, cold weights"), (big, "hot", "Llama-8B shapes, hot weights"),
+        (small, "hot", "embedded-model shapes, hot weights"))
+        if any(r["shape"] in grp and r["mode"] == mode for r in summary)]
+    fig, axes = plt.subplots(len(PANEL_KEYS), len(cols), figsize=(5.2 * len(cols), 8.8), squeeze=False)
+    all_ms = sorted({r["M"] for r in summary})
+    for row, (key, what, target) in enumerate(PANEL_KEYS):
+        for col, (grp, mode, label) in enumerate(cols):
+            ax = axes[row][col]
+            vals = []
+            for shape in grp:
+                pts = sorted((r["M"], r[key]) for r in summary if r["shape"] == shape and r["mode"] == mode)
+                if not pts:
+                    continue
+                i = roles.index(_role(shape)[0])
+                shift = 2 ** (0.07 * (i - (len(roles) - 1) / 2))  # multiplicative: equal spacing on the log axis
+                color, marker, ls = style[_role(shape)[0]]
+                ax.plot([m * shift for m, _ in pts], [v for _, v in pts], color=color, marker=marker, ls=ls, lw=1.6,
+                        ms=6)
+                vals += [v for _, v in pts]
+            data_lo, data_hi = min(vals), max(vals)
+            if grp is big and mode == "cold":
+                ax.axhline(target, color="tab:red", ls=":", lw=1.6)
+                vals.append(target)
+            lo, hi = min(vals), max(vals)
+            pad = max(0.04, 0.08 * (hi - lo))
+            if max(lo - 1.0, 1.0 - hi) <= 0.5 * (hi - lo):  # 1.0x in view without squashing the data
+                ax.axhline(1.0, color="black", ls="--", lw=1.1)
+                lo, hi = min(lo, 1.0), max(hi, 1.0)
+                pad = max(0.04, 0.08 * (hi - lo))
+                ax.set_ylim(lo - pad, hi + pad)
+            else:  # say where 1.0x is, in room kept free below the data
+                bound = f"at least {data_lo:.2f}x" if lo > 1.0 else f"at most {data_hi:.2f}x"
+                ax.text(0.98, 0.02, f"1.0x is off this axis: every point here is {bound}",
+                        transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="dimgray")
+                ax.set_ylim(lo - 2.2 * pad, hi + pad)
+            ms = [m for m in all_ms if any(r["M"] == m and r["mode"] == mode and r["shape"] in grp for r in summary)]
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ms, [str(m) for m in ms])
+            ax.minorticks_off()
+            ax.set_xlim(ms[0] / 1.6, ms[-1] * 1.6)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{what}\n{label}", fontsize=10)
+            if row == len(PANEL_KEYS) - 1:
+                ax.set_xlabel("M (tokens per call)")
+            if col == 0:
+                ax.set_ylabel("speedup (ratio of median times)")
+    handles = []
+    for r in roles:
+        color, marker, ls = style[r]
+        dims = [f"{_role(s)[1]} ({'embedded' if s.startswith('emb ') else '8B'})" for s in shapes if _role(s)[0] == r]
+        handles.append(Line2D([], [], color=color, marker=marker, ls=ls, lw=1.6, ms=6, label=f"{r}: {', '.join(dims)}"))
+    handles.append(Line2D([], [], color="black", ls="--", lw=1.1, label="1.0x: as fast as the library"))
+    if any(mode == "cold" for _, mode, _ in cols):
+        handles.append(Line2D([], [], color="tab:red", ls=":", lw=1.6,
+                              label=" / ".join(f"{t}x" for *_, t in PANEL_KEYS) + ": targets at M = 1, cold 8B shapes"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False)
+    cpu = (machine or f"{info['cpu']}, {info['cores']} cores").replace("(R)", "")
+    libs = [p.replace("qlinear_dynamic ", "") for p in LIBS_INT8 if p in (libs or LIBS_INT8)]
+    fig.suptitle(f"NGEMM int8 GEMM speedup vs M: {cpu}, {info['threads']} threads, kernel ISA {info['isa']}, "
+                 f"{info['date_utc']} UTC\nbaselines measured in the same run: {', '.join(libs)} "
+                 "(each point against the fastest of them)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.075, 1, 1))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -376,13 +451,19 @@ def main():
     ap.add_argument("--skip", type=lambda v: [p.strip() for p in v.split(",")], default=[],
                     help="comma-separated paths to leave out, e.g. 'torch._int_mm (int only)' on CPUs without "
                          "AVX512-VNNI, where it has no fast kernel (~0.3 GOP/s on an AVX2 AMD EPYC)")
-    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of an earlier run's JSON")
+    ap.add_argument("--replot-from", "--replot", metavar="JSON",
+                    help="only redraw JSON's PNG (next to it) from the result file, in seconds; nothing is rerun")
+    ap.add_argument("--machine", default=None,
+                    help="with --replot-from: the machine as the title names it (default: the JSON's CPU and cores)")
     ap.add_argument("--shape", action="append", default=None, metavar="SUBSTR",
                     help="only the shapes whose name contains SUBSTR (repeatable), e.g. --shape 'k,v'")
     args = ap.parse_args()
-    if args.replot:
-        d = json.loads(Path(args.replot).read_text())
-        plot(d["summary"], d["machine"], Path(args.replot).with_suffix(".png"))
+    if args.replot_from:
+        src = Path(args.replot_from)
+        d = json.loads(src.read_text())
+        plot(d["summary"], d["machine"], src.with_suffix(".png"), machine=args.machine,
+             libs=sorted({r["path"] for r in d["rows"]}))
+        print(f"wrote {src.with_suffix('.png')}")
         return
     if unknown := set(args.skip) - set(COLS):
         ap.error(f"--skip: unknown paths {sorted(unknown)}; known: {', '.join(COLS)}")
@@ -418,7 +499,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": rows, "summary": summary}, indent=1))
     out.with_suffix(".md").write_text(markdown(rows, summary, info, args.quick))
-    plot(summary, info, out.with_suffix(".png"))
+    plot(summary, info, out.with_suffix(".png"), libs=sorted({r["path"] for r in rows}))
     print(f"wrote {out}.json, {out}.md and {out}.png")
 
 
