@@ -58,13 +58,21 @@ def _tp_options(p: argparse.ArgumentParser) -> None:
                              "MoE models, one process per rank: torchrun --nproc-per-node N -m tessera ... --ep N; "
                              "docs/moe.md")
     e.add_argument("--ep", type=int, default=1, help="expert-parallel ranks: each keeps num_experts / N experts")
+    e.add_argument("--moe-backend", default=None, choices=["torch", "fused"],
+                   help="token dispatch / combine: torch (all_to_all_single, the default) or fused (Triton puts "
+                        "into the peers' buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)")
 
 
-def _check_ep(args) -> int:
-    """Expert-parallel ranks, or a one-line error for a combination that cannot run."""
-    ep = getattr(args, "ep", 1)
+def _check_ep(args) -> tuple[int, str]:
+    """(expert-parallel ranks, dispatch backend), or a one-line error for a combination that cannot run."""
+    ep, backend = getattr(args, "ep", 1), getattr(args, "moe_backend", None)
     if ep < 1:
         raise ValueError(f"--ep must be >= 1, got {ep}")
+    if backend is not None and ep == 1:
+        raise ValueError(f"--moe-backend {backend} needs --ep N with N > 1: one process dispatches nothing")
+    if backend == "fused" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("--moe-backend fused on CPU runs the Triton kernels in Triton's interpreter: "
+                         "set TRITON_INTERPRET=1 (slow, for testing) or use --device cuda")
     if ep > 1:
         if getattr(args, "tp", 1) > 1:
             raise ValueError("--tp and --ep together are not supported yet: choose one")
@@ -73,7 +81,7 @@ def _check_ep(args) -> int:
         if "RANK" not in os.environ:
             raise ValueError(f"--ep {ep} runs one process per rank: "
                              f"torchrun --nproc-per-node {ep} -m tessera {args.cmd} --ep {ep} ...")
-    return ep
+    return ep, backend or "torch"
 
 
 def _check_tp(args) -> tuple[int, str]:
@@ -101,7 +109,7 @@ def _llm(args):
     from tessera.engine import LLM
 
     tp_size, tp_backend = _check_tp(args)
-    ep_size = _check_ep(args)
+    ep_size, ep_backend = _check_ep(args)
     quant = getattr(args, "quant", "none")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     if quant != "none":
@@ -126,7 +134,7 @@ def _llm(args):
         ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
         if ps.world_size() != ep_size:
             raise ValueError(f"--ep {ep_size} but torchrun started {ps.world_size()} processes")
-        shard_experts(llm.model)
+        shard_experts(llm.model, backend=ep_backend)
     return llm
 
 

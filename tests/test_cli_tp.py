@@ -63,8 +63,21 @@ def test_generate_ep2_on_the_moe_reasoner_matches_single_process(capsys):
     assert len(text1.split()) >= 60 and two.stdout.split(SEP)[0].strip() == text1
 
 
+@pytest.mark.dist
+def test_generate_ep2_fused_dispatch_matches_single_process(capsys):
+    # interpreted puts and waits cost tens of ms per layer and token: a few tokens show the path
+    args = ["generate", "--model", "moe", "--difficulty", "3", "--max-new-tokens", "6"]
+    assert main(args) == 0
+    text1 = capsys.readouterr().out.split(SEP)[0].strip()
+    two = _torchrun(args, timeout=240, parallel=("--ep", "2", "--moe-backend", "fused"))
+    assert len(text1) > 0 and two.stdout.split(SEP)[0].strip() == text1
+    assert "generated: 6" in two.stdout
+
+
 def test_ep_errors_are_one_line(capsys):
     assert main(["generate", "--model", "moe", "--ep", "2", "--difficulty", "2"]) == 2
     assert "torchrun --nproc-per-node 2" in capsys.readouterr().err
     assert main(["generate", "--ep", "2", "--tp", "2", "--difficulty", "2"]) == 2
     assert "--tp and --ep together" in capsys.readouterr().err
+    assert main(["generate", "--model", "moe", "--moe-backend", "fused", "--difficulty", "2"]) == 2
+    assert "needs --ep N with N > 1" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_dispatch_and_combine_match_the_reference(world, E):
     assert all(shared_pool(world).run(_dispatch_job, E, 3, timeout=120))
 
 
-def _ep_model_job():
+def _ep_model_job(backend: str):
     from tessera.config import ModelConfig
     from tessera.dist import parallel_state as ps
     from tessera.models import CausalLM
@@ -70,13 +70,15 @@ def _ep_model_job():
     ids = torch.randint(0, 40, (1 + ps.rank(), 6), generator=torch.Generator().manual_seed(ps.rank()))
     with torch.no_grad():
         want = model(ids)
-        assert shard_experts(model) == 2
+        comm = shard_experts(model, backend=backend, max_tokens=16)
         got = model(ids)  # each rank its own batch (different sizes): data-parallel attention
+    comm.close()
     return (got - want).abs().max().item()
 
 
-def test_expert_parallel_model_matches_one_process():
-    assert all(d < 1e-5 for d in shared_pool(2).run(_ep_model_job, timeout=120))
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+def test_expert_parallel_model_matches_one_process(backend):
+    assert all(d < 1e-5 for d in shared_pool(2).run(_ep_model_job, backend, timeout=180))
 
 
 def _bad_split_job():
@@ -95,3 +97,65 @@ def test_experts_that_do_not_divide_are_refused_on_every_rank():
         shared_pool(2).run(_bad_split_job, timeout=60)
     assert set(ei.value.errors) == {0, 1}
     assert all("num_experts=3 divisible by 2" in e for e in ei.value.errors.values())
+
+
+def _fused_job(E: int, iters: int, stagger: bool):
+    import time
+
+    from tessera.dist import parallel_state as ps
+    from tessera.dist.symm import SymmetricHeap
+    from tessera.kernels.moe.ep_a2a import (
+        combine_fused,
+        create_ep_a2a_context,
+        dispatch_fused,
+        ep_a2a_heap_bytes,
+    )
+    from tessera.parallel.ep_dispatch import combine, dispatch
+
+    W, r = ps.world_size(), ps.rank()
+    heap = SymmetricHeap(ep_a2a_heap_bytes(W, 12, 2, 5, E, torch.float32))
+    if stagger:  # ranks start the kernels at different times: a missing wait would read stale rows and fail
+        barrier = heap.barrier
+        heap.barrier = lambda *a, **kw: (barrier(*a, **kw), time.sleep(0.2 * (W - 1 - r)))
+    ctx = create_ep_a2a_context(heap, max_tokens=12, top_k=2, hidden=5, num_experts=E, timeout_s=20)
+    try:
+        for it in range(iters):  # epochs, no reset between calls
+            x, ids, w = _inputs(r, it, E)
+            rows, weights, layout = dispatch_fused(x, ids, w, ctx)
+            ref_rows, ref_w, ref_layout = dispatch(x, ids, w, E)
+            assert torch.equal(rows, ref_rows) and torch.equal(weights, ref_w)
+            y = rows * 2.0 + 1.0  # any per-row function of the rows
+            assert torch.equal(combine_fused(y, layout, ctx), combine(y, ref_layout))
+    finally:
+        heap.close()
+    return True
+
+
+@pytest.mark.parametrize("world, E", [(2, 4), (4, 8)])
+def test_fused_dispatch_and_combine_equal_the_torch_path(world, E):
+    assert all(shared_pool(world).run(_fused_job, E, 3, world == 2, timeout=240))
+
+
+def _fused_errors_job(case: str):
+    from tessera.dist import parallel_state as ps
+    from tessera.dist.symm import SymmetricHeap
+    from tessera.kernels.moe.ep_a2a import create_ep_a2a_context, dispatch_fused
+
+    heap = SymmetricHeap(1 << 16)
+    try:
+        if case == "heap too small":
+            create_ep_a2a_context(heap, max_tokens=4096, top_k=2, hidden=64, num_experts=4)
+        ctx = create_ep_a2a_context(heap, max_tokens=4, top_k=2, hidden=5, num_experts=4, timeout_s=10)
+        T = 6 if ps.rank() == 1 else 2  # one rank over capacity: every rank must raise, none may hang
+        dispatch_fused(torch.zeros(T, 5), torch.zeros(T, 2).long(), torch.ones(T, 2), ctx)
+    finally:
+        heap.close()
+
+
+@pytest.mark.parametrize("case, message", [("heap too small", "the heap holds"),
+                                           ("over capacity", "ep dispatch: invalid arguments on rank(s) [1]")])
+def test_fused_errors_raise_on_every_rank(case, message):
+    with pytest.raises(RankFailure) as ei:
+        shared_pool(2).run(_fused_errors_job, case, timeout=60)
+    assert set(ei.value.errors) == {0, 1}
+    assert all(message in e for e in ei.value.errors.values())

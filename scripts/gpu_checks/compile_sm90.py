@@ -2,7 +2,7 @@
 """Compile every Triton kernel of Tessera for a CUDA target without a GPU (triton ships ptxas), to catch
 what the interpreter accepts but the compiler rejects (atomic_cas operand types, a loop-carried value
 changing from i32 to i64) before GPU time is spent: the distributed kernels, ShadowKV's scoring,
-rebuild and decode kernels, the W8A8 GEMM and the MoE grouped GEMM.
+rebuild and decode kernels, the W8A8 GEMM, the MoE grouped GEMM and the expert-parallel dispatch / combine.
 Usage: `python scripts/gpu_checks/compile_sm90.py [--arch 90] [--quick]`; exit 1 on failure.
 Works with triton 3.6 (the GPU image) and 3.9 (PyPI): `PYTHONPATH=<triton-3.6 dir>:. python ...`.
 tests/test_compile_sm90.py runs `--quick` in CI (skipped where the triton wheel has no ptxas).
@@ -25,6 +25,7 @@ from tessera.dist.lang import _spin_kernel
 from tessera.kernels.comm.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.comm.allreduce import _allreduce_kernel
 from tessera.kernels.comm.gemm_rs import _gemm_rs_kernel
+from tessera.kernels.moe.ep_a2a import _combine_kernel, _dispatch_kernel
 from tessera.kernels.moe.grouped_gemm import _grouped_gemm_kernel
 from tessera.kernels.ngemm.gemm_triton import _quantize_kernel, _w8a8_kernel
 from tessera.kernels.shadowkv.attn import _decode_kernel
@@ -85,6 +86,13 @@ def main() -> int:
         cases.append((_grouped_gemm_kernel, {"a_ptr": f"*{dt}", "w_ptr": f"*{dt}", "c_ptr": f"*{dt}",
                                              "tile_expert_ptr": "*i32", "tile_row_ptr": "*i32", "row_end_ptr": "*i32"},
                       {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "F32_DOT": dt == "fp32"}, "-"))
+        for virtual in (True,) if args.quick else (False, True):  # expert-parallel dispatch and combine
+            cases.append((_dispatch_kernel, {"send": f"*{dt}", "send_w": "*fp32", "send_off": "*i64", "send_cnt": "*i64",
+                                             "recv": f"*{dt}", "recv_w": "*fp32", "recv_meta": "*i64", "sig": "*i64",
+                                             **common}, {"BLOCK_R": 16, "BLOCK_H": 128, "BLOCK_E": 8, "VIRTUAL": virtual},
+                          "i64"))
+            cases.append((_combine_kernel, {"back": f"*{dt}", "ret": f"*{dt}", "recv_meta": "*i64", "sig": "*i64",
+                                            **common}, {"BLOCK_R": 16, "BLOCK_H": 128, "VIRTUAL": virtual}, "i64"))
     failed = 0
     for fn, ptrs, consts, counter in cases:
         try:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from tessera.dist import parallel_state as ps
+from tessera.kernels.moe.ep_layout import plan_sends, regroup_index
 
 
 @dataclass
@@ -38,41 +39,23 @@ class DispatchLayout:
     num_tokens: int
 
 
-def _split(num_experts: int, world: int) -> int:
-    if num_experts % world:
-        raise ValueError(f"expert parallelism: {num_experts} experts do not divide over {world} ranks")
-    return num_experts // world
-
-
 def dispatch(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int,
              group=None) -> tuple[torch.Tensor, torch.Tensor, DispatchLayout]:
     """x [T, H], topk_ids / topk_weights [T, k] (global expert ids, -1 = dropped) ->
     (rows [R, H] grouped by local expert then source rank, their weights [R], layout)."""
-    W = ps.world_size(group)
-    local = _split(num_experts, W)
-    T, k = topk_ids.shape
-    flat = topk_ids.flatten()
-    keep = flat >= 0
-    order = torch.argsort(torch.where(keep, flat, num_experts), stable=True)[: int(keep.sum())]  # [S]
-    send_matrix = torch.bincount(flat[keep], minlength=num_experts).reshape(W, local).cpu()  # [W, E_local]
-    recv_matrix = torch.empty_like(send_matrix)
-    dist.all_to_all_single(recv_matrix, send_matrix, group=group)  # counts first: sizes for the rows
-    send_counts, recv_counts = send_matrix.sum(1).tolist(), recv_matrix.sum(1).tolist()
-    token = order // k
-    sent = x[token]  # [S, H], destination-major, then local expert
-    weight = topk_weights.flatten()[order]
+    plan = plan_sends(topk_ids, num_experts, ps.world_size(group))
+    recv_matrix = torch.empty_like(plan.matrix)
+    dist.all_to_all_single(recv_matrix, plan.matrix, group=group)  # counts first: sizes for the rows
+    send_counts, recv_counts = plan.counts, recv_matrix.sum(1).tolist()
+    weight = topk_weights.flatten()[plan.order]
     rows = x.new_empty(sum(recv_counts), x.shape[1])
     weights = weight.new_empty(sum(recv_counts))
-    dist.all_to_all_single(rows, sent, recv_counts, send_counts, group=group)
+    dist.all_to_all_single(rows, x[plan.token], recv_counts, send_counts, group=group)
     dist.all_to_all_single(weights, weight, recv_counts, send_counts, group=group)
-    # received: source-major, each source's rows expert-major; regroup expert-major, source-minor
-    starts = torch.cumsum(recv_matrix.flatten(), 0) - recv_matrix.flatten()  # [W * E_local] start of (src, e)
-    regroup = torch.cat([torch.arange(int(starts[s * local + e]), int(starts[s * local + e] + recv_matrix[s, e]))
-                         for e in range(local) for s in range(W)] or [torch.zeros(0, dtype=torch.long)])
-    offsets = torch.zeros(local + 1, dtype=torch.long)
-    offsets[1:] = torch.cumsum(recv_matrix.sum(0), 0)
+    regroup, offsets = regroup_index(recv_matrix)
     regroup = regroup.to(x.device)
-    layout = DispatchLayout(token, weight, send_counts, recv_counts, regroup, offsets, recv_matrix, T)
+    layout = DispatchLayout(plan.token, weight, send_counts, recv_counts, regroup, offsets, recv_matrix,
+                            x.shape[0])
     return rows[regroup], weights[regroup], layout
 
 

@@ -1,0 +1,233 @@
+"""Expert-parallel dispatch and combine over the symmetric heap: rows `put` straight into the destination
+rank's receive buffer, one ready flag per source rank (Triton-distributed's `EPAll2AllLayer`,
+arXiv 2504.19442; DeepEP's intranode kernels do the same over NVLink).
+
+Dispatch, one launch of 2W programs: program p < W sends to peer (me + p) % W (a circular order, so
+the ranks do not all write to rank 0 first): this rank's rows for that peer into the peer's
+`recv[me]`, their weights, the per-expert counts and where the rows start in this rank's send order,
+then raises `sig_d[me]` on the peer to the call's epoch (a release: the data is visible first). A rank
+that sends nothing to a peer still raises its flag. Programs W + s wait for source s's flag. Combine
+sends each source's processed rows back into its `ret`, at the positions its send order gave them,
+with flags `sig_c`; the routing weights are applied at home on the host.
+
+Buffers are sized at context creation for the worst case (every pair of every source to one rank:
+tokens x top-k rows per source), never reallocated. Flags carry epochs, so nothing is reset between
+calls; every wait is bounded and a timeout raises naming the rank and the flag. One host barrier per
+dispatch makes sure every peer has consumed the previous call's buffers, and agrees on errors (a token
+count over capacity, or ranks with different shapes, raise on every rank).
+This module implements real ranks (one process each); the kernel also takes virtual ranks (grid axis 1)
+for a single-GPU check, whose host side is still to come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from tessera.dist import lang as dl
+from tessera.dist import parallel_state as ps
+from tessera.kernels.moe.ep_layout import experts_per_rank, plan_sends, regroup_index
+
+
+@triton.jit
+def _push_rows(src, dst, w_src, w_dst, row_lo, n_rows, dst_row0, H, peer, me, bases,
+               HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows src[row_lo : row_lo + n_rows] -> peer's dst[dst_row0 : ...] (and their weights when HAS_W)."""
+    for r0 in range(0, n_rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        rm = r < n_rows
+        for h0 in range(0, H, BLOCK_H):
+            c = h0 + tl.arange(0, BLOCK_H)
+            m = rm[:, None] & (c[None, :] < H)
+            vals = tl.load(src + (row_lo + r[:, None]) * H + c[None, :], mask=m)
+            dl.tile_push_data(dst + (dst_row0 + r[:, None]) * H + c[None, :], vals, m, peer, me, bases)
+        if HAS_W:
+            dl.tile_push_data(w_dst + dst_row0 + r, tl.load(w_src + row_lo + r, mask=rm), rm, peer, me, bases)
+
+
+@triton.jit
+def _dispatch_kernel(send, send_w, send_off, send_cnt, recv, recv_w, recv_meta, sig, err, epoch, H, S_cap, EL,
+                     rank, world, bases, max_spins,
+                     BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, VIRTUAL: tl.constexpr):
+    pid = tl.program_id(0)
+    me = dl.rank(rank, VIRTUAL)
+    W = dl.num_ranks(world, VIRTUAL)
+    send = dl.localize(send, rank, me, bases, VIRTUAL)  # [S_cap, H] my rows, destination-major
+    send_w = dl.localize(send_w, rank, me, bases, VIRTUAL)  # [S_cap]
+    send_off = dl.localize(send_off, rank, me, bases, VIRTUAL)  # [W + 1] first row per destination
+    send_cnt = dl.localize(send_cnt, rank, me, bases, VIRTUAL)  # [W, EL] rows per destination and local expert
+    recv = dl.localize(recv, rank, me, bases, VIRTUAL)  # [W, S_cap, H] by source
+    recv_w = dl.localize(recv_w, rank, me, bases, VIRTUAL)  # [W, S_cap]
+    recv_meta = dl.localize(recv_meta, rank, me, bases, VIRTUAL)  # [W, EL + 1]: counts, then send offset
+    sig = dl.localize(sig, rank, me, bases, VIRTUAL)  # [W] ready flag per source
+    err = dl.localize(err, rank, me, bases, VIRTUAL)
+    if pid < W:
+        peer = (me + pid) % W
+        lo = tl.load(send_off + peer)
+        n = tl.load(send_off + peer + 1) - lo
+        _push_rows(send, recv + me * S_cap * H, send_w, recv_w + me * S_cap, lo, n, 0, H, peer, me, bases,
+                   True, BLOCK_R, BLOCK_H)
+        e = tl.arange(0, BLOCK_E)
+        meta = tl.where(e < EL, tl.load(send_cnt + peer * EL + e, mask=e < EL, other=0), lo)
+        dl.tile_push_data(recv_meta + me * (EL + 1) + e, meta, e < EL + 1, peer, me, bases)
+        dl.notify(sig + me, peer, epoch, me, bases)
+    else:
+        dl.wait(sig + (pid - W), epoch, max_spins, err)
+
+
+@triton.jit
+def _combine_kernel(back, ret, recv_meta, sig, err, epoch, H, S_cap, EL, rank, world, bases, max_spins,
+                    BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, VIRTUAL: tl.constexpr):
+    pid = tl.program_id(0)
+    me = dl.rank(rank, VIRTUAL)
+    W = dl.num_ranks(world, VIRTUAL)
+    back = dl.localize(back, rank, me, bases, VIRTUAL)  # [W, S_cap, H] processed rows by source
+    ret = dl.localize(ret, rank, me, bases, VIRTUAL)  # [S_cap, H] my rows, home again, in send order
+    recv_meta = dl.localize(recv_meta, rank, me, bases, VIRTUAL)
+    sig = dl.localize(sig, rank, me, bases, VIRTUAL)
+    err = dl.localize(err, rank, me, bases, VIRTUAL)
+    if pid < W:
+        peer = (me + pid) % W
+        n = tl.zeros((), dtype=tl.int64)  # typed like the counts: the compiler rejects an i32 -> i64 loop carry
+        for e in range(EL):
+            n += tl.load(recv_meta + peer * (EL + 1) + e)
+        row0 = tl.load(recv_meta + peer * (EL + 1) + EL)  # where the peer's rows for me start in its send order
+        _push_rows(back + peer * S_cap * H, ret, back, ret, 0, n, row0, H, peer, me, bases, False, BLOCK_R, BLOCK_H)
+        dl.notify(sig + me, peer, epoch, me, bases)
+    else:
+        dl.wait(sig + (pid - W), epoch, max_spins, err)
+
+
+@dataclass
+class EPA2AContext:
+    heap: object
+    max_tokens: int  # per rank and call
+    top_k: int
+    hidden: int
+    num_experts: int
+    dtype: torch.dtype
+    send: torch.Tensor  # heap [S_cap, H]
+    send_w: torch.Tensor  # heap [S_cap] fp32
+    send_off: torch.Tensor  # heap [W + 1] int64
+    send_cnt: torch.Tensor  # heap [W, EL] int64
+    recv: torch.Tensor  # heap [W, S_cap, H]
+    recv_w: torch.Tensor  # heap [W, S_cap] fp32
+    recv_meta: torch.Tensor  # heap [W, EL + 1] int64
+    back: torch.Tensor  # heap [W, S_cap, H]
+    ret: torch.Tensor  # heap [S_cap, H]
+    sig_d: torch.Tensor  # heap [W] int64
+    sig_c: torch.Tensor  # heap [W] int64
+    timeout_s: float | None
+    max_spins: int
+    epoch: int = 0
+
+    @property
+    def rows_cap(self) -> int:
+        return self.max_tokens * self.top_k
+
+
+def ep_a2a_heap_bytes(world: int, max_tokens: int, top_k: int, hidden: int, num_experts: int,
+                      dtype: torch.dtype) -> int:
+    """Heap bytes `create_ep_a2a_context` needs (plus alignment slack)."""
+    S, el, b = max_tokens * top_k, num_experts // max(world, 1), torch.tensor([], dtype=dtype).element_size()
+    rows = (S + 2 * world * S + S) * hidden * b
+    small = 4 * S + 4 * world * S + 8 * (world + 1 + world * el + world * (el + 1) + 2 * world)
+    return rows + small + 16 * 64
+
+
+def create_ep_a2a_context(heap, max_tokens: int, top_k: int, hidden: int, num_experts: int,
+                          dtype: torch.dtype = torch.float32,
+                          timeout_s: float | None = None) -> EPA2AContext:
+    """Collective: buffers for up to `max_tokens` tokens per rank and call, sized for the worst case."""
+    W = heap.world
+    args = {"max_tokens": max_tokens, "top_k": top_k, "hidden": hidden, "num_experts": num_experts,
+            "dtype": str(dtype)}
+    bad = None
+    try:
+        EL = experts_per_rank(num_experts, W)
+        if min(max_tokens, top_k, hidden) < 1:
+            raise ValueError(f"ep dispatch: max_tokens, top_k and hidden must be >= 1, got {args}")
+        if heap.nbytes < ep_a2a_heap_bytes(W, max_tokens, top_k, hidden, num_experts, dtype):
+            raise ValueError(f"ep dispatch: the heap holds {heap.nbytes} bytes, these buffers need "
+                             f"{ep_a2a_heap_bytes(W, max_tokens, top_k, hidden, num_experts, dtype)}")
+    except ValueError as e:
+        bad, EL = str(e), 1
+    ps.check_consistent("create_ep_a2a_context", args, heap.group, bad)
+    S = max_tokens * top_k
+    t = heap.tensor
+    return EPA2AContext(heap, max_tokens, top_k, hidden, num_experts, dtype,
+                        t((S, hidden), dtype, "ep.send"), t((S,), torch.float32, "ep.send_w"),
+                        t((W + 1,), torch.int64, "ep.send_off"), t((W, EL), torch.int64, "ep.send_cnt"),
+                        t((W, S, hidden), dtype, "ep.recv"), t((W, S), torch.float32, "ep.recv_w"),
+                        t((W, EL + 1), torch.int64, "ep.recv_meta"), t((W, S, hidden), dtype, "ep.back"),
+                        t((S, hidden), dtype, "ep.ret"), t((W,), torch.int64, "ep.sig_d"),
+                        t((W,), torch.int64, "ep.sig_c"), timeout_s, dl.spins_for(timeout_s, heap.device))
+
+
+@dataclass
+class FusedLayout:
+    token: torch.Tensor  # [S] token of each row sent, in send order
+    weight: torch.Tensor  # [S]
+    regroup: torch.Tensor  # [R] source-major received row of each expert-major row
+    expert_offsets: torch.Tensor  # [EL + 1] (CPU)
+    recv_matrix: torch.Tensor  # [W, EL] (CPU)
+    num_tokens: int
+
+
+def _blocks(hidden: int) -> dict:
+    return {"BLOCK_R": 16, "BLOCK_H": min(128, triton.next_power_of_2(hidden))}
+
+
+def dispatch_fused(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, ctx: EPA2AContext):
+    """Same contract as `tessera.parallel.ep_dispatch.dispatch`: (rows [R, H] expert-major, weights, layout)."""
+    h, W = ctx.heap, ctx.heap.world
+    T = x.shape[0]
+    err = None
+    if T > ctx.max_tokens or x.shape[1:] != (ctx.hidden,) or x.dtype != ctx.dtype or topk_ids.shape != (T, ctx.top_k):
+        err = (f"ep dispatch: expected at most {ctx.max_tokens} tokens of [{ctx.hidden}] {ctx.dtype} with top-"
+               f"{ctx.top_k} ids, got x {tuple(x.shape)} {x.dtype}, ids {tuple(topk_ids.shape)}")
+    else:
+        plan = plan_sends(topk_ids, ctx.num_experts, W)
+        S = len(plan.token)
+        ctx.send[:S].copy_(x[plan.token])
+        weight = topk_weights.flatten()[plan.order]
+        ctx.send_w[:S].copy_(weight)
+        ctx.send_off.copy_(torch.tensor([0, *torch.cumsum(plan.matrix.sum(1), 0).tolist()]))
+        ctx.send_cnt.copy_(plan.matrix)
+    ctx.epoch += 1
+    h.barrier(err, "ep dispatch")  # peers are done with the previous call's buffers; errors on every rank
+    EL = ctx.send_cnt.shape[1]
+    _dispatch_kernel[(2 * W,)](ctx.send, ctx.send_w, ctx.send_off, ctx.send_cnt, ctx.recv, ctx.recv_w,
+                               ctx.recv_meta, ctx.sig_d, h.err, ctx.epoch, ctx.hidden, ctx.rows_cap, EL, h.rank,
+                               W, h.bases, ctx.max_spins, BLOCK_E=triton.next_power_of_2(EL + 1), VIRTUAL=False,
+                               **_blocks(ctx.hidden))
+    dl.raise_on_wait_error(h, ctx.timeout_s, "ep dispatch")
+    recv_matrix = ctx.recv_meta[:, :EL].cpu()
+    counts = recv_matrix.sum(1).tolist()
+    rows = torch.cat([ctx.recv[s, :n] for s, n in enumerate(counts)])  # source-major
+    weights = torch.cat([ctx.recv_w[s, :n] for s, n in enumerate(counts)])
+    regroup, offsets = regroup_index(recv_matrix)
+    regroup = regroup.to(x.device)
+    layout = FusedLayout(plan.token, weight, regroup, offsets, recv_matrix, T)
+    return rows[regroup], weights[regroup], layout
+
+
+def combine_fused(rows: torch.Tensor, layout: FusedLayout, ctx: EPA2AContext) -> torch.Tensor:
+    """rows [R, H] in dispatch order -> [T, H], each token's rows weighted and summed at home."""
+    h, W = ctx.heap, ctx.heap.world
+    counts = layout.recv_matrix.sum(1).tolist()
+    source_major = torch.empty_like(rows)
+    source_major[layout.regroup] = rows
+    for s, chunk in enumerate(source_major.split(counts)):
+        ctx.back[s, : len(chunk)].copy_(chunk)
+    # no barrier: every peer passed this call's dispatch barrier, so it is done with the last `ret`
+    _combine_kernel[(2 * W,)](ctx.back, ctx.ret, ctx.recv_meta, ctx.sig_c, h.err, ctx.epoch, ctx.hidden,
+                              ctx.rows_cap, layout.recv_matrix.shape[1], h.rank, W, h.bases, ctx.max_spins,
+                              VIRTUAL=False, **_blocks(ctx.hidden))
+    dl.raise_on_wait_error(h, ctx.timeout_s, "ep combine")
+    S = len(layout.token)
+    out = rows.new_zeros(layout.num_tokens, rows.shape[1])
+    return out.index_add_(0, layout.token, ctx.ret[:S] * layout.weight[:, None].to(rows.dtype))
