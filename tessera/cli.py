@@ -46,63 +46,65 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="int8 (w8a8) or int4-weight (w4a8) linear layers")
 
 
+def _parallel_group(p: argparse.ArgumentParser, title: str, flag: str, n_help: str, backend_flag: str,
+                    backend_help: str, doc: str) -> None:
+    g = p.add_argument_group(title, f"one process per rank: torchrun --nproc-per-node N -m tessera ... {flag} N; {doc}")
+    g.add_argument(flag, type=int, default=1, help=n_help)
+    g.add_argument(backend_flag, default=None, choices=["torch", "fused"], help=backend_help)
+
+
 def _tp_options(p: argparse.ArgumentParser) -> None:
-    t = p.add_argument_group("tensor parallelism (--tp)",
-                             "one process per rank: torchrun --nproc-per-node N -m tessera ... --tp N; "
-                             "docs/distributed.md")
-    t.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (default 1: no parallelism)")
-    t.add_argument("--tp-backend", default=None, choices=["torch", "fused"],
-                   help="how row-parallel layers reduce: torch (dist.all_reduce, the default) or fused "
-                        "(TileLink-style Triton AllReduce over the symmetric heap; on CPU needs TRITON_INTERPRET=1)")
-    e = p.add_argument_group("expert parallelism (--ep)",
-                             "MoE models, one process per rank: torchrun --nproc-per-node N -m tessera ... --ep N; "
-                             "docs/moe.md")
-    e.add_argument("--ep", type=int, default=1, help="expert-parallel ranks: each keeps num_experts / N experts")
-    e.add_argument("--moe-backend", default=None, choices=["torch", "fused"],
-                   help="token dispatch / combine: torch (all_to_all_single, the default) or fused (Triton puts "
-                        "into the peers' buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)")
+    _parallel_group(p, "tensor parallelism (--tp)", "--tp", "tensor-parallel ranks (default 1: no parallelism)",
+                    "--tp-backend", "how row-parallel layers reduce: torch (dist.all_reduce, the default) or fused "
+                    "(TileLink-style Triton AllReduce over the symmetric heap; on CPU needs TRITON_INTERPRET=1)",
+                    "docs/distributed.md")
+    _parallel_group(p, "expert parallelism (--ep, MoE models)", "--ep",
+                    "expert-parallel ranks: each keeps num_experts / N experts", "--moe-backend",
+                    "token dispatch / combine: torch (all_to_all_single, the default) or fused (Triton puts into the "
+                    "peers' buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)", "docs/moe.md")
 
 
-def _check_ep(args) -> tuple[int, str]:
-    """(expert-parallel ranks, dispatch backend), or a one-line error for a combination that cannot run."""
-    ep, backend = getattr(args, "ep", 1), getattr(args, "moe_backend", None)
-    if ep < 1:
-        raise ValueError(f"--ep must be >= 1, got {ep}")
-    if backend is not None and ep == 1:
-        raise ValueError(f"--moe-backend {backend} needs --ep N with N > 1: one process dispatches nothing")
+def _check_ranks(args, n: int, flag: str, backend: str | None, backend_flag: str, what: str) -> None:
+    """One-line errors shared by --tp and --ep (n ranks, an optional backend choice)."""
+    if n < 1:
+        raise ValueError(f"{flag} must be >= 1, got {n}")
+    if backend is not None and n == 1:
+        raise ValueError(f"{backend_flag} {backend} needs {flag} N with N > 1: one process has nothing to {what}")
+    if getattr(args, "quant", "none") != "none" and n > 1:
+        raise ValueError(f"--quant with {flag} > 1 is not supported: the int8/int4 linears have no sharded form yet")
+    if n > 1 and "RANK" not in os.environ:
+        raise ValueError(f"{flag} {n} runs one process per rank: "
+                         f"torchrun --nproc-per-node {n} -m tessera {args.cmd} {flag} {n} ...")
+    # Triton has no CPU target: there the fused kernels only run in its interpreter, which Triton
+    # selects when a kernel is defined, so the variable must be set before tessera imports them
     if backend == "fused" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("--moe-backend fused on CPU runs the Triton kernels in Triton's interpreter: "
+        raise ValueError(f"{backend_flag} fused on CPU runs the Triton kernels in Triton's interpreter: "
                          "set TRITON_INTERPRET=1 (slow, for testing) or use --device cuda")
-    if ep > 1:
-        if getattr(args, "tp", 1) > 1:
-            raise ValueError("--tp and --ep together are not supported yet: choose one")
-        if getattr(args, "quant", "none") != "none":
-            raise ValueError("--quant with --ep > 1 is not supported: the quantized experts have no sharded form yet")
-        if "RANK" not in os.environ:
-            raise ValueError(f"--ep {ep} runs one process per rank: "
-                             f"torchrun --nproc-per-node {ep} -m tessera {args.cmd} --ep {ep} ...")
-    return ep, backend or "torch"
 
 
 def _check_tp(args) -> tuple[int, str]:
     """(ranks, backend), or a one-line error for a combination that cannot run."""
     tp_size, backend = getattr(args, "tp", 1), getattr(args, "tp_backend", None)
-    if tp_size < 1:
-        raise ValueError(f"--tp must be >= 1, got {tp_size}")
-    if backend is not None and tp_size == 1:
-        raise ValueError(f"--tp-backend {backend} needs --tp N with N > 1: one process has nothing to reduce")
-    if getattr(args, "quant", "none") != "none" and tp_size > 1:
-        raise ValueError("--quant with --tp > 1 is not supported: the int8/int4 linears have no sharded form yet")
-    if tp_size > 1 and "RANK" not in os.environ:
-        raise ValueError(f"--tp {tp_size} runs one process per rank: "
-                         f"torchrun --nproc-per-node {tp_size} -m tessera {args.cmd} --tp {tp_size} ...")
-    backend = backend or "torch"
-    # Triton has no CPU target: there the fused kernels only run in its interpreter, which Triton
-    # selects when a kernel is defined, so the variable must be set before tessera imports them
-    if backend == "fused" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("--tp-backend fused on CPU runs the Triton kernels in Triton's interpreter: "
-                         "set TRITON_INTERPRET=1 (slow, for testing) or use --device cuda")
-    return tp_size, backend
+    _check_ranks(args, tp_size, "--tp", backend, "--tp-backend", "reduce")
+    return tp_size, backend or "torch"
+
+
+def _check_ep(args) -> tuple[int, str]:
+    """(expert-parallel ranks, dispatch backend), or a one-line error for a combination that cannot run."""
+    ep, backend = getattr(args, "ep", 1), getattr(args, "moe_backend", None)
+    if ep > 1 and getattr(args, "tp", 1) > 1:
+        raise ValueError("--tp and --ep together are not supported yet: choose one")
+    _check_ranks(args, ep, "--ep", backend, "--moe-backend", "dispatch")
+    return ep, backend or "torch"
+
+
+def _init_ranks(args, n: int, flag: str) -> None:
+    """Under torchrun: the default process group, which must have exactly n ranks."""
+    from tessera.dist import parallel_state as ps
+
+    ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
+    if ps.world_size() != n:
+        raise ValueError(f"{flag} {n} but torchrun started {ps.world_size()} processes")
 
 
 def _llm(args):
@@ -116,24 +118,17 @@ def _llm(args):
         from tessera.quant import quantize_model
 
         quantize_model(llm.model, quant)  # module swap + state-dict conversion, lm_head stays fp
-    if tp_size > 1:
-        # under torchrun: every rank loads the full model, then keeps its shard (Megatron-style)
-        from tessera.dist import parallel_state as ps
+    if tp_size > 1:  # every rank loads the full model, then keeps its shard (Megatron-style)
         from tessera.parallel import tp
 
-        ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
-        if ps.world_size() != tp_size:
-            raise ValueError(f"--tp {tp_size} but torchrun started {ps.world_size()} processes")
+        _init_ranks(args, tp_size, "--tp")
         tp.shard_model(llm.model, mode=tp_backend)
     if ep_size > 1:
         # every rank loads the full model, keeps its experts and serves the same requests (greedy: the same
         # steps on every rank, so the dispatch collectives line up)
-        from tessera.dist import parallel_state as ps
         from tessera.parallel.ep import shard_experts
 
-        ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
-        if ps.world_size() != ep_size:
-            raise ValueError(f"--ep {ep_size} but torchrun started {ps.world_size()} processes")
+        _init_ranks(args, ep_size, "--ep")
         shard_experts(llm.model, backend=ep_backend)
     return llm
 
