@@ -33,10 +33,10 @@ train: $(STAMP)
 		--ruler-share 0.5 --repeat-share 0.05
 
 # The embedded MoE reasoner (tessera/assets/tiny-moe-reasoner): Mixtral format, 8 experts of width 256, top-2,
-# from scratch on the reasoning task, a load-balancing loss, 2,600 optimizer steps (a step budget: a loaded
+# from scratch on the reasoning task, a load-balancing loss, 2,000 optimizer steps (a step budget: a loaded
 # machine takes longer instead of training less). Log: benchmarks/results/train_moe_cpu.log.
 train-moe: $(STAMP)
-	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2600 --eval-every 200 \
+	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2000 --eval-every 200 \
 		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe
 
 # Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on

@@ -5,8 +5,9 @@
 - `loop`: one token and one slot at a time; the plain reference the others are tested against.
 - `sorted`: the (token, slot) pairs sorted by expert, then one gate/up GEMM and one down GEMM per
   non-empty expert over its contiguous rows (MegaBlocks' "permute, group, un-permute", arXiv 2211.15841,
-  without the block-sparse kernels). The CPU default.
-- `grouped_mm`: the same permutation, then `torch._grouped_mm` over all experts in one call.
+  without the block-sparse kernels). The CPU default above `GROUPED_MM_MAX_TOKENS` tokens (prefill).
+- `grouped_mm`: the same permutation, then `torch._grouped_mm` over all experts in one call. The CPU default
+  up to `GROUPED_MM_MAX_TOKENS` tokens (decode).
 - `triton`: the same permutation, then the grouped GEMM of `tessera.kernels.moe.grouped_gemm`.
 - `capacity`: for training only. Every expert gets a fixed number of slots, C = capacity_factor * T * k / E
   (GShard, arXiv 2006.16668; Switch Transformer, arXiv 2101.03961), one batched matmul over [E, C, H], and
@@ -115,7 +116,7 @@ def experts_capacity(x, ids, weights, gate_up, down, capacity_factor: float = CA
     h = swiglu_rows(torch.bmm(buf, gate_up.transpose(1, 2)))  # [E, C, I]
     y = torch.bmm(h, down.transpose(1, 2)).reshape(E * C, H)[dst.clamp(max=E * C - 1)]  # [T k, H]
     w = (weights.flatten()[order] * keep).to(y.dtype)  # 0 for the dropped pairs
-    return x.new_zeros(T, H).index_add(0, token, y * w[:, None])
+    return x.new_zeros(T, H).index_add(0, token, (y * w[:, None]).to(x.dtype))  # bf16 rows under autocast
 
 
 def combine(x, p: Permutation, y):  # y [R, H] in expert order -> [T, H], weighted and summed per token
@@ -127,9 +128,19 @@ _IMPL = {"loop": experts_loop, "sorted": experts_sorted, "grouped_mm": experts_g
          "triton": experts_triton, "capacity": experts_capacity}
 
 
+#: CPU, `auto`: torch._grouped_mm up to this many tokens (decode), the sorted loop above it (prefill). Measured
+#: on a 2-vCPU Zen 4 EPYC, embedded MoE shapes (benchmarks/results/moe_experts_cpu.md): grouped_mm 1.12-1.33x
+#: the sorted loop at 8-256 tokens, 0.90x at 2,048.
+GROUPED_MM_MAX_TOKENS = 256
+
+
 def run(backend: str, x, ids, weights, gate_up, down, capacity_factor: float = CAPACITY_FACTOR) -> torch.Tensor:
     if backend == "auto":
-        backend = "triton" if x.is_cuda else "sorted"
+        if x.is_cuda:
+            backend = "triton"
+        else:
+            small = x.shape[0] <= GROUPED_MM_MAX_TOKENS and hasattr(torch, "_grouped_mm")
+            backend = "grouped_mm" if small else "sorted"
     if backend not in _IMPL:
         raise ValueError(f"unknown experts backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "capacity":
