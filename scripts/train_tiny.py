@@ -60,6 +60,9 @@ def _init_worker(tok_dir):
     _TOK = Tokenizer(tok_dir)
 
 
+MOD_WEIGHT = [False]  # --weight-mod-digits: the digit after every `mod 10 is` counts like a far copy
+
+
 def encode_problem(seed_share):
     """(seed, short_share) -> (token ids of prompt + trace + </s>, prompt length, positions of the
     far copies: the step count restated from the prompt and `r1` at the end)."""
@@ -70,7 +73,11 @@ def encode_problem(seed_share):
     p = make_problem(s, d)
     prompt = _TOK.encode(p.prompt)
     trace = _TOK.encode(p.solution, add_bos=False)  # one token per word: far_copies index it directly
-    return prompt + trace + [_TOK.eos_id], len(prompt), [len(prompt) + i for i in p.far_copies]
+    weighted = list(p.far_copies)
+    if MOD_WEIGHT[0]:
+        words = p.solution.split()
+        weighted += [i for i in range(3, len(words)) if words[i - 3:i] == ["mod", "10", "is"]]
+    return prompt + trace + [_TOK.eos_id], len(prompt), [len(prompt) + i for i in weighted]
 
 
 def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train_prompt=True):
@@ -195,6 +202,9 @@ def main():
     ap.add_argument("--capacity-factor", type=float, default=1.25,
                     help="MoE: expert slots per expert during training, in units of the even share T k / E")
     ap.add_argument("--eval-every", type=int, default=50, help="teacher-forced held-out evaluation every N steps")
+    ap.add_argument("--weight-mod-digits", action="store_true",
+                    help="weight the digit after every 'mod 10 is' like the far copies (--far-weight): the slips "
+                         "the first MoE reasoner made ('12 , mod 10 is 0')")
     ap.add_argument("--arch", choices=("dense", "moe"), default="dense")
     ap.add_argument("--aux-weight", type=float, default=0.01,
                     help="MoE: weight of the load-balancing loss (1.0 = perfectly even routing)")
@@ -218,6 +228,7 @@ def main():
             torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * cfg.num_hidden_layers) if "o_proj" in name or "down_proj" in name else 1))
     _MOE_BLOCKS[:] = model.moe_blocks().values()
     AUX_WEIGHT[0] = args.aux_weight
+    MOD_WEIGHT[0] = args.weight_mod_digits
     for b in _MOE_BLOCKS:
         b.experts.backend = "capacity"  # training only: exact backends at inference (saved files carry no backend)
         b.experts.capacity_factor = args.capacity_factor

@@ -110,8 +110,8 @@ def _init_ranks(args, n: int, flag: str) -> None:
 def _llm(args):
     from tessera.engine import LLM
 
+    ep_size, ep_backend = _check_ep(args)  # first: it names the --tp / --ep combination
     tp_size, tp_backend = _check_tp(args)
-    ep_size, ep_backend = _check_ep(args)
     quant = getattr(args, "quant", "none")
     llm = LLM.load(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
     if quant != "none":

@@ -81,5 +81,5 @@ def test_unknown_architecture(tmp_path):
     import json
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ValueError, match="unsupported architecture"):
+    with pytest.raises(ValueError, match="unsupported model_type .gpt2.; supported: llama"):
         load_model(tmp_path)
