@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tessera.kernels.moe.ep_layout import plan_sends
+
 BACKENDS = ("auto", "loop", "sorted", "grouped_mm", "triton", "capacity")
 CAPACITY_FACTOR = 2.0
 
@@ -39,14 +41,12 @@ class Permutation:
 
 
 def permute(ids: torch.Tensor, weights: torch.Tensor, num_experts: int) -> Permutation:
-    """ids, weights [T, k] -> the (token, slot) pairs grouped by expert, dropped slots (id < 0) left out."""
-    flat = ids.flatten()
-    keep = flat >= 0
-    order = torch.argsort(torch.where(keep, flat, num_experts), stable=True)[: int(keep.sum())]  # [R]
-    counts = torch.bincount(flat[keep], minlength=num_experts).cpu()
+    """ids, weights [T, k] -> the (token, slot) pairs grouped by expert, dropped slots (id < 0) left out:
+    expert parallelism's send plan for a single rank."""
+    plan = plan_sends(ids, num_experts, world=1)
     offsets = torch.zeros(num_experts + 1, dtype=torch.long)
-    offsets[1:] = torch.cumsum(counts, 0)
-    return Permutation(order // ids.shape[1], weights.flatten()[order], offsets)
+    offsets[1:] = torch.cumsum(plan.matrix[0], 0)
+    return Permutation(plan.token, weights.flatten()[plan.order], offsets)
 
 
 def swiglu_rows(h: torch.Tensor) -> torch.Tensor:  # [R, 2I] (gate | up) -> [R, I]
@@ -66,16 +66,21 @@ def experts_loop(x, ids, weights, gate_up, down):
     return out
 
 
-def grouped_swiglu(rows: torch.Tensor, offsets: torch.Tensor, gate_up, down) -> torch.Tensor:
+def per_expert(rows: torch.Tensor, offsets: torch.Tensor, expert_fn) -> torch.Tensor:
     """rows [R, H] grouped by expert (expert e owns rows offsets[e]:offsets[e + 1], offsets a CPU tensor)
-    -> each row through its expert, unweighted [R, H]: one gate/up and one down GEMM per non-empty expert."""
+    -> expert_fn(e, its rows) for every non-empty expert, written back in place of its rows [R, H]."""
     y = torch.empty_like(rows)
     bounds = offsets.tolist()
-    for e in range(gate_up.shape[0]):
+    for e in range(len(bounds) - 1):
         s, t = bounds[e], bounds[e + 1]
         if t > s:
-            y[s:t] = swiglu_rows(rows[s:t] @ gate_up[e].T) @ down[e].T
+            y[s:t] = expert_fn(e, rows[s:t])
     return y
+
+
+def grouped_swiglu(rows: torch.Tensor, offsets: torch.Tensor, gate_up, down) -> torch.Tensor:
+    """Each row through its expert, unweighted [R, H]: one gate/up and one down GEMM per non-empty expert."""
+    return per_expert(rows, offsets, lambda e, r: swiglu_rows(r @ gate_up[e].T) @ down[e].T)
 
 
 def experts_sorted(x, ids, weights, gate_up, down):

@@ -35,13 +35,7 @@ class LinearExperts(nn.Module):
 
     def forward(self, x, ids, weights):  # x [T, H], ids / weights [T, k] -> [T, H]
         p = X.permute(ids, weights, len(self.gate_up))
-        rows = x[p.token]  # [R, H]
-        y = torch.empty_like(rows)
-        bounds = p.offsets.tolist()
-        for e in range(len(self.gate_up)):
-            s, t = bounds[e], bounds[e + 1]
-            if t > s:
-                y[s:t] = self.down[e](X.swiglu_rows(self.gate_up[e](rows[s:t])))
+        y = X.per_expert(x[p.token], p.offsets, lambda e, r: self.down[e](X.swiglu_rows(self.gate_up[e](r))))
         return X.combine(x, p, y)
 
 
