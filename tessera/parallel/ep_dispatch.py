@@ -16,27 +16,11 @@ give back x * sum(weights). This is the reference and the CPU path; overlapped a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
 from tessera.dist import parallel_state as ps
-from tessera.kernels.moe.ep_layout import plan_sends, regroup_index
-
-
-@dataclass
-class DispatchLayout:
-    """What combine needs to send rows home, and what the experts need to find theirs."""
-
-    token: torch.Tensor  # [S] the token of each row this rank sent, in send order
-    weight: torch.Tensor  # [S] its routing weight
-    send_counts: list[int]  # rows sent to each rank
-    recv_counts: list[int]  # rows received from each rank
-    regroup: torch.Tensor  # [R] received row (source-major) of each row in expert-major order
-    expert_offsets: torch.Tensor  # [E_local + 1] (CPU): local expert e owns rows offsets[e]:offsets[e + 1]
-    recv_matrix: torch.Tensor  # [W, E_local] (CPU): rows received from each source rank per local expert
-    num_tokens: int
+from tessera.kernels.moe.ep_layout import DispatchLayout, make_layout, plan_sends
 
 
 def dispatch(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int,
@@ -46,24 +30,18 @@ def dispatch(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     plan = plan_sends(topk_ids, num_experts, ps.world_size(group))
     recv_matrix = torch.empty_like(plan.matrix)
     dist.all_to_all_single(recv_matrix, plan.matrix, group=group)  # counts first: sizes for the rows
-    send_counts, recv_counts = plan.counts, recv_matrix.sum(1).tolist()
     weight = topk_weights.flatten()[plan.order]
-    rows = x.new_empty(sum(recv_counts), x.shape[1])
-    weights = weight.new_empty(sum(recv_counts))
-    dist.all_to_all_single(rows, x[plan.token], recv_counts, send_counts, group=group)
-    dist.all_to_all_single(weights, weight, recv_counts, send_counts, group=group)
-    regroup, offsets = regroup_index(recv_matrix)
-    regroup = regroup.to(x.device)
-    layout = DispatchLayout(plan.token, weight, send_counts, recv_counts, regroup, offsets, recv_matrix,
-                            x.shape[0])
-    return rows[regroup], weights[regroup], layout
+    layout = make_layout(plan, weight, recv_matrix, x.shape[0], x.device)
+    rows = x.new_empty(sum(layout.recv_counts), x.shape[1])
+    weights = weight.new_empty(sum(layout.recv_counts))
+    dist.all_to_all_single(rows, x[plan.token], layout.recv_counts, layout.send_counts, group=group)
+    dist.all_to_all_single(weights, weight, layout.recv_counts, layout.send_counts, group=group)
+    return rows[layout.regroup], weights[layout.regroup], layout
 
 
 def combine(rows: torch.Tensor, layout: DispatchLayout, group=None) -> torch.Tensor:
     """rows [R, H] in dispatch's output order -> [T, H]: each token's rows, weighted and summed at home."""
-    source_major = torch.empty_like(rows)
-    source_major[layout.regroup] = rows
     back = rows.new_empty(len(layout.token), rows.shape[1])
-    dist.all_to_all_single(back, source_major, layout.send_counts, layout.recv_counts, group=group)
+    dist.all_to_all_single(back, layout.source_major(rows), layout.send_counts, layout.recv_counts, group=group)
     out = rows.new_zeros(layout.num_tokens, rows.shape[1])
     return out.index_add_(0, layout.token, back * layout.weight[:, None].to(back.dtype))

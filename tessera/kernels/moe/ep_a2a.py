@@ -29,7 +29,7 @@ import triton.language as tl
 
 from tessera.dist import lang as dl
 from tessera.dist import parallel_state as ps
-from tessera.kernels.moe.ep_layout import experts_per_rank, plan_sends, regroup_index
+from tessera.kernels.moe.ep_layout import DispatchLayout, experts_per_rank, make_layout, plan_sends
 
 
 @triton.jit
@@ -167,16 +167,6 @@ def create_ep_a2a_context(heap, max_tokens: int, top_k: int, hidden: int, num_ex
                         t((W,), torch.int64, "ep.sig_c"), timeout_s, dl.spins_for(timeout_s, heap.device))
 
 
-@dataclass
-class FusedLayout:
-    token: torch.Tensor  # [S] token of each row sent, in send order
-    weight: torch.Tensor  # [S]
-    regroup: torch.Tensor  # [R] source-major received row of each expert-major row
-    expert_offsets: torch.Tensor  # [EL + 1] (CPU)
-    recv_matrix: torch.Tensor  # [W, EL] (CPU)
-    num_tokens: int
-
-
 def _blocks(hidden: int) -> dict:
     return {"BLOCK_R": 16, "BLOCK_H": min(128, triton.next_power_of_2(hidden))}
 
@@ -205,23 +195,16 @@ def dispatch_fused(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
                                W, h.bases, ctx.max_spins, BLOCK_E=triton.next_power_of_2(EL + 1), VIRTUAL=False,
                                **_blocks(ctx.hidden))
     dl.raise_on_wait_error(h, ctx.timeout_s, "ep dispatch")
-    recv_matrix = ctx.recv_meta[:, :EL].cpu()
-    counts = recv_matrix.sum(1).tolist()
-    rows = torch.cat([ctx.recv[s, :n] for s, n in enumerate(counts)])  # source-major
-    weights = torch.cat([ctx.recv_w[s, :n] for s, n in enumerate(counts)])
-    regroup, offsets = regroup_index(recv_matrix)
-    regroup = regroup.to(x.device)
-    layout = FusedLayout(plan.token, weight, regroup, offsets, recv_matrix, T)
-    return rows[regroup], weights[regroup], layout
+    layout = make_layout(plan, weight, ctx.recv_meta[:, :EL].cpu(), T, x.device)
+    rows = torch.cat([ctx.recv[s, :n] for s, n in enumerate(layout.recv_counts)])  # source-major
+    weights = torch.cat([ctx.recv_w[s, :n] for s, n in enumerate(layout.recv_counts)])
+    return rows[layout.regroup], weights[layout.regroup], layout
 
 
-def combine_fused(rows: torch.Tensor, layout: FusedLayout, ctx: EPA2AContext) -> torch.Tensor:
+def combine_fused(rows: torch.Tensor, layout: DispatchLayout, ctx: EPA2AContext) -> torch.Tensor:
     """rows [R, H] in dispatch order -> [T, H], each token's rows weighted and summed at home."""
     h, W = ctx.heap, ctx.heap.world
-    counts = layout.recv_matrix.sum(1).tolist()
-    source_major = torch.empty_like(rows)
-    source_major[layout.regroup] = rows
-    for s, chunk in enumerate(source_major.split(counts)):
+    for s, chunk in enumerate(layout.source_major(rows).split(layout.recv_counts)):
         ctx.back[s, : len(chunk)].copy_(chunk)
     # no barrier: every peer passed this call's dispatch barrier, so it is done with the last `ret`
     _combine_kernel[(2 * W,)](ctx.back, ctx.ret, ctx.recv_meta, ctx.sig_c, h.err, ctx.epoch, ctx.hidden,

@@ -53,3 +53,32 @@ def regroup_index(recv_matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     offsets = torch.zeros(local + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(recv_matrix.sum(0), 0)
     return index, offsets
+
+
+@dataclass
+class DispatchLayout:
+    """What combine needs to send rows home, and what the experts need to find theirs (every dispatch
+    implementation returns one)."""
+
+    token: torch.Tensor  # [S] the token of each row this rank sent, in send order
+    weight: torch.Tensor  # [S] its routing weight
+    send_counts: list[int]  # rows sent to each rank
+    recv_counts: list[int]  # rows received from each rank
+    regroup: torch.Tensor  # [R] received row (source-major) of each row in expert-major order
+    expert_offsets: torch.Tensor  # [E_local + 1] (CPU): local expert e owns rows offsets[e]:offsets[e + 1]
+    recv_matrix: torch.Tensor  # [W, E_local] (CPU): rows received from each source rank per local expert
+    num_tokens: int
+
+    def source_major(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [R, H] in dispatch's (expert-major) order -> the order they arrived in, source-major."""
+        out = torch.empty_like(rows)
+        out[self.regroup] = rows
+        return out
+
+
+def make_layout(plan: SendPlan, weight: torch.Tensor, recv_matrix: torch.Tensor, num_tokens: int,
+                device) -> DispatchLayout:
+    """The layout of one dispatch, once the counts this rank receives (`recv_matrix` [W, E_local]) are known."""
+    regroup, offsets = regroup_index(recv_matrix)
+    return DispatchLayout(plan.token, weight, plan.counts, recv_matrix.sum(1).tolist(), regroup.to(device),
+                          offsets, recv_matrix, num_tokens)
