@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch
 
-from tessera.dist import perfmodel as pm
-from tessera.dist.testing import RankPool
+from tessera.distributed import perfmodel as pm
+from tessera.distributed.testing import RankPool
 
 SHAPES = {"torch": {"m_loc": 512, "n": 512, "k": 2048, "numel": 1 << 20},
           "tiny": {"m_loc": 32, "n": 64, "k": 64, "numel": 4096}}
@@ -35,8 +35,8 @@ SHAPES = {"torch": {"m_loc": 512, "n": 512, "k": 2048, "numel": 1 << 20},
 def _job(shape_name, reps, impls):
     import torch.distributed as dist
 
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
     from tessera.kernels.comm import decomposed as dec
     from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
     from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
@@ -160,7 +160,7 @@ NOTES = [
      "the interpreter, not the overlap. They are shown on tiny shapes only, to prove the same kernels run "
      "correctly across processes; their GPU speed is for scripts/gpu_checks/dist.py and real multi-GPU runs."),
     ("- Multi-GPU overlap speedups (the papers' figures) cannot be measured here; docs/distributed.md quotes "
-     "them as theirs and compares them with tessera.dist.perfmodel."),
+     "them as theirs and compares them with tessera.distributed.perfmodel."),
 ]
 
 

@@ -100,7 +100,7 @@ def _check_ep(args) -> tuple[int, str]:
 
 def _init_ranks(args, n: int, flag: str) -> None:
     """Under torchrun: the default process group, which must have exactly n ranks."""
-    from tessera.dist import parallel_state as ps
+    from tessera.distributed import parallel_state as ps
 
     ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
     if ps.world_size() != n:

@@ -19,7 +19,7 @@ from functools import partial
 import pytest
 import torch
 
-from tessera.dist.testing import RankFailure, shared_pool
+from tessera.distributed.testing import RankFailure, shared_pool
 
 pytestmark = pytest.mark.dist
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
@@ -36,8 +36,8 @@ def _rel(x, ref):
 
 
 def _op_job(op, impl, dtype_name, iters, seed):
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
     from tessera.kernels.comm import decomposed as dec
     from tessera.kernels.comm import reference as ref
     from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
@@ -111,8 +111,8 @@ def test_baselines_match_reference(pool, op, impl):
 
 
 def _bad_args_job(case):
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
     from tessera.kernels.comm import decomposed as dec
     from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
     from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
@@ -155,14 +155,14 @@ def test_bad_arguments_raise_on_every_rank(pool, case, words):
 def test_virtual_ranks_in_one_process(world):
     """The single-GPU check's mode, run here on CPU: ranks as a grid axis over one allocation
     (compiled on CUDA when this suite runs on a GPU machine without the interpreter)."""
-    from tessera.dist import lang as dl
-    from tessera.dist.symm import VirtualHeap
+    from tessera.distributed import waits
+    from tessera.distributed.symm import VirtualHeap
     from tessera.kernels.comm import reference as ref
     from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
     from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
     from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
 
-    dev = "cpu" if dl.interpreted() or not torch.cuda.is_available() else "cuda"
+    dev = "cpu" if waits.interpreted() or not torch.cuda.is_available() else "cuda"
 
     def on(ts):
         return [t.to(dev) for t in ts]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tessera.dist import perfmodel as pm
+from tessera.distributed import perfmodel as pm
 
 
 @pytest.mark.parametrize("fn", [pm.ag_gemm, pm.gemm_rs])

@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
-from tessera.dist.testing import RankFailure, shared_pool
+from tessera.distributed import lang as dl
+from tessera.distributed import waits
+from tessera.distributed.testing import RankFailure, shared_pool
 
 pytestmark = pytest.mark.dist
 
@@ -31,8 +32,8 @@ def _shm_files():
 
 
 def _heap_roundtrip():
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
 
     me, W = ps.rank(), ps.world_size()
     with SymmetricHeap(1 << 16) as heap:
@@ -63,8 +64,8 @@ def _ring_kernel(buf, sig, cnt, got, err, epoch, rank, world, bases, max_spins, 
 
 
 def _lang_ring(iters):
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
 
     me, W = ps.rank(), ps.world_size()
     heap = SymmetricHeap(1 << 16)
@@ -72,13 +73,13 @@ def _lang_ring(iters):
     sig = heap.tensor((W,), torch.int64, "sig")
     cnt = heap.tensor((1,), torch.int64, "cnt")
     got = heap.tensor((16,), torch.float32, "got")
-    spins = dl.spins_for(5.0, heap.device)
+    spins = waits.spins_for(5.0, heap.device)
     out = []
     for epoch in range(1, iters + 1):
         buf[me] = torch.arange(8.0) + 100 * me + epoch
         heap.barrier()
         _ring_kernel[(1,)](buf, sig, cnt, got, heap.err, epoch, me, W, heap.bases, spins, BLOCK=8)
-        dl.raise_on_wait_error(heap, 5.0, "ring")
+        waits.raise_on_wait_error(heap, 5.0, "ring")
         heap.barrier()
         out.append((got[:8].tolist(), got[8:].tolist(), sig.tolist(), cnt.item()))
     heap.close()
@@ -97,36 +98,36 @@ def _bad_protocol_kernel(sig, err, rank, bases, max_spins):
 def _protocol_bug():
     import time
 
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
 
     me = ps.rank()
     heap = SymmetricHeap(1 << 12)
     sig = heap.tensor((2,), torch.int64, "proto.sig")
     t0 = time.perf_counter()
-    _bad_protocol_kernel[(1,)](sig, heap.err, me, heap.bases, dl.spins_for(1.0, heap.device))
+    _bad_protocol_kernel[(1,)](sig, heap.err, me, heap.bases, waits.spins_for(1.0, heap.device))
     heap.barrier()
-    dl.raise_on_wait_error(heap, 1.0, "proto")
+    waits.raise_on_wait_error(heap, 1.0, "proto")
     return time.perf_counter() - t0
 
 
 def _too_small():
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed.symm import SymmetricHeap
 
     heap = SymmetricHeap(4096)
     heap.tensor((64, 64), torch.float32, "big")
 
 
 def _mismatched_heap():
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
 
     SymmetricHeap(4096 * (1 + ps.rank()))
 
 
 def _crash_after_heap(where):
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
 
     me = ps.rank()
     if where == "before" and me == 1:

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from tessera.dist.testing import RankFailure, shared_pool
+from tessera.distributed.testing import RankFailure, shared_pool
 
 pytestmark = pytest.mark.dist
 
@@ -66,7 +66,7 @@ def _seq_parallel_mlp_job():
     """SwiGLU with tokens split over ranks: AG-GEMM for gate/up, GEMM-RS for down."""
     import torch.nn.functional as F
 
-    from tessera.dist import parallel_state as ps
+    from tessera.distributed import parallel_state as ps
     from tessera.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear
     from tessera.parallel.tp import TPComm
 
@@ -131,7 +131,7 @@ def test_moe_models_are_refused_before_any_communicator():
 
 @pytest.mark.parametrize("world, n", [(2, 5 * 256), (4, 4096 * 32 + 7)])
 def test_fused_heap_size_fits_the_allreduce_exactly_enough(world, n):
-    from tessera.dist.symm import VirtualHeap
+    from tessera.distributed.symm import VirtualHeap
     from tessera.kernels.comm.allreduce import create_allreduce_context
     from tessera.parallel.tp import AR_BLOCK, allreduce_heap_bytes
 

@@ -4,7 +4,7 @@ an expert-parallel MoE model against the same model in one process."""
 import pytest
 import torch
 
-from tessera.dist.testing import RankFailure, shared_pool
+from tessera.distributed.testing import RankFailure, shared_pool
 
 pytestmark = pytest.mark.dist
 
@@ -23,7 +23,7 @@ def _inputs(rank: int, it: int, E: int, H: int = 5, k: int = 2):
 
 
 def _dispatch_job(E: int, iters: int):
-    from tessera.dist import parallel_state as ps
+    from tessera.distributed import parallel_state as ps
     from tessera.parallel.ep_dispatch import combine, dispatch
 
     W, r = ps.world_size(), ps.rank()
@@ -55,7 +55,7 @@ def test_dispatch_and_combine_match_the_reference(world, E):
 
 def _ep_model_job(backend: str):
     from tessera.config import ModelConfig
-    from tessera.dist import parallel_state as ps
+    from tessera.distributed import parallel_state as ps
     from tessera.models import CausalLM
     from tessera.parallel.ep import shard_experts
 
@@ -102,8 +102,8 @@ def test_experts_that_do_not_divide_are_refused_on_every_rank():
 def _fused_job(E: int, iters: int, stagger: bool):
     import time
 
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
     from tessera.kernels.moe.ep_a2a import (
         combine_fused,
         create_ep_a2a_context,
@@ -137,8 +137,8 @@ def test_fused_dispatch_and_combine_equal_the_torch_path(world, E):
 
 
 def _fused_errors_job(case: str):
-    from tessera.dist import parallel_state as ps
-    from tessera.dist.symm import SymmetricHeap
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
     from tessera.kernels.moe.ep_a2a import create_ep_a2a_context, dispatch_fused
 
     heap = SymmetricHeap(1 << 16)

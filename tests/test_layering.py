@@ -43,6 +43,20 @@ def test_no_cycle_between_packages():
 
 def test_the_distributed_core_and_kernels_import_nothing_above_them():
     g = _graph()
-    assert g.get("dist", set()) <= {"config"}
-    assert g.get("kernels", set()) <= {"dist", "config"}
-    assert g.get("layers", set()) <= {"kernels", "dist", "config"}
+    assert g.get("distributed", set()) <= {"config"}
+    assert g.get("kernels", set()) <= {"distributed", "config"}
+    assert g.get("layers", set()) <= {"kernels", "distributed", "config"}
+
+
+def test_test_only_rank_pool_is_not_imported_by_the_package():
+    """`tessera.distributed.testing` (the process pool the tests and benchmarks run ranks in) is test-only."""
+    users = []
+    for f in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module == "tessera.distributed":
+                names += [f"tessera.distributed.{a.name}" for a in node.names]
+            if "tessera.distributed.testing" in names and f.name != "testing.py":
+                users.append(str(f.relative_to(ROOT.parent)))
+    assert not users, f"package modules import the test-only rank pool: {users}"

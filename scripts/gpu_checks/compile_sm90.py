@@ -21,7 +21,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from tessera.dist.lang import _spin_kernel
+from tessera.distributed.lang import _spin_kernel
 from tessera.kernels.comm.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.comm.allreduce import _allreduce_kernel
 from tessera.kernels.comm.gemm_rs import _gemm_rs_kernel

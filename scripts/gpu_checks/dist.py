@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
-from tessera.dist.symm import VirtualHeap
+from tessera.distributed import waits
+from tessera.distributed.symm import VirtualHeap
 from tessera.kernels.comm import ag_gemm as agm
 from tessera.kernels.comm import reference as ref
 from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
@@ -135,7 +135,7 @@ def wait_overhead(dev, quick):
     t_fused, t_plain = bench(fused, dev, reps), bench(plain, dev, reps)
     t_torch = bench(lambda: ctx.a_full @ b, dev, reps)
     ok = rel(c, ref.ag_gemm_ref([ctx.a_full], b)) <= TOL[dtype]
-    dl.raise_on_wait_error(heap, 10, "wait benchmark")
+    waits.raise_on_wait_error(heap, 10, "wait benchmark")
     return ok, {"shape": [M, N, K], "tiles": list(tiles), "n_tiles": n_tiles, "t_fused_s": t_fused,
                 "t_plain_s": t_plain, "t_torch_s": t_torch,
                 "wait_overhead_per_tile_ns": (t_fused - t_plain) / n_tiles * 1e9,
@@ -152,7 +152,7 @@ def main():
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("dist GPU check: no CUDA device, skipped")
         return 0
-    if dev.type == "cuda" and dl.interpreted():
+    if dev.type == "cuda" and waits.interpreted():
         print("dist GPU check: unset TRITON_INTERPRET to compile for the GPU")
         return 1
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (interpreter)"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tessera.dist import parallel_state as ps
+from tessera.distributed import parallel_state as ps
 from tessera.layers import experts as X
 from tessera.layers.moe import Experts, MoEBlock
 from tessera.parallel import ep_dispatch
@@ -94,7 +94,7 @@ def shard_experts(model, group=None, backend: str = "torch", max_tokens: int = M
         raise ValueError(f"expert parallelism over {W} ranks needs num_experts={cfg.num_experts} divisible by {W}")
     ctx = None
     if backend == "fused":
-        from tessera.dist.symm import SymmetricHeap
+        from tessera.distributed.symm import SymmetricHeap
         from tessera.kernels.moe.ep_a2a import create_ep_a2a_context, ep_a2a_heap_bytes
 
         p = next(model.parameters())

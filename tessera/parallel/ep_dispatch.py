@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from tessera.dist import parallel_state as ps
+from tessera.distributed import parallel_state as ps
 from tessera.kernels.moe.ep_layout import DispatchLayout, make_layout, plan_sends
 
 

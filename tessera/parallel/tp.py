@@ -7,7 +7,7 @@ o_proj and down_proj `RowParallelLinear` (one AllReduce each, so two per layer, 
 Embeddings, norms and lm_head stay replicated, so logits are complete on every rank and greedy
 decoding picks the same token everywhere. Usage (under torchrun, gloo or nccl):
 
-    from tessera.dist import parallel_state as ps, tp
+    from tessera.distributed import parallel_state as ps, tp
     ps.init_from_env("gloo")
     model = tessera.models.load_model(path)
     comm = tp.shard_model(model)              # mode="torch" (dist.all_reduce) or "fused" (Triton)
@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from tessera.dist import parallel_state as ps
-from tessera.dist.symm import ALIGN, SymmetricHeap
+from tessera.distributed import parallel_state as ps
+from tessera.distributed.symm import ALIGN, SymmetricHeap
 from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
 from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
 from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs

@@ -20,8 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
-from tessera.dist import parallel_state as ps
+from tessera.distributed import lang as dl
+from tessera.distributed import parallel_state as ps
+from tessera.distributed import waits
 from tessera.kernels.comm.tile import check_matrix, f32_dot, gemm_tile, launch_grid, local_error, round_to
 
 
@@ -94,7 +95,7 @@ def create_ag_gemm_context(heap, m_per_rank: int, n: int, k: int, dtype: torch.d
     ctx = AGGemmContext(heap, m_per_rank, n, k, dtype,
                         heap.tensor((W * m_per_rank, k), dtype, "ag_gemm.a_full"),
                         heap.tensor((W,), torch.int64, "ag_gemm.ready"),
-                        timeout_s, dl.spins_for(timeout_s, heap.device), tuple(tiles))
+                        timeout_s, waits.spins_for(timeout_s, heap.device), tuple(tiles))
     if heap.virtual:
         ctx.b_virtual = heap.tensor((k, n), dtype, "ag_gemm.b")
         ctx.c_virtual = heap.tensor((W * m_per_rank, n), dtype, "ag_gemm.c")
@@ -112,9 +113,9 @@ def _launch(ctx: AGGemmContext, b: torch.Tensor, c: torch.Tensor, check_waits: b
     _ag_gemm_kernel[launch_grid(h.world - 1 + n_tiles, h)](
         ctx.a_full, b, c, ctx.ready, h.err, ctx.epoch, ctx.m_per_rank, ctx.n, ctx.k,
         b.stride(0), b.stride(1), c.stride(0), c.stride(1), h.rank, h.world, h.bases, ctx.max_spins,
-        BM=BM, BN=BN, BK=BK, PUSH=BM * BK, F32_DOT=f32_dot(ctx.dtype), VIRTUAL=h.virtual, FIX_RNE=dl.interpreted())
+        BM=BM, BN=BN, BK=BK, PUSH=BM * BK, F32_DOT=f32_dot(ctx.dtype), VIRTUAL=h.virtual, FIX_RNE=waits.interpreted())
     if check_waits:
-        dl.raise_on_wait_error(h, ctx.timeout_s, "ag_gemm")
+        waits.raise_on_wait_error(h, ctx.timeout_s, "ag_gemm")
 
 
 def ag_gemm(a, b, ctx: AGGemmContext):

@@ -20,8 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
-from tessera.dist import parallel_state as ps
+from tessera.distributed import lang as dl
+from tessera.distributed import parallel_state as ps
+from tessera.distributed import waits
 from tessera.kernels.comm.tile import launch_grid, round_to
 
 
@@ -107,7 +108,7 @@ def create_allreduce_context(heap, n: int, dtype: torch.dtype, two_shot: bool = 
                             heap.tensor((W, n), dtype, "allreduce.stage"), heap.tensor((n,), dtype, "allreduce.out"),
                             heap.tensor((W, C), torch.int64, "allreduce.sig1"),
                             heap.tensor((C,), torch.int64, "allreduce.sig2"),
-                            timeout_s, dl.spins_for(timeout_s, heap.device), block)
+                            timeout_s, waits.spins_for(timeout_s, heap.device), block)
 
 
 def _launch(ctx: AllReduceContext, n: int) -> None:
@@ -115,8 +116,8 @@ def _launch(ctx: AllReduceContext, n: int) -> None:
     C = triton.cdiv(n, ctx.block)
     _allreduce_kernel[launch_grid((3 if ctx.two_shot else 2) * C, h)](
         ctx.stage, ctx.out, ctx.sig1, ctx.sig2, h.err, ctx.epoch, n, ctx.n, h.rank, h.world, h.bases,
-        ctx.max_spins, BLOCK=ctx.block, TWO_SHOT=ctx.two_shot, VIRTUAL=h.virtual, FIX_RNE=dl.interpreted())
-    dl.raise_on_wait_error(h, ctx.timeout_s, "allreduce")
+        ctx.max_spins, BLOCK=ctx.block, TWO_SHOT=ctx.two_shot, VIRTUAL=h.virtual, FIX_RNE=waits.interpreted())
+    waits.raise_on_wait_error(h, ctx.timeout_s, "allreduce")
 
 
 def allreduce(x, ctx: AllReduceContext):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from tessera.dist import parallel_state as ps
+from tessera.distributed import parallel_state as ps
 
 
 def ag_gemm_sequential(a: torch.Tensor, b: torch.Tensor, group=None) -> torch.Tensor:

@@ -22,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
-from tessera.dist import parallel_state as ps
+from tessera.distributed import lang as dl
+from tessera.distributed import parallel_state as ps
+from tessera.distributed import waits
 from tessera.kernels.comm.tile import check_matrix, f32_dot, gemm_tile, launch_grid, local_error, round_to
 
 
@@ -102,7 +103,7 @@ def create_gemm_rs_context(heap, m: int, n: int, k: int, dtype: torch.dtype,
     ctx = GemmRSContext(heap, m, n, k, dtype,
                         heap.tensor((W, m_loc, n), torch.float32, "gemm_rs.partials"),
                         heap.tensor((W, T), torch.int64, "gemm_rs.sig"),
-                        timeout_s, dl.spins_for(timeout_s, heap.device), tuple(tiles))
+                        timeout_s, waits.spins_for(timeout_s, heap.device), tuple(tiles))
     if heap.virtual:
         ctx.virtual_io = (heap.tensor((m, k), dtype, "gemm_rs.a"), heap.tensor((k, n), dtype, "gemm_rs.b"),
                           heap.tensor((m_loc, n), dtype, "gemm_rs.out"))
@@ -119,8 +120,8 @@ def _launch(ctx: GemmRSContext, a, b, out) -> None:
     _gemm_rs_kernel[launch_grid(W * T + T, h)](
         a, b, out, ctx.partials, ctx.sig, h.err, ctx.epoch, m_loc, ctx.n, ctx.k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), h.rank, W, h.bases, ctx.max_spins,
-        BM=BM, BN=BN, BK=BK, F32_DOT=f32_dot(ctx.dtype), VIRTUAL=h.virtual, FIX_RNE=dl.interpreted())
-    dl.raise_on_wait_error(h, ctx.timeout_s, "gemm_rs")
+        BM=BM, BN=BN, BK=BK, F32_DOT=f32_dot(ctx.dtype), VIRTUAL=h.virtual, FIX_RNE=waits.interpreted())
+    waits.raise_on_wait_error(h, ctx.timeout_s, "gemm_rs")
 
 
 def gemm_rs(a, b, ctx: GemmRSContext):

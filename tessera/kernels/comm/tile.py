@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
+from tessera.distributed import waits
 
 TORCH_TO_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -44,7 +44,7 @@ def round_to(x, dtype: tl.constexpr, FIX_RNE: tl.constexpr):
 
 def f32_dot(dtype: torch.dtype) -> bool:
     """Upcast in the interpreter (its bf16 dot is broken) and for fp32 on GPU (no TF32 surprise)."""
-    return dl.interpreted() or dtype == torch.float32
+    return waits.interpreted() or dtype == torch.float32
 
 
 def launch_grid(n_programs: int, heap) -> tuple:

@@ -27,8 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tessera.dist import lang as dl
-from tessera.dist import parallel_state as ps
+from tessera.distributed import lang as dl
+from tessera.distributed import parallel_state as ps
+from tessera.distributed import waits
 from tessera.kernels.moe.ep_layout import DispatchLayout, experts_per_rank, make_layout, plan_sends
 
 
@@ -164,7 +165,7 @@ def create_ep_a2a_context(heap, max_tokens: int, top_k: int, hidden: int, num_ex
                         t((W, S, hidden), dtype, "ep.recv"), t((W, S), torch.float32, "ep.recv_w"),
                         t((W, EL + 1), torch.int64, "ep.recv_meta"), t((W, S, hidden), dtype, "ep.back"),
                         t((S, hidden), dtype, "ep.ret"), t((W,), torch.int64, "ep.sig_d"),
-                        t((W,), torch.int64, "ep.sig_c"), timeout_s, dl.spins_for(timeout_s, heap.device))
+                        t((W,), torch.int64, "ep.sig_c"), timeout_s, waits.spins_for(timeout_s, heap.device))
 
 
 def _blocks(hidden: int) -> dict:
@@ -194,7 +195,7 @@ def dispatch_fused(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
                                ctx.recv_meta, ctx.sig_d, h.err, ctx.epoch, ctx.hidden, ctx.rows_cap, EL, h.rank,
                                W, h.bases, ctx.max_spins, BLOCK_E=triton.next_power_of_2(EL + 1), VIRTUAL=False,
                                **_blocks(ctx.hidden))
-    dl.raise_on_wait_error(h, ctx.timeout_s, "ep dispatch")
+    waits.raise_on_wait_error(h, ctx.timeout_s, "ep dispatch")
     layout = make_layout(plan, weight, ctx.recv_meta[:, :EL].cpu(), T, x.device)
     rows = torch.cat([ctx.recv[s, :n] for s, n in enumerate(layout.recv_counts)])  # source-major
     weights = torch.cat([ctx.recv_w[s, :n] for s, n in enumerate(layout.recv_counts)])
@@ -210,7 +211,7 @@ def combine_fused(rows: torch.Tensor, layout: DispatchLayout, ctx: EPA2AContext)
     _combine_kernel[(2 * W,)](ctx.back, ctx.ret, ctx.recv_meta, ctx.sig_c, h.err, ctx.epoch, ctx.hidden,
                               ctx.rows_cap, layout.recv_matrix.shape[1], h.rank, W, h.bases, ctx.max_spins,
                               VIRTUAL=False, **_blocks(ctx.hidden))
-    dl.raise_on_wait_error(h, ctx.timeout_s, "ep combine")
+    waits.raise_on_wait_error(h, ctx.timeout_s, "ep combine")
     S = len(layout.token)
     out = rows.new_zeros(layout.num_tokens, rows.shape[1])
     return out.index_add_(0, layout.token, ctx.ret[:S] * layout.weight[:, None].to(rows.dtype))

@@ -1,4 +1,5 @@
-"""A pool of real rank processes (gloo) for tests and benchmarks.
+"""Test- and benchmark-only: a pool of real rank processes (gloo) for tests and benchmarks (nothing in the
+package imports it; tests/test_layering.py checks).
 
 Starting a process that imports torch and triton costs seconds on a 2-core machine, so a pool is
 started once per world size and reused: `pool.run(fn, *args)` runs the module-level function
@@ -27,7 +28,7 @@ class RankFailure(RuntimeError):
 
 def _worker(rank: int, world: int, init_file: str, inbox, outbox, gloo_timeout_s: float):
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported in this process
-    from tessera.dist import parallel_state as ps
+    from tessera.distributed import parallel_state as ps
 
     ps.init(rank, world, f"file://{init_file}", timeout_s=gloo_timeout_s)
     while True:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from tessera.dist import parallel_state as ps
+from tessera.distributed import parallel_state as ps
 
 ALIGN = 128  # bytes; keeps every tensor aligned for vector loads and 8-byte signal atomics
 _LIVE: set[str] = set()  # /dev/shm paths this process created and has not unlinked yet
