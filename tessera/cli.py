@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,21 +49,23 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _parallel_group(p: argparse.ArgumentParser, title: str, flag: str, n_help: str, backend_flag: str,
-                    backend_help: str, doc: str) -> None:
+                    backends: list[str], backend_help: str, doc: str) -> None:
     g = p.add_argument_group(title, f"one process per rank: torchrun --nproc-per-node N -m tessera ... {flag} N; {doc}")
     g.add_argument(flag, type=int, default=1, help=n_help)
-    g.add_argument(backend_flag, default=None, choices=["torch", "fused"], help=backend_help)
+    g.add_argument(backend_flag, default=None, choices=backends, help=backend_help)
 
 
 def _tp_options(p: argparse.ArgumentParser) -> None:
     _parallel_group(p, "tensor parallelism (--tp)", "--tp", "tensor-parallel ranks (default 1: no parallelism)",
-                    "--tp-backend", "how row-parallel layers reduce: torch (dist.all_reduce, the default) or fused "
+                    "--tp-backend", ["torch", "fused"], "how row-parallel layers reduce: torch (dist.all_reduce, the default) or fused "
                     "(TileLink-style Triton AllReduce over the symmetric heap; on CPU needs TRITON_INTERPRET=1)",
                     "docs/distributed.md")
     _parallel_group(p, "expert parallelism (--ep, MoE models)", "--ep",
-                    "expert-parallel ranks: each keeps num_experts / N experts", "--moe-backend",
-                    "token dispatch / combine: torch (all_to_all_single, the default) or fused (Triton puts into the "
-                    "peers' buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)", "docs/moe.md")
+                    "expert-parallel ranks: each keeps num_experts / N experts (with --tp M: M x N processes)",
+                    "--moe-backend", ["torch", "decomposed", "fused"],
+                    "token dispatch / combine: torch (all_to_all_single, the default), decomposed (one async send per "
+                    "peer, experts run on each peer's rows as they land) or fused (Triton puts into the peers' "
+                    "buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)", "docs/moe.md")
 
 
 def _check_ranks(args, n: int, flag: str, backend: str | None, backend_flag: str, what: str) -> None:
@@ -73,8 +77,13 @@ def _check_ranks(args, n: int, flag: str, backend: str | None, backend_flag: str
     if getattr(args, "quant", "none") != "none" and n > 1:
         raise ValueError(f"--quant with {flag} > 1 is not supported: the int8/int4 linears have no sharded form yet")
     if n > 1 and "RANK" not in os.environ:
-        raise ValueError(f"{flag} {n} runs one process per rank: "
-                         f"torchrun --nproc-per-node {n} -m tessera {args.cmd} {flag} {n} ...")
+        flags = [(f, k) for f, k in (("--tp", getattr(args, "tp", 1)), ("--ep", getattr(args, "ep", 1))) if k > 1]
+        procs = 1
+        for _, k in flags:
+            procs *= k
+        given = " ".join(f"{f} {k}" for f, k in flags)
+        raise ValueError(f"{given} runs one process per rank: torchrun --nproc-per-node {procs} -m tessera "
+                         f"{args.cmd} {given} ...")
     # Triton has no CPU target: there the fused kernels only run in its interpreter, which Triton
     # selects when a kernel is defined, so the variable must be set before tessera imports them
     if backend == "fused" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
@@ -92,19 +101,20 @@ def _check_tp(args) -> tuple[int, str]:
 def _check_ep(args) -> tuple[int, str]:
     """(expert-parallel ranks, dispatch backend), or a one-line error for a combination that cannot run."""
     ep, backend = getattr(args, "ep", 1), getattr(args, "moe_backend", None)
-    if ep > 1 and getattr(args, "tp", 1) > 1:
-        raise ValueError("--tp and --ep together are not supported yet: choose one")
     _check_ranks(args, ep, "--ep", backend, "--moe-backend", "dispatch")
     return ep, backend or "torch"
 
 
-def _init_ranks(args, n: int, flag: str) -> None:
-    """Under torchrun: the default process group, which must have exactly n ranks."""
+def _init_ranks(args, tp: int, ep: int) -> None:
+    """Under torchrun: the default process group of exactly tp x ep ranks and its named "tp" and "ep"
+    groups (tensor-parallel ranks consecutive, expert-parallel ones strided over them)."""
     from tessera.distributed import parallel_state as ps
 
     ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
-    if ps.world_size() != n:
-        raise ValueError(f"{flag} {n} but torchrun started {ps.world_size()} processes")
+    if ps.world_size() != tp * ep:
+        flags = " x ".join(f"{f} {n}" for f, n in (("--tp", tp), ("--ep", ep)) if n > 1)
+        raise ValueError(f"{flags} needs {tp * ep} processes but torchrun started {ps.world_size()}")
+    ps.initialize(tp=tp, ep=ep)
 
 
 def _llm(args):
@@ -118,27 +128,29 @@ def _llm(args):
         from tessera.quant import quantize_model
 
         quantize_model(llm.model, quant)  # module swap + state-dict conversion, lm_head stays fp
+    if tp_size * ep_size > 1:
+        from tessera.distributed import parallel_state as ps
+
+        _init_ranks(args, tp_size, ep_size)
     if tp_size > 1:  # every rank loads the full model, then keeps its shard (Megatron-style)
         from tessera.parallel import tp
 
-        _init_ranks(args, tp_size, "--tp")
-        tp.shard_model(llm.model, mode=tp_backend)
+        tp.shard_model(llm.model, group=ps.group("tp"), mode=tp_backend)
     if ep_size > 1:
         # every rank loads the full model, keeps its experts and serves the same requests (greedy: the same
         # steps on every rank, so the dispatch collectives line up)
         from tessera.parallel.ep import shard_experts
 
-        _init_ranks(args, ep_size, "--ep")
-        shard_experts(llm.model, backend=ep_backend)
+        shard_experts(llm.model, group=ps.group("ep"), backend=ep_backend)
     return llm
 
 
 def _is_main(args) -> bool:
     """Only one rank prints under tensor or expert parallelism."""
-    import torch.distributed as dist
+    from tessera.distributed import parallel_state as ps
 
     single = getattr(args, "tp", 1) == 1 and getattr(args, "ep", 1) == 1
-    return single or not dist.is_initialized() or dist.get_rank() == 0
+    return single or not ps.is_initialized() or ps.rank() == 0
 
 
 def _press_kwargs(args) -> dict:
@@ -150,8 +162,10 @@ def _press_factory(args):
     from tessera.kv.presses import make_press
 
     kw = _press_kwargs(args)
-    if args.press in ("none", "full"):
-        kw = {}  # full KV: nothing to configure
+    if args.press in ("none", "full") and kw:  # full KV has nothing to configure: the flags would be dropped
+        flags = ", ".join(f"--{k}" for k in kw)
+        raise ValueError(f"{flags} configure a KV press, but --press is {args.press!r} (the full KV cache): "
+                         "choose a press, e.g. --press rkv")
     make_press(args.press, **kw)  # fail early on a bad name or bad settings
     return lambda: make_press(args.press, **kw)
 
@@ -163,6 +177,101 @@ def _kv(args) -> dict:
     return {"kv": args.kv, "kv_options": opts}
 
 
+def _read_prompt(args) -> str | None:
+    """The text of --prompt or --prompt-file (`-`: stdin), or None for a generated problem. Bytes that are
+    not UTF-8 reach `sys.argv` as lone surrogates (PEP 383): refused here with the position, not deep in
+    the tokenizer."""
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("--prompt and --prompt-file are exclusive: give one")
+    if args.prompt_file is not None:
+        name = "stdin" if args.prompt_file == "-" else args.prompt_file
+        try:
+            raw = sys.stdin.buffer.read() if args.prompt_file == "-" else Path(args.prompt_file).read_bytes()
+        except OSError as e:
+            raise ValueError(f"--prompt-file: cannot read {name}: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--prompt-file: {name} is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
+                             f"{e.start})") from None
+        if not text.strip():
+            raise ValueError(f"--prompt-file: {name} holds no text")
+        return text.removesuffix("\n")  # a file's final newline is not part of the prompt
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = args.prompt[e.start].encode("utf-8", "surrogateescape")
+            raise ValueError(f"--prompt is not valid UTF-8 (byte {bad[0]:#04x} at character {e.start}): pass UTF-8 "
+                             "text, or the prompt through --prompt-file") from None
+    return args.prompt
+
+
+def _warn_ignored(args, has_prompt: bool) -> None:
+    """Flags that the other flags make meaningless: a warning each (the run itself is well defined)."""
+    if has_prompt:
+        for flag, val, default in (("--difficulty", args.difficulty, None), ("--problem", args.problem, 1_000_000)):
+            if val != default:
+                warnings.warn(f"{flag} is ignored: it chooses a generated problem, and a prompt was given", stacklevel=2)
+    if args.temperature == 0:
+        for flag, val, default in (("--top-p", args.top_p, 1.0), ("--top-k", args.top_k, 0), ("--seed", args.seed, None)):
+            if val != default:
+                warnings.warn(f"{flag} is ignored at --temperature 0 (greedy decoding); set a temperature to sample",
+                              stacklevel=2)
+
+
+def _check_output(path: str | None) -> None:
+    """A result file that cannot be written fails before the run, not after it (the file itself is written
+    at the end, atomically)."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--output {path} is a directory: name a file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=True):
+            pass
+    except OSError as e:
+        raise ValueError(f"--output {path} cannot be written: {e.strerror or e}") from None
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ValueError(f"--output {path} cannot be written: permission denied")
+
+
+def _write_output(path: str, text: str) -> None:
+    out = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=f".{out.name}.", delete=False) as f:
+        f.write(text)
+    os.replace(f.name, out)
+
+
+def _shadowkv_notes(args, prompt_lens: list[int], peak_kv_bytes: int | None = None, dense_kv_bytes: int = 0) -> list[str]:
+    """What ShadowKV did that its options do not say: prompts too short for any sparse chunk run dense, and a
+    sparse budget that covers a prompt's whole context selects all of it while the fast tier also holds the
+    low-rank keys and landmarks (more bytes than the dense cache: ShadowKV pays off on long prompts)."""
+    if args.kv != "shadowkv":
+        return []
+    from tessera.kv.shadowkv import ShadowKVOptions
+
+    o = ShadowKVOptions(**_kv(args)["kv_options"])
+    dense_below = (o.local_chunks + 1) * o.chunk_size  # no context chunk outside the local window
+    covered = o.sparse_budget + (o.outlier_chunks + o.local_chunks) * o.chunk_size
+    notes = []
+    short = [n for n in prompt_lens if n < dense_below]
+    if short:
+        notes.append(f"shadowkv: {len(short)} of {len(prompt_lens)} prompts are shorter than the local window plus "
+                     f"one chunk ({dense_below} tokens): they ran dense")
+    full = [n for n in prompt_lens if dense_below <= n <= covered]
+    if full:
+        measured = (f" (fast tier {_mib(peak_kv_bytes)}, dense cache {_mib(dense_kv_bytes)})"
+                    if peak_kv_bytes is not None and peak_kv_bytes > dense_kv_bytes else "")
+        notes.append(f"shadowkv: the sparse budget ({o.sparse_budget} tokens + {o.outlier_chunks} outlier and "
+                     f"{o.local_chunks} local chunks) covers the whole prompt of {len(full)} of {len(prompt_lens)} "
+                     f"prompts: nothing is left out, and the low-rank keys and landmarks come on top{measured}; "
+                     "use a smaller --sparse-budget or a longer prompt")
+    return notes
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -171,13 +280,13 @@ def cmd_generate(args) -> int:
     from tessera.config import SamplingParams
     from tessera.tasks.reasoning import make_problem, score
 
+    prompt = _read_prompt(args)  # before the model loads: a bad prompt costs nothing
+    _warn_ignored(args, prompt is not None)
     llm = _llm(args)
     problem = None
-    if args.prompt is None:
+    if prompt is None:
         problem = make_problem(args.problem, args.difficulty)
         prompt = problem.prompt
-    else:
-        prompt = args.prompt
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.seed, stop=tuple(args.stop or ()))
     stream = (lambda i, t, piece: print(piece, end="", flush=True)) if args.stream and _is_main(args) else None
@@ -197,9 +306,22 @@ def cmd_generate(args) -> int:
     print(f"finish: {c.finish_reason}  prompt tokens: {len(c.prompt_ids)}  generated: {len(c.token_ids)}")
     print(f"decode: {st.decode_tokens_per_s:.1f} tok/s  prefill: {st.prefill_s * 1e3:.1f} ms  "
           f"peak KV: {_mib(st.peak_kv_bytes)}")
+    cfg = llm.config
+    dense = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * llm.dtype.itemsize
+             * (len(c.prompt_ids) + len(c.token_ids)))
+    for note in _shadowkv_notes(args, [len(c.prompt_ids)], st.peak_kv_bytes, dense):
+        print(f"note: {note}")
     if args.stats:
         _print_routing(st)
+        _print_expert_parallel(llm)
     return 0
+
+
+def _print_expert_parallel(llm) -> None:
+    """Under --ep: per layer, what rank 0 sent to and received from each rank, bytes and phase times."""
+    for i, block in llm.model.moe_blocks().items():
+        if hasattr(block.stats, "summary"):
+            print(f"layer {i:2d} expert parallel: {block.stats.summary()}")
 
 
 def _print_routing(st) -> None:
@@ -214,6 +336,7 @@ def _print_routing(st) -> None:
 def cmd_eval(args) -> int:
     from tessera.tasks.evaluate import evaluate
 
+    _check_output(args.output)
     llm = _llm(args)
     res = evaluate(llm, n=args.n, seed_start=args.seed_start, batch_size=args.batch_size,
                    press_factory=_press_factory(args), difficulty=args.difficulty, **_kv(args))
@@ -223,9 +346,17 @@ def cmd_eval(args) -> int:
     if "balancedness" in res:
         print("balancedness per MoE layer (mean / max tokens per expert): "
               + " ".join(f"{v:.2f}" for v in res["balancedness"].values()))
+    notes = []
+    if args.kv == "shadowkv" and llm.tokenizer is not None:
+        from tessera.tasks.reasoning import make_problem
+
+        notes = _shadowkv_notes(args, [len(llm.tokenizer.encode(make_problem(s, args.difficulty).prompt))
+                                       for s in range(args.seed_start, args.seed_start + args.n)])
+    if notes:  # in the result file too, beside the figures they qualify
+        res["notes"] = notes
+        print("\n".join(f"note: {n}" for n in notes))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(res, indent=2) + "\n")
+        _write_output(args.output, json.dumps(res, indent=2) + "\n")
         print(f"wrote {args.output}")
     return 0
 
@@ -310,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate from a prompt or a generated problem")
     _common(g)
     g.add_argument("--prompt", default=None, help="text prompt (default: a generated problem)")
+    g.add_argument("--prompt-file", default=None, metavar="PATH",
+                   help="read the prompt from a UTF-8 file ('-': stdin), for prompts longer than a command line")
     g.add_argument("--problem", type=int, default=1_000_000, help="problem seed when no --prompt")
     g.add_argument("--difficulty", type=int, default=None, help="steps of the generated problem")
     g.add_argument("--max-new-tokens", type=int, default=4096)
@@ -318,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--stats", action="store_true", help="MoE models: tokens per expert and balancedness per layer")
+    g.add_argument("--stats", action="store_true", help="MoE models: tokens per expert and balancedness per layer; under --ep also rows sent / received per rank, bytes and dispatch / expert / combine time")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     _tp_options(g)
     g.set_defaults(fn=cmd_generate)
@@ -345,24 +478,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # user errors get one clear line, not a stack trace
-        print(f"tessera {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        _leave_process_group()
+    ok = False
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.cmd)
+        try:
+            rc = args.fn(args)
+            ok = True
+            return rc
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            # user errors get one clear line, not a stack trace
+            print(f"tessera {args.cmd}: error: {_describe_error(e)}", file=sys.stderr)
+            return 2
+        finally:
+            _leave_process_group(ok)
 
 
-def _leave_process_group() -> None:
-    """Under torchrun, tear the process group down together: a rank that exits while its peer's gloo
-    pair is still open can make the peer abort (SIGABRT) at interpreter shutdown (seen once in CI)."""
+def _one_line_warning(cmd: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"tessera {cmd}: warning: {message}", file=sys.stderr)
+    return show
+
+
+def _describe_error(e: BaseException) -> str:
+    """A collective that failed because a peer died or hung says so (gloo's own text names only a socket)."""
+    import torch.distributed as dist
+
+    msg = " ".join(str(e).split())  # one line, whatever the library put in it
+    if isinstance(e, dist.DistError) and dist.is_available() and dist.is_initialized():
+        return f"rank {dist.get_rank()}: a collective failed: a peer process died or stopped responding ({msg})"
+    return msg
+
+
+def _leave_process_group(ok: bool) -> None:
+    """Under torchrun, tear the process group down together after a run: a rank that exits while its peer's
+    gloo pair is still open can make the peer abort (SIGABRT) at interpreter shutdown (seen once in CI).
+    After an error there is no barrier: the peer may be dead or stuck, and waiting on it would turn one clear
+    error into a second traceback (or a hang until the group's timeout)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if ok:
+                dist.barrier()
         finally:
             dist.destroy_process_group()
 

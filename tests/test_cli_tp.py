@@ -1,6 +1,7 @@
 """`tessera generate --tp 2` under torchrun gives the same greedy text as one process, with the
 torch collectives (`--tp-backend torch`, the default) and with the fused Triton AllReduce
-(`--tp-backend fused`, interpreted on CPU); `--ep 2` on the embedded MoE reasoner likewise."""
+(`--tp-backend fused`, interpreted on CPU); `--ep 2` on the embedded MoE reasoner likewise, for each
+dispatch backend, and `--tp 2 --ep 2` on four processes."""
 
 import os
 import socket
@@ -20,10 +21,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args: list[str], timeout: int, parallel=("--tp", "2")) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: int, parallel=("--tp", "2"), nproc: int = 2) -> subprocess.CompletedProcess:
     # the fused kernels run on CPU only in Triton's interpreter, which must be chosen before import
     env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
            "--master-port", str(_free_port()), "-m", "tessera", *args, *parallel]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]
@@ -55,12 +56,25 @@ def test_generate_tp2_fused_backend_matches_single_process(capsys):
 
 
 @pytest.mark.dist
-def test_generate_ep2_on_the_moe_reasoner_matches_single_process(capsys):
+@pytest.mark.parametrize("backend", ["torch", "decomposed"])
+def test_generate_ep2_on_the_moe_reasoner_matches_single_process(capsys, backend):
     args = ["generate", "--model", "moe", "--difficulty", "3", "--max-new-tokens", "80"]
     assert main(args) == 0
     text1 = capsys.readouterr().out.split(SEP)[0].strip()
-    two = _torchrun(args, timeout=180, parallel=("--ep", "2"))
+    two = _torchrun([*args, "--stats"], timeout=180, parallel=("--ep", "2", "--moe-backend", backend))
     assert len(text1.split()) >= 60 and two.stdout.split(SEP)[0].strip() == text1
+    # --stats: per layer, rows to / from each rank, bytes and phase times (rank 0's view)
+    ep_lines = [ln for ln in two.stdout.splitlines() if "expert parallel: rank 0: rows sent to ranks [" in ln]
+    assert len(ep_lines) == 4 and all("KiB dispatched to peers" in ln and "combine" in ln for ln in ep_lines)
+
+
+@pytest.mark.dist
+def test_generate_tp2_ep2_on_four_processes_matches_single_process(capsys):
+    args = ["generate", "--model", "moe", "--difficulty", "2", "--max-new-tokens", "24"]
+    assert main(args) == 0
+    text1 = capsys.readouterr().out.split(SEP)[0].strip()
+    four = _torchrun(args, timeout=240, parallel=("--tp", "2", "--ep", "2"), nproc=4)
+    assert len(text1.split()) >= 12 and four.stdout.split(SEP)[0].strip() == text1
 
 
 @pytest.mark.dist
@@ -77,7 +91,7 @@ def test_generate_ep2_fused_dispatch_matches_single_process(capsys):
 def test_ep_errors_are_one_line(capsys):
     assert main(["generate", "--model", "moe", "--ep", "2", "--difficulty", "2"]) == 2
     assert "torchrun --nproc-per-node 2" in capsys.readouterr().err
-    assert main(["generate", "--ep", "2", "--tp", "2", "--difficulty", "2"]) == 2
-    assert "--tp and --ep together" in capsys.readouterr().err
+    assert main(["generate", "--model", "moe", "--ep", "2", "--tp", "2", "--difficulty", "2"]) == 2
+    assert "--tp 2 --ep 2 runs one process per rank: torchrun --nproc-per-node 4" in capsys.readouterr().err
     assert main(["generate", "--model", "moe", "--moe-backend", "fused", "--difficulty", "2"]) == 2
     assert "needs --ep N with N > 1" in capsys.readouterr().err

@@ -117,15 +117,15 @@ def test_fused_projections_are_refused_before_any_communicator():
         shard_model(model)  # no process group exists: the check must come first
 
 
-def test_moe_models_are_refused_before_any_communicator():
+def test_whole_projection_qk_norms_are_refused_before_any_communicator():
     from tessera.config import ModelConfig
     from tessera.models import CausalLM
     from tessera.parallel.tp import shard_model
 
     cfg = ModelConfig(vocab_size=20, hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, head_dim=8, model_type="mixtral", num_experts=4, num_experts_per_tok=2,
-                      moe_intermediate_size=8)
-    with pytest.raises(ValueError, match="tensor parallelism of a mixtral model is not implemented"):
+                      num_key_value_heads=2, head_dim=8, model_type="olmoe", num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=8, qk_norm="proj")
+    with pytest.raises(ValueError, match="tensor parallelism of a olmoe model is not implemented"):
         shard_model(CausalLM(cfg))
 
 

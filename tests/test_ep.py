@@ -22,9 +22,13 @@ def _inputs(rank: int, it: int, E: int, H: int = 5, k: int = 2):
     return x, ids, torch.rand(T, k, generator=g)
 
 
-def _dispatch_job(E: int, iters: int):
+def _dispatch_job(E: int, iters: int, impl: str = "ep_dispatch"):
+    import importlib
+
     from tessera.distributed import parallel_state as ps
-    from tessera.parallel.ep_dispatch import combine, dispatch
+
+    mod = importlib.import_module(f"tessera.parallel.{impl}")
+    dispatch, combine = mod.dispatch, mod.combine
 
     W, r = ps.world_size(), ps.rank()
     local = E // W
@@ -48,9 +52,34 @@ def _dispatch_job(E: int, iters: int):
     return True
 
 
+@pytest.mark.parametrize("impl", ["ep_dispatch", "ep_decomposed"])
 @pytest.mark.parametrize("world, E", [(2, 4), (4, 8)])
-def test_dispatch_and_combine_match_the_reference(world, E):
-    assert all(shared_pool(world).run(_dispatch_job, E, 3, timeout=120))
+def test_dispatch_and_combine_match_the_reference(world, E, impl):
+    assert all(shared_pool(world).run(_dispatch_job, E, 3, impl, timeout=120))
+
+
+def _overlapped_job(E: int, iters: int):
+    """The decomposed path that runs the experts per source as rows land equals dispatch -> experts -> combine,
+    with an expert function that depends on the expert (so wrong offsets per source would show)."""
+    from tessera.distributed import parallel_state as ps
+    from tessera.parallel import ep_decomposed, ep_dispatch
+
+    def experts_fn(rows, offsets):  # rows [n, H] grouped by local expert -> rows * (local expert + 1)
+        scale = torch.repeat_interleave(torch.arange(1, len(offsets)).float(), offsets.diff())
+        return rows * scale[:, None]
+
+    for it in range(iters):
+        x, ids, w = _inputs(ps.rank(), it, E)
+        rows, _, layout = ep_dispatch.dispatch(x, ids, w, E)
+        want = ep_dispatch.combine(experts_fn(rows, layout.expert_offsets), layout)
+        got, _ = ep_decomposed.run_overlapped(x, ids, w, E, experts_fn, timeout_s=20)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    return True
+
+
+@pytest.mark.parametrize("world, E", [(2, 4), (4, 8)])
+def test_overlapped_decomposed_path_equals_dispatch_experts_combine(world, E):
+    assert all(shared_pool(world).run(_overlapped_job, E, 3, timeout=120))
 
 
 def _ep_model_job(backend: str):
@@ -73,12 +102,63 @@ def _ep_model_job(backend: str):
         comm = shard_experts(model, backend=backend, max_tokens=16)
         got = model(ids)  # each rank its own batch (different sizes): data-parallel attention
     comm.close()
-    return (got - want).abs().max().item()
+    stats = [b.stats for b in model.moe_blocks().values()]
+    return (got - want).abs().max().item(), [(s.sent.tolist(), s.received.tolist(), s.bytes_out) for s in stats]
 
 
-@pytest.mark.parametrize("backend", ["torch", "fused"])
+@pytest.mark.parametrize("backend", ["torch", "decomposed", "fused"])
 def test_expert_parallel_model_matches_one_process(backend):
-    assert all(d < 1e-5 for d in shared_pool(2).run(_ep_model_job, backend, timeout=180))
+    (d0, s0), (d1, s1) = shared_pool(2).run(_ep_model_job, backend, timeout=180)
+    assert d0 < 1e-5 and d1 < 1e-5
+    for (sent0, recv0, bytes0), (sent1, recv1, bytes1) in zip(s0, s1):  # per layer, what one sent the other got
+        assert sent0[1] == recv1[0] and sent1[0] == recv0[1] and sent0[0] == recv0[0]
+        assert bytes0 == sent0[1] * 16 * 4 and bytes1 == sent1[0] * 16 * 4  # rows to the peer x H x fp32
+        assert sum(sent0) == 6 * 2  # rank 0: one sequence of 6 tokens, top-2 (no slot dropped)
+
+
+def _tp_ep_model_job():
+    """tp=2 x ep=2 on 4 ranks: attention sharded over the "tp" group, experts over the "ep" group."""
+    from tessera.config import ModelConfig
+    from tessera.distributed import parallel_state as ps
+    from tessera.models import CausalLM
+    from tessera.parallel import tp
+    from tessera.parallel.ep import shard_experts
+
+    ps.initialize(tp=2, ep=2)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, head_dim=8, model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=12, shared_expert_intermediate_size=8, norm_topk_prob=False,
+                      decoder_sparse_step=2)  # layer 0 dense (its MLP tensor-parallel), layer 1 MoE
+    model = CausalLM(cfg).eval()
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(ps.rank() // 2))  # per TP group
+    try:
+        with torch.no_grad():
+            want = model(ids)
+            tp.shard_model(model, group=ps.group("tp"))
+            shard_experts(model, group=ps.group("ep"))
+            got = model(ids)
+    finally:
+        ps.destroy_groups()
+    layer = model.model.layers[1].mlp
+    return (got - want).abs().max().item(), layer.experts.num_experts, ps.world_size("world")
+
+
+def test_tensor_and_expert_parallel_together_match_one_process():
+    for diff, local_experts, world in shared_pool(4).run(_tp_ep_model_job, timeout=180):
+        assert diff < 1e-5 and local_experts == 2 and world == 4
+
+
+def _bad_world_job():
+    from tessera.distributed import parallel_state as ps
+
+    ps.initialize(tp=2, ep=2)
+
+
+def test_a_layout_that_does_not_match_the_world_is_refused_on_every_rank():
+    with pytest.raises(RankFailure) as ei:
+        shared_pool(2).run(_bad_world_job, timeout=60)
+    assert all("tp=2 x ep=2 needs 4 ranks, but 2 were started" in e for e in ei.value.errors.values())
 
 
 def _bad_split_job():

@@ -1,15 +1,22 @@
 """Expert parallelism: the routed experts of every MoE layer sharded over a group of ranks.
 
-    shard_experts(model, group, backend="torch" | "fused")   # in place, the same model on every rank
+    shard_experts(model, group, backend="torch" | "decomposed" | "fused")   # in place, same model on every rank
 
 Each rank keeps E / W experts (rank r: experts r E/W .. (r+1) E/W - 1); the router and Qwen2-MoE's shared
 expert stay replicated, so every rank routes its own tokens, dispatches the (token, slot) pairs to the
 experts' owners, runs its local experts over what it received, and combines the results at home with the
 routing weights. Attention is untouched: each rank serves its own sequences (data parallel), as in
-DeepSpeed-MoE and Megatron-Core's expert parallelism. The dispatch is `torch.distributed`'s all-to-all
-(`tessera.parallel.ep_dispatch`) or the Triton kernels over the symmetric heap
-(`tessera.kernels.moe.ep_a2a`, one heap and one set of buffers for all layers, sized for `max_tokens`
-tokens per rank and forward).
+DeepSpeed-MoE and Megatron-Core's expert parallelism. Only the MoE block's routed-experts step changes
+(`block.experts` becomes an `EPExperts`), so the block's forward is the same code with or without EP.
+
+Dispatch implementations, one contract (`dispatch(x, ids, weights) -> rows grouped by local expert then
+source rank, weights, layout`; `combine(rows, layout) -> [T, H]`):
+- torch: `torch.distributed` all-to-all of counts, then rows (`tessera.parallel.ep_dispatch`);
+- decomposed: one async send / receive per peer, each source's rows run through the experts as they land
+  and sent straight back (`tessera.parallel.ep_decomposed`);
+- fused: Triton kernels that put rows into the peers' buffers on the symmetric heap with ready flags
+  (`tessera.kernels.moe.ep_a2a`, one heap and one set of buffers for all layers, sized for `max_tokens`
+  tokens per rank and forward).
 """
 
 from __future__ import annotations
@@ -19,24 +26,27 @@ from torch import nn
 
 from tessera.distributed import parallel_state as ps
 from tessera.layers import experts as X
-from tessera.layers.moe import Experts, MoEBlock
-from tessera.parallel import ep_dispatch
+from tessera.parallel import ep_decomposed, ep_dispatch
+from tessera.parallel.ep_stats import EPStats
 
-BACKENDS = ("torch", "fused")
+BACKENDS = ("torch", "decomposed", "fused")
 MAX_TOKENS = 4096  # per rank and forward, for the fused buffers (a prefill of more is refused on every rank)
 
 
 class EPComm:
-    """The group and the dispatch implementation every expert-parallel block of one model shares."""
+    """The group and the dispatch implementation every expert-parallel layer of one model shares."""
 
-    def __init__(self, group, backend: str, ctx=None):
+    def __init__(self, group, backend: str, ctx=None, timeout_s: float | None = 60.0):
         self.group, self.backend, self.ctx = group, backend, ctx
+        self.timeout_s = timeout_s or ep_decomposed.TIMEOUT_S
 
     def dispatch(self, x, ids, weights, num_experts):
         if self.backend == "fused":
             from tessera.kernels.moe.ep_a2a import dispatch_fused
 
             return dispatch_fused(x, ids, weights, self.ctx)
+        if self.backend == "decomposed":
+            return ep_decomposed.dispatch(x, ids, weights, num_experts, self.group, self.timeout_s)
         return ep_dispatch.dispatch(x, ids, weights, num_experts, self.group)
 
     def combine(self, rows, layout):
@@ -44,39 +54,52 @@ class EPComm:
             from tessera.kernels.moe.ep_a2a import combine_fused
 
             return combine_fused(rows, layout, self.ctx)
+        if self.backend == "decomposed":
+            return ep_decomposed.combine(rows, layout, self.group, self.timeout_s)
         return ep_dispatch.combine(rows, layout, self.group)
+
+    def run(self, x, ids, weights, num_experts: int, experts_fn, stats: EPStats) -> torch.Tensor:
+        """The routed experts of one layer over the group: x [T, H], ids / weights [T, k] -> [T, H]."""
+        if self.backend == "decomposed":  # dispatch, experts and combine interleaved per peer
+            out, layout = ep_decomposed.run_overlapped(x, ids, weights, num_experts, experts_fn, self.group,
+                                                       self.timeout_s, timer=stats.timer)
+        else:
+            with stats.timer("dispatch"):
+                rows, _, layout = self.dispatch(x, ids, weights, num_experts)
+            with stats.timer("experts"):
+                y = experts_fn(rows, layout.expert_offsets)
+            with stats.timer("combine"):
+                out = self.combine(y, layout)
+        stats.add_exchange(layout, x.shape[1] * x.element_size())
+        return out
 
     def close(self):
         if self.ctx is not None:
             self.ctx.heap.close()
 
 
-class EPMoEBlock(nn.Module):
-    def __init__(self, block: MoEBlock, comm: EPComm):
+class EPExperts(nn.Module):
+    """This rank's E / W experts of one layer, in place of `Experts`: same call, `(x, ids, weights) -> [T, H]`."""
+
+    def __init__(self, experts: nn.Module, comm: EPComm, stats: EPStats):
         super().__init__()
         W, r = ps.world_size(comm.group), ps.rank(comm.group)
-        E = block.experts.num_experts
+        E = experts.num_experts
         local = E // W
-        self.comm, self.num_experts = comm, E
-        self.gate, self.stats = block.gate, block.stats
-        self.shared_expert, self.shared_expert_gate = block.shared_expert, block.shared_expert_gate
-        src = block.experts
-        self.experts = Experts(local, src.gate_up_proj.shape[2], src.down_proj.shape[2]).to(src.gate_up_proj)
+        self.comm, self.stats, self.total_experts = comm, stats, E
         with torch.no_grad():  # this rank's slice of the experts
-            self.experts.gate_up_proj.copy_(src.gate_up_proj[r * local:(r + 1) * local])
-            self.experts.down_proj.copy_(src.down_proj[r * local:(r + 1) * local])
+            self.gate_up_proj = nn.Parameter(experts.gate_up_proj[r * local:(r + 1) * local].clone())  # [E/W, 2I, H]
+            self.down_proj = nn.Parameter(experts.down_proj[r * local:(r + 1) * local].clone())  # [E/W, H, I]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, H]
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        _, weights, ids = self.gate(flat)
-        self.stats.add(ids)
-        rows, _, layout = self.comm.dispatch(flat, ids, weights, self.num_experts)
-        y = X.grouped_swiglu(rows, layout.expert_offsets, self.experts.gate_up_proj, self.experts.down_proj)
-        out = self.comm.combine(y, layout)
-        if self.shared_expert is not None:
-            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
-        return out.reshape(shape)
+    @property
+    def num_experts(self) -> int:  # local experts
+        return self.gate_up_proj.shape[0]
+
+    def _local(self, rows, offsets):  # rows [R, H] grouped by local expert -> [R, H]
+        return X.grouped_swiglu(rows, offsets, self.gate_up_proj, self.down_proj)
+
+    def forward(self, x, ids, weights):  # x [T, H], ids / weights [T, k] (global expert ids) -> [T, H]
+        return self.comm.run(x, ids, weights, self.total_experts, self._local, self.stats)
 
 
 def shard_experts(model, group=None, backend: str = "torch", max_tokens: int = MAX_TOKENS,
@@ -101,8 +124,9 @@ def shard_experts(model, group=None, backend: str = "torch", max_tokens: int = M
         args = (max_tokens, cfg.num_experts_per_tok, cfg.hidden_size, cfg.num_experts, p.dtype)
         heap = SymmetricHeap(ep_a2a_heap_bytes(W, *args), group, device=p.device)
         ctx = create_ep_a2a_context(heap, *args, timeout_s=timeout_s)
-    comm = EPComm(group, backend, ctx)
-    for i, block in blocks.items():
-        model.model.layers[i].mlp = EPMoEBlock(block, comm)
+    comm = EPComm(group, backend, ctx, timeout_s)
+    for block in blocks.values():
+        block.stats = EPStats(cfg.num_experts, W, ps.rank(group))
+        block.experts = EPExperts(block.experts, comm, block.stats)
     model.ep_comm = comm
     return comm

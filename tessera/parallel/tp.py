@@ -28,6 +28,7 @@ from tessera.distributed.symm import ALIGN, SymmetricHeap
 from tessera.kernels.comm.ag_gemm import ag_gemm, create_ag_gemm_context
 from tessera.kernels.comm.allreduce import allreduce, create_allreduce_context
 from tessera.kernels.comm.gemm_rs import create_gemm_rs_context, gemm_rs
+from tessera.layers.mlp import SwiGLU
 from tessera.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear
 
 MAX_TOKENS = 4096  # tokens per forward the fused AllReduce holds by default (a prefill of B x S counts B*S)
@@ -102,11 +103,11 @@ def shard_model(model, group=None, mode: str = "torch", **comm_kw) -> TPComm:
     Returns the TPComm (keep it alive as long as the model). Raises on every rank if the head
     counts or FFN width do not divide by the world size."""
     cfg = model.config
-    if cfg.num_experts or cfg.qk_norm == "proj":  # the same model on every rank: every rank raises this
+    if cfg.qk_norm == "proj":  # the same model on every rank: every rank raises this
         raise ValueError(f"shard_model: tensor parallelism of a {cfg.model_type} model is not implemented "
-                         f"({'routed experts' if cfg.num_experts else 'q/k norms over the whole projection'})")
-    if any(getattr(m, "qkv_proj", None) is not None or getattr(m, "gate_up_proj", None) is not None
-           for m in model.modules()):
+                         "(q/k norms over the whole projection)")
+    if any(getattr(m, "qkv_proj", None) is not None or (isinstance(m, SwiGLU) and m.gate_up_proj is not None)
+           for m in model.modules()):  # (routed experts also call their fused weights gate_up_proj)
         raise ValueError("shard_model: the model has fused projections (tessera.quant.fuse_projections); "
                          "shard it before fusing")
     p = next(model.parameters())
@@ -126,6 +127,8 @@ def shard_model(model, group=None, mode: str = "torch", **comm_kw) -> TPComm:
         attn.o_proj = RowParallelLinear.from_linear(attn.o_proj, comm)
         attn.n_heads //= W
         attn.n_kv //= W
+        if not isinstance(mlp, SwiGLU):
+            continue  # routed experts stay whole here: expert parallelism (parallel/ep.py) shards them
         mlp.gate_proj = ColumnParallelLinear.from_linear(mlp.gate_proj, comm)
         mlp.up_proj = ColumnParallelLinear.from_linear(mlp.up_proj, comm)
         mlp.down_proj = RowParallelLinear.from_linear(mlp.down_proj, comm)
