@@ -30,23 +30,8 @@ import triton.language as tl
 from tessera.distributed import lang as dl
 from tessera.distributed import parallel_state as ps
 from tessera.distributed import waits
+from tessera.kernels.moe.ep_common import push_rows
 from tessera.kernels.moe.ep_layout import DispatchLayout, experts_per_rank, make_layout, plan_sends
-
-
-@triton.jit
-def _push_rows(src, dst, w_src, w_dst, row_lo, n_rows, dst_row0, H, peer, me, bases,
-               HAS_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Rows src[row_lo : row_lo + n_rows] -> peer's dst[dst_row0 : ...] (and their weights when HAS_W)."""
-    for r0 in range(0, n_rows, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        rm = r < n_rows
-        for h0 in range(0, H, BLOCK_H):
-            c = h0 + tl.arange(0, BLOCK_H)
-            m = rm[:, None] & (c[None, :] < H)
-            vals = tl.load(src + (row_lo + r[:, None]) * H + c[None, :], mask=m)
-            dl.tile_push_data(dst + (dst_row0 + r[:, None]) * H + c[None, :], vals, m, peer, me, bases)
-        if HAS_W:
-            dl.tile_push_data(w_dst + dst_row0 + r, tl.load(w_src + row_lo + r, mask=rm), rm, peer, me, bases)
 
 
 @triton.jit
@@ -69,7 +54,7 @@ def _dispatch_kernel(send, send_w, send_off, send_cnt, recv, recv_w, recv_meta, 
         peer = (me + pid) % W
         lo = tl.load(send_off + peer)
         n = tl.load(send_off + peer + 1) - lo
-        _push_rows(send, recv + me * S_cap * H, send_w, recv_w + me * S_cap, lo, n, 0, H, peer, me, bases,
+        push_rows(send, recv + me * S_cap * H, send_w, recv_w + me * S_cap, lo, n, 0, H, peer, me, bases,
                    True, BLOCK_R, BLOCK_H)
         e = tl.arange(0, BLOCK_E)
         meta = tl.where(e < EL, tl.load(send_cnt + peer * EL + e, mask=e < EL, other=0), lo)
@@ -96,7 +81,7 @@ def _combine_kernel(back, ret, recv_meta, sig, err, epoch, H, S_cap, EL, rank, w
         for e in range(EL):
             n += tl.load(recv_meta + peer * (EL + 1) + e)
         row0 = tl.load(recv_meta + peer * (EL + 1) + EL)  # where the peer's rows for me start in its send order
-        _push_rows(back + peer * S_cap * H, ret, back, ret, 0, n, row0, H, peer, me, bases, False, BLOCK_R, BLOCK_H)
+        push_rows(back + peer * S_cap * H, ret, back, ret, 0, n, row0, H, peer, me, bases, False, BLOCK_R, BLOCK_H)
         dl.notify(sig + me, peer, epoch, me, bases)
     else:
         dl.wait(sig + (pid - W), epoch, max_spins, err)
