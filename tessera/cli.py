@@ -473,10 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, devices and the model's configuration")
     i.add_argument("--model", default=None)
     i.set_defaults(fn=cmd_info)
+    sub.add_parser("plan", add_help=False, help="MegaScale-Infer deployment plan from a profile of the layer halves "
+                   "(tessera plan --help; docs/moe.md)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"]:  # the planner parses its own options
+        from tessera.parallel.disagg.planner import main as plan_main
+
+        return plan_main(argv[1:])
     args = build_parser().parse_args(argv)
     ok = False
     with warnings.catch_warnings():
