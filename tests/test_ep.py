@@ -225,6 +225,8 @@ def _fused_errors_job(case: str):
     try:
         if case == "heap too small":
             create_ep_a2a_context(heap, max_tokens=4096, top_k=2, hidden=64, num_experts=4)
+        if case == "hidden sizes differ":
+            create_ep_a2a_context(heap, max_tokens=4, top_k=2, hidden=5 + ps.rank(), num_experts=4)
         ctx = create_ep_a2a_context(heap, max_tokens=4, top_k=2, hidden=5, num_experts=4, timeout_s=10)
         T = 6 if ps.rank() == 1 else 2  # one rank over capacity: every rank must raise, none may hang
         dispatch_fused(torch.zeros(T, 5), torch.zeros(T, 2).long(), torch.ones(T, 2), ctx)
@@ -233,9 +235,56 @@ def _fused_errors_job(case: str):
 
 
 @pytest.mark.parametrize("case, message", [("heap too small", "the heap holds"),
+                                           ("hidden sizes differ", "ranks disagree"),
                                            ("over capacity", "ep dispatch: invalid arguments on rank(s) [1]")])
 def test_fused_errors_raise_on_every_rank(case, message):
     with pytest.raises(RankFailure) as ei:
         shared_pool(2).run(_fused_errors_job, case, timeout=60)
     assert set(ei.value.errors) == {0, 1}
     assert all(message in e for e in ei.value.errors.values())
+
+
+def _dead_rank_job(tag: str):
+    """Rank 1 dies inside dispatch, after the barrier and before its kernel raises any flag: rank 0's kernel
+    must give up within its timeout and name the flag it waited on."""
+    import glob
+    import os
+
+    from tessera.distributed import parallel_state as ps
+    from tessera.distributed.symm import SymmetricHeap
+    from tessera.kernels.moe import ep_a2a
+
+    heap = SymmetricHeap(ep_a2a.ep_a2a_heap_bytes(2, 4, 2, 5, 4, torch.float32))
+    ctx = ep_a2a.create_ep_a2a_context(heap, max_tokens=4, top_k=2, hidden=5, num_experts=4, timeout_s=3)
+    if ps.rank() == 1:
+        class _Dies:  # the kernel launch of this rank: the process ends instead
+            def __getitem__(self, grid):
+                return lambda *a, **kw: os._exit(17)
+
+        ep_a2a._dispatch_kernel = _Dies()
+    try:
+        x, ids, w = _inputs(ps.rank(), 0, 4)
+        ep_a2a.dispatch_fused(x[:4], ids[:4], w[:4], ctx)
+    finally:
+        heap.close()
+        left = glob.glob("/dev/shm/tessera_*")
+    return left
+
+
+def test_a_rank_that_dies_mid_dispatch_fails_the_others_within_their_timeout():
+    from tessera.distributed.testing import RankPool
+
+    pool = RankPool(2, gloo_timeout_s=10)  # its own pool: a rank of it dies
+    before = set(__import__("glob").glob("/dev/shm/tessera_*"))
+    try:
+        t0 = __import__("time").monotonic()
+        with pytest.raises(RankFailure) as ei:
+            pool.run(_dead_rank_job, "dead", timeout=60)
+        elapsed = __import__("time").monotonic() - t0
+    finally:
+        pool.stop()
+    errors = ei.value.errors
+    assert "exit code 17" in errors[1]
+    assert "DistTimeoutError" in errors[0] and "rank 0 timed out" in errors[0] and "ep.sig_d" in errors[0], errors[0]
+    assert elapsed < 40
+    assert set(__import__("glob").glob("/dev/shm/tessera_*")) <= before  # nothing of this run left behind
