@@ -95,14 +95,21 @@ class MoEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, H]
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [T, H]
+        weights, ids = self.route(x)
+        return self.add_shared(x, self.experts(x, ids, weights)).reshape(shape)
+
+    # the steps of forward, for runtimes that run the routed experts elsewhere (disaggregated experts)
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # x [T, H] -> weights, ids [T, k]
         logits, weights, ids = self.gate(x)
         self.last_router_logits = logits if self.training else None
         if not self.training:
             self.stats.add(ids)
-        out = self.experts(x, ids, weights)
-        if self.shared_expert is not None:
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return out.reshape(shape)
+        return weights, ids
+
+    def add_shared(self, x: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:  # [T, H] each -> [T, H]
+        if self.shared_expert is None:
+            return routed
+        return routed + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
 
 def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
