@@ -13,6 +13,8 @@ Alpha-beta communication (latency + bytes / bandwidth, ring algorithms) and a th
 Speedups are relative to sequential (the papers' "non-overlapping baseline"). The model knows
 nothing of contention or of MoE routing, so it is an upper bound on what overlap can buy and it
 cannot reproduce TileLink's MoE figures (up to 20.76x, which come from replacing vLLM's MoE path).
+The expert-parallel MoE layer (all-to-all, routing skew, COMET's fused layers) has its own model in
+`moe_perfmodel.py`.
 """
 
 from __future__ import annotations
