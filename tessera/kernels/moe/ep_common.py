@@ -54,3 +54,24 @@ def trace_event(trace, kind, a, b, TRACE: tl.constexpr):
             tl.store(trace + 4 + 3 * i, kind)
             tl.store(trace + 5 + 3 * i, a)
             tl.store(trace + 6 + 3 * i, b)
+
+
+@triton.jit
+def wait_all(sig, offs, mask, value, max_spins, err):
+    """Acquire-spin until the local signals sig[offs] >= value for every masked lane: one vector poll per spin
+    instead of one `dl.wait` per signal (in the interpreter every nested jit call costs milliseconds). On
+    timeout the first lagging signal goes through `dl.wait`, which records it in the error slot. Returns the
+    smallest value seen, a token for `dl.consume_token`."""
+    seen = tl.atomic_add(sig + offs, 0, mask=mask, sem="acquire", scope="sys")
+    lag = mask & (seen < value)
+    spins = max_spins * 0
+    while (tl.max(lag.to(tl.int32), axis=0) > 0) & (spins < max_spins):
+        seen = tl.atomic_add(sig + offs, 0, mask=mask, sem="acquire", scope="sys")
+        lag = mask & (seen < value)
+        failed = tl.atomic_add(err, 0, sem="relaxed", scope="sys")
+        spins = tl.where(failed != 0, max_spins, spins + 1)
+    tl.debug_barrier()  # the acquiring threads' view is ordered before every thread's loads
+    token = tl.min(tl.where(mask, seen, value), axis=0)
+    if token < value:
+        token = dl.wait(sig + tl.min(tl.where(lag, offs, 2**30), axis=0), value, 1, err)
+    return token
