@@ -7,6 +7,29 @@ from dataclasses import dataclass, field
 QK_NORMS = ("", "head", "proj")  # none; per head before RoPE (Qwen3); over the whole projection (OLMoE)
 
 
+class ModelFileError(ValueError):
+    """A model directory's file is unreadable or inconsistent (config.json, model.safetensors, tokenizer.json):
+    the message names the file and what is wrong with it. A ValueError, so callers that catch bad input
+    already catch it; the CLI prints it as one line and exits with status 2."""
+
+
+_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings", "num_experts", "num_experts_per_tok",
+               "moe_intermediate_size", "shared_expert_intermediate_size", "decoder_sparse_step")
+_POSITIVE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is an int to Python, not a layer count
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder (dense or Mixture-of-Experts), read from an HF config.json.
@@ -47,16 +70,20 @@ class ModelConfig:
     router_aux_loss_coef: float = 0.0  # training only (load-balancing loss, Switch Transformer)
 
     def __post_init__(self):
+        self._check_types()
         if self.qk_norm not in QK_NORMS:
             raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
+        for f in _POSITIVE:  # before the modulo below: zero heads would be a ZeroDivisionError
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "head_dim"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        if not self.rms_norm_eps > 0 or not self.rope_theta > 0:
+            raise ValueError(f"rms_norm_eps and rope_theta must be positive, got {self.rms_norm_eps} and "
+                             f"{self.rope_theta}")
         if self.num_experts:
             if not 0 < self.num_experts_per_tok <= self.num_experts:
                 raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, num_experts="
@@ -67,6 +94,30 @@ class ModelConfig:
         rs = self.rope_scaling
         if rs and rs.get("rope_type", rs.get("type")) not in (None, "default", "llama3"):
             raise ValueError(f"unsupported rope_scaling {rs!r}: only 'default' and 'llama3' are implemented")
+
+    def _check_types(self) -> None:
+        """Wrong JSON types fail here with the field's name, not later as a TypeError deep in a layer."""
+        for f in _INT_FIELDS:
+            if not _is_int(getattr(self, f)):
+                raise ValueError(f"{f} must be an integer, got {getattr(self, f)!r}")
+        for f in ("rms_norm_eps", "rope_theta", "router_aux_loss_coef"):
+            if not _is_number(getattr(self, f)):
+                raise ValueError(f"{f} must be a number, got {getattr(self, f)!r}")
+        if self.clip_qkv is not None and not _is_number(self.clip_qkv):
+            raise ValueError(f"clip_qkv must be a number or null, got {self.clip_qkv!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise ValueError(f"rope_scaling must be an object or null, got {self.rope_scaling!r}")
+        for f in ("bos_token_id", "pad_token_id"):
+            if getattr(self, f) is not None and not _is_int(getattr(self, f)):
+                raise ValueError(f"{f} must be an integer or null, got {getattr(self, f)!r}")
+        e = self.eos_token_id
+        if e is not None and not (_is_int(e) or isinstance(e, (list, tuple)) and all(map(_is_int, e))):
+            raise ValueError(f"eos_token_id must be an integer, a list of integers or null, got {e!r}")
+        if not isinstance(self.mlp_only_layers, (list, tuple)) or not all(map(_is_int, self.mlp_only_layers)):
+            raise ValueError(f"mlp_only_layers must be a list of layer indices, got {self.mlp_only_layers!r}")
+        for f in ("tie_word_embeddings", "attention_bias", "o_bias", "norm_topk_prob"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f} must be true or false, got {getattr(self, f)!r}")
 
     @property
     def eos_ids(self) -> tuple[int, ...]:

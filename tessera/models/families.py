@@ -48,14 +48,32 @@ def _first(d: dict, *names, default=None):
     return default
 
 
+def _int(d: dict, *names, default=None) -> int:
+    """The first spelling present, which must be an integer (JSON true is not a count; "8" is not 8)."""
+    v = _first(d, *names, default=default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"{names[0]!r} must be an integer, got {v!r}")
+    return v
+
+
+def _number(d: dict, *names, default=None) -> float:
+    v = _first(d, *names, default=default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise ValueError(f"{names[0]!r} must be a number, got {v!r}")
+    return float(v)
+
+
 def _experts(d: dict, expert_ffn: int) -> dict:
     """MoE fields common to every family; `expert_ffn` is the width of one routed expert."""
-    return dict(num_experts=int(_first(d, "num_local_experts", "num_experts", "n_routed_experts", default=0)),
-                num_experts_per_tok=int(_first(d, "num_experts_per_tok", "moe_top_k", default=0)),
-                moe_intermediate_size=int(expert_ffn),
-                decoder_sparse_step=int(_first(d, "decoder_sparse_step", default=1)),
-                mlp_only_layers=tuple(_first(d, "mlp_only_layers", default=())),
-                router_aux_loss_coef=float(_first(d, "router_aux_loss_coef", default=0.0)))
+    layers = _first(d, "mlp_only_layers", default=())
+    if not isinstance(layers, (list, tuple)):
+        raise ValueError(f"'mlp_only_layers' must be a list of layer indices, got {layers!r}")
+    return dict(num_experts=_int(d, "num_local_experts", "num_experts", "n_routed_experts", default=0),
+                num_experts_per_tok=_int(d, "num_experts_per_tok", "moe_top_k", default=0),
+                moe_intermediate_size=expert_ffn,
+                decoder_sparse_step=_int(d, "decoder_sparse_step", default=1),
+                mlp_only_layers=tuple(layers),
+                router_aux_loss_coef=_number(d, "router_aux_loss_coef", default=0.0))
 
 
 def _dense(d):
@@ -75,9 +93,9 @@ def _mixtral(d):  # every layer routed; top-k always renormalised (transformers'
 
 
 def _qwen_moe(d, qk_norm: str, bias_default: bool):
-    return {**_experts(d, _first(d, "moe_intermediate_size", default=d["intermediate_size"])),
+    return {**_experts(d, _int(d, "moe_intermediate_size", default=d["intermediate_size"])),
             "norm_topk_prob": bool(_first(d, "norm_topk_prob", default=False)),
-            "shared_expert_intermediate_size": int(_first(d, "shared_expert_intermediate_size", default=0)),
+            "shared_expert_intermediate_size": _int(d, "shared_expert_intermediate_size", default=0),
             "attention_bias": bool(_first(d, "qkv_bias", "attention_bias", default=bias_default)),
             "qk_norm": qk_norm}
 
@@ -101,28 +119,36 @@ register(Family("olmoe", "OlmoeForCausalLM", _olmoe))
 def config_from_hf(d: dict) -> ModelConfig:
     """Build a ModelConfig from the dict of a Hugging Face config.json."""
     if not isinstance(d, dict):
-        raise ValueError(f"config.json must hold a JSON object, got {type(d).__name__}")
+        raise ValueError(f"must hold a JSON object, got {type(d).__name__}")
     family = family_of(d.get("model_type", "llama"))
     for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-        if not isinstance(d.get(f), int):
-            raise ValueError(f"config.json: {f!r} must be an integer, got {d.get(f)!r}")
-    heads = d["num_attention_heads"]
-    if heads <= 0:
-        raise ValueError(f"config.json: num_attention_heads must be positive, got {heads}")
+        if d.get(f) is None:
+            raise ValueError(f"the required field {f!r} is missing")
+        if _int(d, f) <= 0:
+            raise ValueError(f"{f!r} must be positive, got {d[f]}")
+    heads, hidden = d["num_attention_heads"], d["hidden_size"]
+    if d.get("head_dim") is None and hidden % heads:
+        raise ValueError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads} and there is no "
+                         "head_dim to say the head width")
     theta, rs = d.get("rope_theta"), d.get("rope_scaling") or None
     rp = d.get("rope_parameters")  # transformers >= 5 keeps theta and scaling here
     if isinstance(rp, dict):
         theta = rp.get("rope_theta", theta)
         if rp.get("rope_type", "default") != "default":
             rs = rp
+    if rs is not None and not isinstance(rs, dict):
+        raise ValueError(f"'rope_scaling' must be an object or null, got {rs!r}")
+    if theta is not None and (not isinstance(theta, (int, float)) or isinstance(theta, bool)):
+        raise ValueError(f"'rope_theta' must be a number, got {theta!r}")
     known = {f.name for f in fields(ModelConfig)}
     kw = {k: v for k, v in d.items() if k in known and v is not None}
     for k in ("attention_bias", "qk_norm", "norm_topk_prob", "num_experts", "num_experts_per_tok",
               "decoder_sparse_step", "mlp_only_layers", "shared_expert_intermediate_size", "clip_qkv",
               "moe_intermediate_size", "router_aux_loss_coef"):
         kw.pop(k, None)  # these mean what the family says, not what a same-named key happens to hold
-    kw.update(head_dim=d.get("head_dim") or d["hidden_size"] // heads,
-              num_key_value_heads=d.get("num_key_value_heads") or heads,
+    # an explicit 0 stays 0 (ModelConfig refuses it) instead of silently meaning "as many as heads"
+    kw.update(head_dim=d["head_dim"] if d.get("head_dim") is not None else hidden // heads,
+              num_key_value_heads=d["num_key_value_heads"] if d.get("num_key_value_heads") is not None else heads,
               rope_theta=float(theta or 10000.0), rope_scaling=rs, model_type=family.model_type)
     kw.update(family.parse(d))
     return ModelConfig(**kw)

@@ -13,27 +13,38 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tessera.config import ModelConfig
+from tessera.config import ModelConfig, ModelFileError
 from tessera.layers.rope import RotaryEmbedding
 from tessera.models.checkpoint import fuse_experts, split_experts
 from tessera.models.decoder import CausalLM
 from tessera.models.families import config_from_hf, config_to_hf
 
 
+def _read_json(f: Path, what: str):
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start}); {what}") from None
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{f}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {what}") from None
+
+
 def read_config(path: str | Path) -> ModelConfig:
+    """config.json of an HF-format directory as a ModelConfig; a bad file raises `ModelFileError` naming it."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model path {str(path)!r} is not a directory (tessera only loads local HF-format dirs)")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found: an HF-format model dir needs config.json")
+    d = _read_json(cfg_file, "is the file truncated?")
     try:
-        d = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-    return config_from_hf(d)
+        return config_from_hf(d)
+    except ValueError as e:
+        raise ModelFileError(f"{cfg_file}: {e}") from None
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -42,12 +53,33 @@ def _weight_files(path: Path) -> list[Path]:
         return [single]
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        wm = _read_json(index, "is the file truncated?")
+        wm = wm.get("weight_map") if isinstance(wm, dict) else None
+        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+            raise ModelFileError(f"{index}: needs a non-empty \"weight_map\" object of tensor name -> shard file")
+        shards = sorted(set(wm.values()))
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise FileNotFoundError(f"shards listed in {index} are missing: {missing}")
         return [path / s for s in shards]
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+
+
+def _load_weights(f: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file, every floating-point tensor finite. A truncated or damaged file (the header is
+    checked against the file size by safetensors) and NaN / inf weights raise `ModelFileError`: non-finite
+    weights would otherwise load and make every logit NaN, and greedy decoding then emits token 0 silently."""
+    try:
+        state = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise ModelFileError(f"{f}: not a readable safetensors file ({e}); it may be truncated or corrupted: "
+                             "download or save it again") from None
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise ModelFileError(f"{f}: tensor {name} holds {nan} NaN and {inf} infinite values "
+                                 "(a corrupted or diverged checkpoint)")
+    return state
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -58,7 +90,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         model = CausalLM(cfg)
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(path):
-        state.update(load_file(str(f)))
+        state.update(_load_weights(f))
     state = fuse_experts(state, cfg)
     expected = dict(model.state_dict())
     if cfg.tie_word_embeddings:
@@ -66,11 +98,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         state.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        raise ModelFileError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[:3]}")
     for name, t in expected.items():
         if tuple(state[name].shape) != tuple(t.shape):
-            raise ValueError(
-                f"shape mismatch for {name}: checkpoint has {tuple(state[name].shape)}, "
+            raise ModelFileError(
+                f"{path}: shape mismatch for {name}: checkpoint has {tuple(state[name].shape)}, "
                 f"config.json implies {tuple(t.shape)}"
             )
     model.load_state_dict({k: state[k] for k in expected}, strict=False, assign=True)
