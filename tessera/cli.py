@@ -164,8 +164,8 @@ def _press_factory(args):
     kw = _press_kwargs(args)
     if args.press in ("none", "full") and kw:  # full KV has nothing to configure: the flags would be dropped
         flags = ", ".join(f"--{k}" for k in kw)
-        raise ValueError(f"{flags} configure a KV press, but --press is {args.press!r} (the full KV cache): "
-                         "choose a press, e.g. --press rkv")
+        raise ValueError(f"--press is {args.press!r} (the full KV cache), so {flags} would be ignored: choose a "
+                         "press, e.g. --press rkv")
     make_press(args.press, **kw)  # fail early on a bad name or bad settings
     return lambda: make_press(args.press, **kw)
 
@@ -506,12 +506,19 @@ def _one_line_warning(cmd: str):
     return show
 
 
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "NCCL error")
+
+
 def _describe_error(e: BaseException) -> str:
-    """A collective that failed because a peer died or hung says so (gloo's own text names only a socket)."""
+    """One line; a collective that failed because a peer died or hung says so (gloo's text names a socket)."""
+    import re
+
     import torch.distributed as dist
 
     msg = " ".join(str(e).split())  # one line, whatever the library put in it
-    if isinstance(e, dist.DistError) and dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and (
+            isinstance(e, dist.DistError) or any(p in msg for p in _PEER_LOST)):
+        msg = re.sub(r"^\[[^\]]*\.(cc|cpp):\d+\] ", "", msg)  # the C++ source position
         return f"rank {dist.get_rank()}: a collective failed: a peer process died or stopped responding ({msg})"
     return msg
 

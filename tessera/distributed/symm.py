@@ -3,9 +3,11 @@ peers' copies through a table of base addresses (NVSHMEM's symmetric heap; Iris'
 ROCm/iris `iris/iris.py`; arXiv 2504.19442 §3).
 
 Providers, one host API (`tensor`, `bases`, `barrier`, `close`):
-- `SymmetricHeap` on CPU: one /dev/shm file per rank, mapped by every rank. Each file is unlinked
-  as soon as every rank has mapped it, so nothing is left behind however the processes end; the
-  only window is between creation and the setup barrier, covered by atexit and the error path.
+- `SymmetricHeap` on CPU: one /dev/shm file per rank, mapped by every rank. Every rank unlinks every
+  rank's file as soon as all have mapped them, and on any error in the setup (a peer killed at any step
+  makes the next barrier fail), so a survivor removes the files of a peer that died before it could;
+  atexit covers a survivor that exits without the error path. Nothing is left behind however the
+  processes end (tests/test_reliability_dist.py kills a rank at each step of `SETUP_STEPS`).
 - `SymmetricHeap` on CUDA: torch symmetric memory (`symm_mem.empty` + `rendezvous`) when present.
 - `VirtualHeap`: R heaps carved from one allocation in one process ("virtual ranks"), used by the
   single-GPU check and by CPU tests of that mode; kernels then take the rank from a grid axis.
@@ -41,6 +43,13 @@ def _unlink(path: str):
 
 
 atexit.register(_unlink_all)
+
+#: the steps of the CPU heap's setup, in order (`_setup_step` is called on entering each)
+SETUP_STEPS = ("check", "tag", "create", "created", "map", "mapped", "unlink")
+
+
+def _setup_step(step: str) -> None:
+    """Nothing: the point where tests kill a rank to prove the setup leaves no file behind."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class SymmetricHeap(_Heap):
         self.group = ps.group_or_world(group)
         self.rank, self.world = ps.rank(group), ps.world_size(group)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            _setup_step("check")
         ps.check_consistent("SymmetricHeap", {"nbytes": int(nbytes), "device": self.device.type}, group)
         self._maps: list[torch.Tensor] = []
         if self.device.type == "cpu":
@@ -113,20 +124,30 @@ class SymmetricHeap(_Heap):
         self.barrier()  # the zeroed error slot is visible before any kernel runs
 
     def _open_shm(self, nbytes: int):
+        _setup_step("tag")
         tag = ps.broadcast_object(uuid.uuid4().hex[:12], 0, self.group)
         paths = [f"/dev/shm/tessera_{tag}_{r}" for r in range(self.world)]
         mine = paths[self.rank]
-        _LIVE.add(mine)
+        # every rank's file, not only ours: a peer killed before it unlinks its own leaves it to us
+        _LIVE.update(paths)
         try:
             self._maps = [None] * self.world
+            _setup_step("create")
             self._maps[self.rank] = torch.from_file(mine, shared=True, size=nbytes, dtype=torch.uint8)
+            _setup_step("created")
             dist.barrier(self.group)  # every file exists
+            _setup_step("map")
             for r, p in enumerate(paths):
                 if r != self.rank:
                     self._maps[r] = torch.from_file(p, shared=True, size=nbytes, dtype=torch.uint8)
+            _setup_step("mapped")
             dist.barrier(self.group)  # every rank has mapped every file
+            _setup_step("unlink")
         finally:
-            _unlink(mine)  # mappings outlive the name: nothing can leak past this point
+            # mappings outlive the names: after the second barrier nothing can leak; before it (a peer died
+            # or failed, so a barrier raised) no rank can complete the setup, so every file may go
+            for p in paths:
+                _unlink(p)
 
     def _open_cuda(self, nbytes: int):
         try:
