@@ -173,7 +173,10 @@ def test_schedule_bounds_memory_and_keeps_positions(name, lens):
             p = c.pos[0][b, :, : int(after[b])]
             assert int(p.max()) == lens[b] + step - 1
             assert all(len(set(ph.tolist())) == len(ph) for ph in p)
-            assert torch.all(p[:, 1:] > p[:, :-1])  # kept in position order
+            if press.order == "position":
+                assert torch.all(p[:, 1:] > p[:, :-1])  # kept in position order
+            else:  # score order (the R-KV authors' layout): the window is still the newest tokens, last
+                assert torch.all(p[:, -alpha:] == lens[b] + step - alpha + torch.arange(alpha))
     assert all(seen_compress)
 
 
@@ -235,7 +238,7 @@ def test_snapkv_sums_window_attention_and_avg_pools():
 
 
 def test_registry_holds_every_press_once():
-    assert {"rkv", "snapkv", "streamingllm", "h2o"} <= set(DECODE_PRESSES)
+    assert {"rkv", "snapkv", "streamingllm", "h2o", "rkv-snapkv", "rkv-h2o", "rkv-published"} <= set(DECODE_PRESSES)
     assert PRESSES["none"] is PRESSES["full"] is NoPress and not NoPress.acts_on_cache
     with pytest.raises(ValueError, match="taken"):
         register_press("rkv")(type("Other", (ScorerPress,), {}))

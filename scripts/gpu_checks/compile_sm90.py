@@ -2,7 +2,8 @@
 """Compile every Triton kernel of Tessera for a CUDA target without a GPU (triton ships ptxas), to catch
 what the interpreter accepts but the compiler rejects (atomic_cas operand types, a loop-carried value
 changing from i32 to i64) before GPU time is spent: the distributed kernels, ShadowKV's scoring,
-rebuild and decode kernels, the W8A8 GEMM, the MoE grouped GEMM and the expert-parallel dispatch / combine.
+rebuild and decode kernels, the W8A8 GEMM, the MoE grouped GEMM and the expert-parallel dispatch / combine,
+R-KV's fused redundancy statistics.
 Usage: `python scripts/gpu_checks/compile_sm90.py [--arch 90] [--quick]`; exit 1 on failure.
 Works with triton 3.6 (the GPU image) and 3.9 (PyPI): `PYTHONPATH=<triton-3.6 dir>:. python ...`.
 tests/test_compile_sm90.py runs `--quick` in CI (skipped where the triton wheel has no ptxas).
@@ -21,13 +22,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from tessera.distributed.lang import _spin_kernel
+from tessera.distributed.waits import _spin_kernel
 from tessera.kernels.comm.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.comm.allreduce import _allreduce_kernel
 from tessera.kernels.comm.gemm_rs import _gemm_rs_kernel
 from tessera.kernels.moe.ep_a2a import _combine_kernel, _dispatch_kernel
 from tessera.kernels.moe.grouped_gemm import _grouped_gemm_kernel
 from tessera.kernels.ngemm.gemm_triton import _quantize_kernel, _w8a8_kernel
+from tessera.kernels.rkv.redundancy import _row_stats_kernel
 from tessera.kernels.shadowkv.attn import _decode_kernel
 from tessera.kernels.shadowkv.rebuild import _rebuild_kernel
 from tessera.kernels.shadowkv.score import _logits_kernel, _pool_kernel
@@ -35,7 +37,7 @@ from tessera.kernels.shadowkv.score import _logits_kernel, _pool_kernel
 # the launcher types a Python int by its value (i32 below 2**31, else i64): counters that grow across
 # calls are compiled both ways, as a long run will meet both
 COUNTERS = ("max_spins", "epoch")
-FLOATS = ("scale",)  # float scalar arguments
+FLOATS = ("scale", "threshold")  # float scalar arguments
 
 
 def compile_one(fn, ptrs: dict, consts: dict, target, counter: str) -> str:
@@ -93,6 +95,8 @@ def main() -> int:
                           "i64"))
             cases.append((_combine_kernel, {"back": f"*{dt}", "ret": f"*{dt}", "recv_meta": "*i64", "sig": "*i64",
                                             **common}, {"BLOCK_R": 16, "BLOCK_H": 128, "VIRTUAL": virtual}, "i64"))
+    cases.append((_row_stats_kernel, {"k_ptr": "*fp32", "n_ptr": "*i32", "sum_ptr": "*fp32", "last_ptr": "*i32",
+                                      "val_ptr": "*fp32"}, {"BLOCK_I": 32, "BLOCK_J": 32, "BLOCK_D": 64, "IEEE": True}, "-"))
     failed = 0
     for fn, ptrs, consts, counter in cases:
         try:

@@ -35,7 +35,7 @@ class Candidates:
     N is the longest of those rows; slots at or past a row's length are padding.
     """
 
-    keys: torch.Tensor  # [R, Hkv, N, D] post-RoPE keys, in slot order (= position order)
+    keys: torch.Tensor  # [R, Hkv, N, D] post-RoPE keys, in slot order (= position order unless order="score")
     queries: torch.Tensor | None  # [R, Hq, W, D] last W post-RoPE queries, oldest first (if `uses_queries`)
     pos: torch.Tensor  # [R, Hkv, N] logical positions
     lens: torch.Tensor  # [R] tokens held per row
@@ -52,7 +52,7 @@ class ScorerPress(Press):
     #: the scorer reads the attention each slot has accumulated (one extra Q K^T per step)
     uses_attention: bool = False
 
-    def __init__(self, budget: int = 1024, buffer: int = 128, window: int = 8):
+    def __init__(self, budget: int = 1024, buffer: int = 128, window: int = 8, order: str = "position"):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if budget <= window:
@@ -61,7 +61,12 @@ class ScorerPress(Press):
         if buffer < window:
             raise ValueError(f"buffer ({buffer}) must be >= window ({window}): the window queries "
                              "must all come from tokens decoded since the last compression")
+        if order not in ("position", "score"):
+            raise ValueError(f"order must be 'position' or 'score', got {order!r}")
         self.budget, self.buffer, self.window = budget, buffer, window
+        #: kept slots in position order (ours), or in score order then the window (the R-KV authors' code,
+        #: whose topk is not sorted back): slot order is what a later max-pool or "most recent" rule sees
+        self.order = order
         self.compressions = 0  # (row, step) compressions done, for tests and overhead accounting
 
     def validate(self, max_positions: int) -> None:
@@ -103,7 +108,7 @@ class ScorerPress(Press):
         cache.limit_capacity(max(self.budget + self.buffer, longest))
 
     def select(self, cache: PressTarget, layer: int, rows: torch.Tensor) -> torch.Tensor:
-        """Slots to keep for `rows` [R] of `layer`: [R, Hkv, budget], position-sorted."""
+        """Slots to keep for `rows` [R] of `layer`: [R, Hkv, budget], in `self.order`, the window last."""
         lens = cache.lengths(layer)[rows]  # [R]
         N, W = int(lens.max()), self.window
         slot = torch.arange(N, device=lens.device)
@@ -114,7 +119,8 @@ class ScorerPress(Press):
                        pos=cache.positions(layer, rows, N), lens=lens, valid=valid, past=past,
                        attn=cache.attention_sums(layer, rows, N) if self.uses_attention else None)
         s = self.score(c).float().masked_fill(~past[:, None], float("-inf"))  # [R, H, N]
-        # sorted: kept tokens stay in position order (topk returns them by score)
-        top = s.topk(self.budget - W, dim=-1).indices.sort(-1).values  # [R, H, budget - W]
+        top = s.topk(self.budget - W, dim=-1).indices  # [R, H, budget - W], best first
+        if self.order == "position":  # slots are in position order, so sorted slots keep it
+            top = top.sort(-1).values
         win = (lens - W)[:, None, None] + torch.arange(W, device=lens.device)  # [R, 1, W]
         return torch.cat([top, win.expand(-1, s.shape[1], -1)], -1)
