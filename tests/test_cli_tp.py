@@ -95,3 +95,43 @@ def test_ep_errors_are_one_line(capsys):
     assert "--tp 2 --ep 2 runs one process per rank: torchrun --nproc-per-node 4" in capsys.readouterr().err
     assert main(["generate", "--model", "moe", "--moe-backend", "fused", "--difficulty", "2"]) == 2
     assert "needs --ep N with N > 1" in capsys.readouterr().err
+
+
+@pytest.mark.dist
+def test_generate_disaggregated_attn2_expert2_matches_one_process():
+    """The issue's launch: 2 attention + 2 expert ranks, 3 micro-batches per attention rank, the embedded MoE
+    reasoner; every problem's text equals a one-process greedy run of the same problems."""
+    from tessera.config import SamplingParams
+    from tessera.engine import LLM
+    from tessera.tasks.reasoning import make_problem
+
+    n, new = 6, 24
+    problems = [make_problem(1_000_000 + i, 2) for i in range(n)]
+    llm = LLM.load("moe")
+    want = llm.generate([p.prompt for p in problems], SamplingParams(max_new_tokens=new, temperature=0.0)).texts
+    args = ["generate", "--model", "moe", "--difficulty", "2", "--max-new-tokens", str(new), "--batch-size", str(n)]
+    four = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-port", str(_free_port()),
+         "-m", "tessera", *args, "--disagg", "attn=2,expert=2", "--micro-batches", "3"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert four.returncode == 0, four.stderr[-3000:]
+    blocks = four.stdout.split(SEP + "\n")
+    got = [b.split("\nproblem seed")[0] for b in blocks[:n]]
+    assert got == want
+    assert "attention rank 1: busy" in four.stdout and "expert rank 3: busy" in four.stdout
+
+
+def test_disagg_launch_errors_are_one_line_before_any_weight(capsys, monkeypatch):
+    assert main(["generate", "--model", "moe", "--disagg", "attn=2,expert=2"]) == 2
+    assert "torchrun --nproc-per-node 4" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["generate", "--model", "moe", "--disagg", "attn=2,expert=2"]) == 2
+    assert "needs 4 processes but torchrun started 3" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "5")
+    assert main(["generate", "--model", "moe", "--disagg", "attn=2,expert=3"]) == 2
+    assert "num_experts=8 does not divide over 3 expert ranks" in capsys.readouterr().err
+    assert main(["generate", "--model", "dense", "--disagg", "attn=2,expert=3"]) == 2
+    assert "needs an MoE model" in capsys.readouterr().err
+    assert main(["generate", "--model", "moe", "--disagg", "attn=two"]) == 2
+    assert "attn=N,expert=M or a plan file" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from tessera.distributed import parallel_state as ps
-from tessera.kernels.moe.ep_layout import DispatchLayout, make_layout, plan_sends
+from tessera.kernels.moe.ep_layout import DispatchLayout, combine_at_home, make_layout, plan_sends
 
 ROWS, WEIGHTS, BACK = 0, 1, 2  # message tags: one stream each, so a weight never matches a row receive
 TIMEOUT_S = 60.0
@@ -97,8 +97,7 @@ def dispatch(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
 
 def _home(back: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
     """back [S, H] the processed rows in send order -> [T, H], weighted and summed per token."""
-    out = back.new_zeros(layout.num_tokens, back.shape[1])
-    return out.index_add_(0, layout.token, back * layout.weight[:, None].to(back.dtype))
+    return combine_at_home(back, layout.token, layout.weight, layout.num_tokens)
 
 
 def combine(rows: torch.Tensor, layout: DispatchLayout, group=None, timeout_s: float = TIMEOUT_S) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from tessera.distributed import parallel_state as ps
-from tessera.kernels.moe.ep_layout import DispatchLayout, make_layout, plan_sends
+from tessera.kernels.moe.ep_layout import DispatchLayout, combine_at_home, make_layout, plan_sends
 
 
 def dispatch(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int,
@@ -43,5 +43,4 @@ def combine(rows: torch.Tensor, layout: DispatchLayout, group=None) -> torch.Ten
     """rows [R, H] in dispatch's output order -> [T, H]: each token's rows, weighted and summed at home."""
     back = rows.new_empty(len(layout.token), rows.shape[1])
     dist.all_to_all_single(back, layout.source_major(rows), layout.send_counts, layout.recv_counts, group=group)
-    out = rows.new_zeros(layout.num_tokens, rows.shape[1])
-    return out.index_add_(0, layout.token, back * layout.weight[:, None].to(back.dtype))
+    return combine_at_home(back, layout.token, layout.weight, layout.num_tokens)

@@ -82,3 +82,10 @@ def make_layout(plan: SendPlan, weight: torch.Tensor, recv_matrix: torch.Tensor,
     regroup, offsets = regroup_index(recv_matrix)
     return DispatchLayout(plan.token, weight, plan.counts, recv_matrix.sum(1).tolist(), regroup.to(device),
                           offsets, recv_matrix, num_tokens)
+
+
+def combine_at_home(back: torch.Tensor, token: torch.Tensor, weight: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """back [S, H] the processed rows in this rank's send order, token / weight [S] -> [T, H]: each token's
+    rows weighted by their routing weights and summed (every expert-parallel combine ends here)."""
+    out = back.new_zeros(num_tokens, back.shape[1])
+    return out.index_add_(0, token, back * weight[:, None].to(back.dtype))

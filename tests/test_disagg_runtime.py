@@ -1,0 +1,132 @@
+"""Disaggregated decoding over real gloo processes: attention ranks and expert ranks, micro-batches in
+ping-pong, against the same model in one process (logits within 1e-5, identical greedy tokens)."""
+
+import pytest
+import torch
+
+from tessera.distributed.testing import RankFailure, shared_pool
+
+pytestmark = pytest.mark.dist
+
+
+def _model():
+    from tessera.config import ModelConfig
+    from tessera.models import CausalLM
+
+    torch.manual_seed(0)  # the same model on every rank
+    cfg = ModelConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=8, model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=12, shared_expert_intermediate_size=8, norm_topk_prob=False,
+                      mlp_only_layers=(1,))  # layer 1 dense: it stays on the attention ranks
+    model = CausalLM(cfg).eval()
+    with torch.no_grad():
+        for b in model.moe_blocks().values():
+            b.gate.weight.normal_(0, 1.0)
+    return model
+
+
+def _prompts(attn_rank: int, n: int = 5):
+    g = torch.Generator().manual_seed(100 + attn_rank)  # each attention rank its own sequences
+    return [torch.randint(3, 40, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+
+
+def _greedy_reference(model, prompt, steps):
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def _disagg_job(attn: int, expert: int, m: int, steps: int):
+    from tessera.config import SamplingParams
+    from tessera.distributed import parallel_state as ps
+    from tessera.engine.stopping import StopChecker
+    from tessera.parallel.disagg import runtime
+
+    model = _model()
+    me = ps.rank()
+    prompts = _prompts(me) if me < attn else []
+    want = [_greedy_reference(model, p, steps) for p in prompts]
+    with torch.no_grad():  # prefill logits of the whole batch, in one process
+        ref_logits = [model(torch.tensor([p]))[0, -1] for p in prompts]
+    d = runtime.setup(model, attn, expert, max_tokens=64, timeout_s=20)
+    try:
+        if not d.is_attention:
+            return ("expert", d.serve().requests)
+        # logits of one ping-pong forward over m micro-batches (one prompt each, no cache)
+        inputs = [(torch.tensor([p]), None, None, None, None) for p in prompts[:m]]
+        got = runtime.forward_micro_batches(model, [(i, torch.arange(i.shape[1])[None], c, x, li)
+                                                    for i, _, c, x, li in inputs])
+        diff = max((g[0, -1] - r).abs().max().item() for g, r in zip(got, ref_logits[:m]))
+        sp = SamplingParams(max_new_tokens=steps, temperature=0.0)
+        stops = d.generate(prompts, m, sp, lambda: StopChecker(sp, set(), lambda ids: ""))
+        return ("attention", diff, [s.tokens for s in stops] == want, d.stats.requests)
+    finally:
+        ps.destroy_groups()
+
+
+@pytest.mark.parametrize("attn, expert, m", [(1, 1, 1), (1, 2, 2), (2, 1, 4), (2, 2, 3)])  # m 1..4, N, M in {1, 2}
+def test_disaggregated_decoding_matches_one_process(attn, expert, m):
+    out = shared_pool(attn + expert).run(_disagg_job, attn, expert, m, 6, timeout=180)
+    for role, *rest in out[:attn]:
+        diff, same_tokens, requests = rest
+        assert role == "attention" and diff < 1e-5 and same_tokens
+        assert requests >= 2 * (6 + 1) * min(m, 5)  # 2 MoE layers x (prefill + decode steps) x micro-batches
+    served = [r[1] for r in out[attn:]]
+    assert all(r[0] == "expert" for r in out[attn:]) and all(s > 0 for s in served)
+
+
+def _bad_split_job():
+    from tessera.parallel.disagg import runtime
+
+    runtime.setup(_model(), 1, 3)
+
+
+def test_experts_that_do_not_divide_over_the_expert_ranks_are_refused_on_every_rank():
+    with pytest.raises(RankFailure) as ei:
+        shared_pool(4).run(_bad_split_job, timeout=60)
+    assert set(ei.value.errors) == {0, 1, 2, 3}
+    assert all("num_experts=4 divisible by 3" in e for e in ei.value.errors.values())
+
+
+def _dead_rank_job(who: str):
+    """One side dies right after setup: the other fails within its timeout with an error naming the wait."""
+    import os
+
+    from tessera.config import SamplingParams
+    from tessera.distributed import parallel_state as ps
+    from tessera.engine.stopping import StopChecker
+    from tessera.parallel.disagg import runtime
+
+    d = runtime.setup(_model(), 1, 1, max_tokens=64, timeout_s=5)
+    if ps.role() == who:
+        os._exit(17)
+    if d.is_attention:
+        sp = SamplingParams(max_new_tokens=4, temperature=0.0)
+        d.generate(_prompts(0, 2), 1, sp, lambda: StopChecker(sp, set(), lambda ids: ""))
+    else:
+        d.serve()
+
+
+@pytest.mark.parametrize("who", ["expert", "attention"])
+def test_a_side_that_dies_fails_the_other_within_its_timeout(who):
+    import glob
+    import time
+
+    from tessera.distributed.testing import RankPool
+
+    before = set(glob.glob("/dev/shm/tessera_*"))
+    pool = RankPool(2, gloo_timeout_s=5)  # its own pool: a rank of it dies
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RankFailure) as ei:
+            pool.run(_dead_rank_job, who, timeout=60)
+    finally:
+        pool.stop()
+    dead, alive = (1, 0) if who == "expert" else (0, 1)
+    assert "exit code 17" in ei.value.errors[dead]
+    assert "M2NError" in ei.value.errors[alive], ei.value.errors[alive]
+    assert ("expert rank" if who == "expert" else "attention rank") in ei.value.errors[alive]
+    assert time.monotonic() - t0 < 45
+    assert set(glob.glob("/dev/shm/tessera_*")) <= before
