@@ -280,6 +280,10 @@ def cmd_generate(args) -> int:
     from tessera.config import SamplingParams
     from tessera.tasks.reasoning import make_problem, score
 
+    if args.disagg:  # attention and experts on separate ranks: its own launcher (docs/moe.md)
+        from tessera.parallel.disagg import launch
+
+        return launch.generate(args, lambda: _llm(args), _press_factory(args), _kv(args))
     prompt = _read_prompt(args)  # before the model loads: a bad prompt costs nothing
     _warn_ignored(args, prompt is not None)
     llm = _llm(args)
@@ -453,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--stats", action="store_true", help="MoE models: tokens per expert and balancedness per layer; under --ep also rows sent / received per rank, bytes and dispatch / expert / combine time")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    dg = g.add_argument_group("disaggregated attention and experts (--disagg, MoE models)",
+                              "MegaScale-Infer-style: torchrun --nproc-per-node N+M -m tessera generate --model moe "
+                              "--disagg attn=N,expert=M; docs/moe.md")
+    dg.add_argument("--disagg", default=None, help="attn=N,expert=M or a plan file written by `tessera plan`")
+    dg.add_argument("--micro-batches", type=int, default=None,
+                    help="micro-batches per attention rank that ping-pong with the experts (default: the plan's, or 2)")
+    dg.add_argument("--batch-size", type=int, default=None,
+                    help="generated problems (seeds from --problem) split over the attention ranks "
+                         "(default: attention ranks x micro-batches)")
     _tp_options(g)
     g.set_defaults(fn=cmd_generate)
 
