@@ -130,3 +130,30 @@ def test_a_side_that_dies_fails_the_other_within_its_timeout(who):
     assert ("expert rank" if who == "expert" else "attention rank") in ei.value.errors[alive]
     assert time.monotonic() - t0 < 45
     assert set(glob.glob("/dev/shm/tessera_*")) <= before
+
+
+def test_a_plan_file_from_tessera_plan_sets_the_launch(tmp_path):
+    """`tessera plan --max-gpus 4` writes a plan the launcher reads; what this runtime cannot do is refused."""
+    import json
+
+    from tessera.cli import main
+    from tessera.parallel.disagg import launch
+
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "--profile", "benchmarks/results/moe_halves_profile_cpu.json", "--max-gpus", "4",
+                 "--out", str(plan)]) == 0
+    d = json.loads(plan.read_text())
+    attn, expert, m = launch.parse(str(plan))
+    assert (attn, expert, m) == (d["attention"]["ranks"], d["experts"]["ranks"], d["micro_batches"])
+    assert attn + expert <= 4
+    d["attention"]["tp"] = 2
+    plan.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="attention TP 2"):
+        launch.parse(str(plan))
+    d["attention"]["tp"], d["experts"]["placement"] = 1, [[0, 1, 2], [2, 3, 4]]
+    plan.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="replicates hot experts"):
+        launch.parse(str(plan))
+    plan.write_text("{")
+    with pytest.raises(ValueError, match="not a plan file"):
+        launch.parse(str(plan))
