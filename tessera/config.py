@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import numbers
 from dataclasses import dataclass, field
 
 QK_NORMS = ("", "head", "proj")  # none; per head before RoPE (Qwen3); over the whole projection (OLMoE)
@@ -129,9 +132,59 @@ class ModelConfig:
         return bool(self.num_experts) and (i + 1) % self.decoder_sparse_step == 0 and i not in self.mlp_only_layers
 
 
+def _check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> None:
+    """An int (not a bool, not a float that happens to be whole) in [lo, hi]: TypeError / ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {rng}, got {v}")
+
+
+def _check_real(name: str, v) -> float:
+    """A finite real number (int or float, not a bool): TypeError / ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return float(v)
+
+
+def _with_max_tokens_alias(cls):
+    """Accept `max_tokens` (vLLM's and OpenAI's name) as another spelling of `max_new_tokens`.
+
+    A wrapper around the generated __init__ rather than a second field, so that `dataclasses.replace`
+    (which passes fields only) never sees two values for one setting."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, max_tokens=None, **kw):
+        if max_tokens is not None:
+            _check_int("max_tokens", max_tokens, 1)
+            if args or kw.get("max_new_tokens", max_tokens) != max_tokens:
+                raise ValueError("give max_tokens or max_new_tokens, not both")
+            kw["max_new_tokens"] = max_tokens
+        init(self, *args, **kw)
+
+    cls.__init__ = __init__
+    cls.max_tokens = property(lambda self: self.max_new_tokens, doc="vLLM's name for max_new_tokens")
+    return cls
+
+
+@_with_max_tokens_alias
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens and when to stop. temperature == 0 means greedy."""
+    """How to pick tokens and when to stop, with vLLM's names. temperature == 0 means greedy.
+
+    Every field is checked on construction: a wrong type raises TypeError (an int field given 2.0, a
+    bool, a string), a value out of range raises ValueError; the message names the field. `max_tokens=`
+    is accepted for `max_new_tokens`. Penalties follow vLLM / OpenAI: presence and frequency penalties
+    in [-2, 2] act on the tokens generated so far (logit -= presence * [count > 0] + frequency * count);
+    the repetition penalty (> 0, 1 = off; Keskar et al., CTRL, arXiv 1909.05858) divides positive and
+    multiplies negative logits of every token in the prompt or the output. `logprobs=k` returns, for
+    every generated token, its log-probability under the model and the k most likely alternatives
+    (k in [0, 20]); `n` completions are generated per prompt.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -140,17 +193,40 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings, matched on decoded text
     ignore_eos: bool = False
+    n: int = 1  # completions per prompt
+    logprobs: int | None = None  # None: no log-probabilities; k: the sampled token's and the top k
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            object.__setattr__(self, name, _check_real(name, getattr(self, name)))
         if not (self.temperature >= 0.0):
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
+        _check_int("top_k", self.top_k, 0)
+        if self.seed is not None:
+            _check_int("seed", self.seed)
+        _check_int("n", self.n, 1)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, 20)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not isinstance(self.ignore_eos, bool):
+            raise TypeError(f"ignore_eos must be a bool, got {type(self.ignore_eos).__name__} {self.ignore_eos!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+            raise TypeError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+
+    @property
+    def has_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)

@@ -15,6 +15,7 @@ class StopChecker:
         self._text = ""  # decoded text so far, built incrementally (vLLM-style offsets)
         self._po = self._ro = 0  # prefix / read offsets into self.tokens
         self._tail = max((len(s) for s in sp.stop), default=0)
+        self._sent = 0  # characters handed out by stream_delta
 
     @property
     def done(self) -> bool:
@@ -53,3 +54,12 @@ class StopChecker:
         if self.reason == "stop":  # cut at the first stop string, which is not part of the output
             t = t[: min(t.find(s) for s in self.sp.stop if s in t)]
         return t
+
+    def stream_delta(self) -> str:
+        """The text to stream now. While running, the last (longest stop string - 1) characters are held
+        back, since they may start a stop string that is not part of the output; once finished, the rest of
+        `text()`. So the pieces add up to `text()` exactly (vLLM's detokenizer holds back the same way)."""
+        full = self.text() if self.done else self._text[: max(0, len(self._text) - max(0, self._tail - 1))]
+        piece = full[self._sent :]
+        self._sent = max(self._sent, len(full))
+        return piece

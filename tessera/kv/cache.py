@@ -21,12 +21,15 @@ from tessera.kv.press_target import PressTarget
 from tessera.kv.query_ring import QueryRing
 from tessera.kv.registry import register_backend
 
-__all__ = ["DenseCache", "KVCache", "SparseDecodeCache", "StepContext", "prefill_attention"]
+__all__ = ["GROWTH", "DenseCache", "KVCache", "SparseDecodeCache", "StepContext", "prefill_attention"]
+
+#: slots a cache grows by at a time (amortised copies; at most GROWTH - 1 unused slots held per row)
+GROWTH = 256
 
 
 class DenseCache(KVCache, PressTarget):
     def __init__(self, num_layers: int, batch: int, n_kv_heads: int, head_dim: int, dtype, device,
-                 growth: int = 256):
+                 growth: int = GROWTH):
         self.L, self.B, self.H, self.D = num_layers, batch, n_kv_heads, head_dim
         self.dtype, self.device, self.growth = dtype, torch.device(device), growth
         self.k = [torch.empty(batch, n_kv_heads, 0, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -88,6 +91,24 @@ class DenseCache(KVCache, PressTarget):
                 extra.select(rows)
         self.B = len(rows)
         self.shrink()
+
+    def extend(self, other: DenseCache) -> None:
+        """Append the rows of `other` after this cache's rows (continuous batching: freshly prefilled
+        sequences join a running batch). Both are padded to the larger capacity. Only caches without
+        press state merge: a press schedules the rows of one cache as if prefilled together."""
+        if (other.L, other.H, other.D, other.dtype) != (self.L, self.H, self.D, self.dtype):
+            raise ValueError("extend: the caches hold different layers, heads, head dims or dtypes")
+        if any(x is not None for x in (self.ring, self.sums, other.ring, other.sums)):
+            raise ValueError("extend: caches holding a press's queries or attention sums cannot merge")
+        for li in range(self.L):
+            cap = max(self.capacity(li), other.capacity(li))
+            for name, fill in (("k", 0), ("v", 0), ("pos", -1)):
+                a, b = getattr(self, name)[li], getattr(other, name)[li]
+                getattr(self, name)[li] = torch.cat([_pad_slots(a, cap, fill), _pad_slots(b, cap, fill)])
+            self.lens[li] = torch.cat([self.lens[li], other.lens[li]])
+        self.B += other.B
+        limits = (self.max_capacity, other.max_capacity)
+        self.max_capacity = None if None in limits else max(limits)
 
     def nbytes(self) -> int:
         n = sum(t.numel() * t.element_size() for li in range(self.L) for t in (self.k[li], self.v[li], self.pos[li]))
@@ -173,6 +194,14 @@ class DenseCache(KVCache, PressTarget):
         self.pos[layer] = torch.cat([self.pos[layer], self.pos[layer].new_full((self.B, self.H, pad), -1)], 2)
         if self.sums is not None:
             self.sums.grow(layer, pad)
+
+
+def _pad_slots(t: torch.Tensor, cap: int, fill) -> torch.Tensor:
+    """t [B, H, C, ...] -> [B, H, cap, ...], new slots set to `fill`."""
+    if t.shape[2] == cap:
+        return t
+    pad = t.new_full((t.shape[0], t.shape[1], cap - t.shape[2], *t.shape[3:]), fill)
+    return torch.cat([t, pad], 2)
 
 
 @register_backend("dense")
