@@ -62,9 +62,10 @@ def _tp_options(p: argparse.ArgumentParser) -> None:
                     "docs/distributed.md")
     _parallel_group(p, "expert parallelism (--ep, MoE models)", "--ep",
                     "expert-parallel ranks: each keeps num_experts / N experts (with --tp M: M x N processes)",
-                    "--moe-backend", ["torch", "decomposed", "fused"],
+                    "--moe-backend", ["torch", "decomposed", "pipelined", "fused"],
                     "token dispatch / combine: torch (all_to_all_single, the default), decomposed (one async send per "
-                    "peer, experts run on each peer's rows as they land) or fused (Triton puts into the peers' "
+                    "peer, experts run on each peer's rows as they land), pipelined (token chunks: one chunk's "
+                    "all-to-all under the previous chunk's experts) or fused (Triton puts into the peers' "
                     "buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)", "docs/moe.md")
 
 

@@ -56,7 +56,7 @@ def test_generate_tp2_fused_backend_matches_single_process(capsys):
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("backend", ["torch", "decomposed"])
+@pytest.mark.parametrize("backend", ["torch", "decomposed", "pipelined"])
 def test_generate_ep2_on_the_moe_reasoner_matches_single_process(capsys, backend):
     args = ["generate", "--model", "moe", "--difficulty", "3", "--max-new-tokens", "80"]
     assert main(args) == 0

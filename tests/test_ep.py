@@ -62,7 +62,7 @@ def _overlapped_job(E: int, iters: int):
     """The decomposed path that runs the experts per source as rows land equals dispatch -> experts -> combine,
     with an expert function that depends on the expert (so wrong offsets per source would show)."""
     from tessera.distributed import parallel_state as ps
-    from tessera.parallel import ep_decomposed, ep_dispatch
+    from tessera.parallel import ep_decomposed, ep_dispatch, ep_pipelined
 
     def experts_fn(rows, offsets):  # rows [n, H] grouped by local expert -> rows * (local expert + 1)
         scale = torch.repeat_interleave(torch.arange(1, len(offsets)).float(), offsets.diff())
@@ -74,11 +74,15 @@ def _overlapped_job(E: int, iters: int):
         want = ep_dispatch.combine(experts_fn(rows, layout.expert_offsets), layout)
         got, _ = ep_decomposed.run_overlapped(x, ids, w, E, experts_fn, timeout_s=20)
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        for chunks in (1, 2, 3):  # token chunks (a rank may have fewer tokens than chunks, or none)
+            got, layouts = ep_pipelined.run_pipelined(x, ids, w, E, experts_fn, chunks=chunks)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+            assert len(layouts) == chunks and sum(sum(lo.send_counts) for lo in layouts) == int((ids >= 0).sum())
     return True
 
 
 @pytest.mark.parametrize("world, E", [(2, 4), (4, 8)])
-def test_overlapped_decomposed_path_equals_dispatch_experts_combine(world, E):
+def test_overlapped_decomposed_and_pipelined_paths_equal_dispatch_experts_combine(world, E):
     assert all(shared_pool(world).run(_overlapped_job, E, 3, timeout=120))
 
 
@@ -106,7 +110,7 @@ def _ep_model_job(backend: str):
     return (got - want).abs().max().item(), [(s.sent.tolist(), s.received.tolist(), s.bytes_out) for s in stats]
 
 
-@pytest.mark.parametrize("backend", ["torch", "decomposed", "fused"])
+@pytest.mark.parametrize("backend", ["torch", "decomposed", "pipelined", "fused"])
 def test_expert_parallel_model_matches_one_process(backend):
     (d0, s0), (d1, s1) = shared_pool(2).run(_ep_model_job, backend, timeout=180)
     assert d0 < 1e-5 and d1 < 1e-5

@@ -1,6 +1,6 @@
 """Expert parallelism: the routed experts of every MoE layer sharded over a group of ranks.
 
-    shard_experts(model, group, backend="torch" | "decomposed" | "fused")   # in place, same model on every rank
+    shard_experts(model, group, backend="torch" | "decomposed" | "pipelined" | "fused")   # in place
 
 Each rank keeps E / W experts (rank r: experts r E/W .. (r+1) E/W - 1); the router and Qwen2-MoE's shared
 expert stay replicated, so every rank routes its own tokens, dispatches the (token, slot) pairs to the
@@ -14,6 +14,8 @@ source rank, weights, layout`; `combine(rows, layout) -> [T, H]`):
 - torch: `torch.distributed` all-to-all of counts, then rows (`tessera.parallel.ep_dispatch`);
 - decomposed: one async send / receive per peer, each source's rows run through the experts as they land
   and sent straight back (`tessera.parallel.ep_decomposed`);
+- pipelined: the tokens in chunks, chunk c+1's all-to-all in flight while chunk c's experts run (Tutel /
+  FasterMoE; the baseline COMET is measured against; `tessera.parallel.ep_pipelined`);
 - fused: Triton kernels that put rows into the peers' buffers on the symmetric heap with ready flags
   (`tessera.kernels.moe.ep_a2a`, one heap and one set of buffers for all layers, sized for `max_tokens`
   tokens per rank and forward).
@@ -26,10 +28,10 @@ from torch import nn
 
 from tessera.distributed import parallel_state as ps
 from tessera.layers import experts as X
-from tessera.parallel import ep_decomposed, ep_dispatch
+from tessera.parallel import ep_decomposed, ep_dispatch, ep_pipelined
 from tessera.parallel.ep_stats import EPStats
 
-BACKENDS = ("torch", "decomposed", "fused")
+BACKENDS = ("torch", "decomposed", "pipelined", "fused")
 MAX_TOKENS = 4096  # per rank and forward, for the fused buffers (a prefill of more is refused on every rank)
 
 
@@ -63,6 +65,12 @@ class EPComm:
         if self.backend == "decomposed":  # dispatch, experts and combine interleaved per peer
             out, layout = ep_decomposed.run_overlapped(x, ids, weights, num_experts, experts_fn, self.group,
                                                        self.timeout_s, timer=stats.timer)
+        elif self.backend == "pipelined":  # token chunks: chunk c+1's all-to-all under chunk c's experts
+            out, layouts = ep_pipelined.run_pipelined(x, ids, weights, num_experts, experts_fn, self.group,
+                                                      timer=stats.timer)
+            for layout in layouts:
+                stats.add_exchange(layout, x.shape[1] * x.element_size())
+            return out
         else:
             with stats.timer("dispatch"):
                 rows, _, layout = self.dispatch(x, ids, weights, num_experts)
