@@ -487,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, devices and the model's configuration")
     i.add_argument("--model", default=None)
     i.set_defaults(fn=cmd_info)
+    from tessera.serve.command import add_serve_command  # argparse only: the server loads when it runs
+
+    add_serve_command(sub)
     sub.add_parser("plan", add_help=False, help="MegaScale-Infer deployment plan from a profile of the layer halves "
                    "(tessera plan --help; docs/moe.md)")
     return ap
@@ -503,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(args.cmd)
         try:
+            from tessera.engine.threads import set_threads
+
+            set_threads()  # TESSERA_THREADS, else one torch thread (docs/serving.md, "Threads")
             rc = args.fn(args)
             ok = True
             return rc

@@ -156,3 +156,23 @@ def test_chat_uses_the_checkpoints_template(tmp_path):
 def test_progress_bar(tiny, capsys):
     tiny.generate(PROMPTS, SamplingParams(max_tokens=3), use_tqdm=True)
     assert "generate" in capsys.readouterr().err
+
+
+def test_threads_knob(monkeypatch):
+    from tessera.engine.threads import default_threads, set_threads
+
+    monkeypatch.delenv("TESSERA_THREADS", raising=False)
+    assert default_threads() == 1
+    monkeypatch.setenv("TESSERA_THREADS", "3")
+    assert default_threads() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv("TESSERA_THREADS", bad)
+        with pytest.raises(ValueError, match="TESSERA_THREADS"):
+            default_threads()
+    old = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(old)
