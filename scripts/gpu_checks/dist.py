@@ -142,6 +142,43 @@ def wait_overhead(dev, quick):
                 "tflops_plain": 2 * M * N * K / t_plain / 1e12}
 
 
+def ep_case(dev, W: int, dtype, quick: bool, sms: int, iters: int = 3):
+    """Expert-parallel dispatch + combine (tessera/kernels/moe/ep_a2a.py) with W virtual ranks: three calls in
+    a row against the per-rank reference (rows bitwise, combine of rows * 2 + 1 within dtype tolerance), then
+    the launch time with no rows (flags only: the signalling cost per call) and with T tokens per rank."""
+    from tessera.distributed.symm import VirtualHeap
+    from tessera.kernels.moe import ep_a2a
+
+    E, k, H, T = 2 * W, 2, (64 if quick else 4096), (8 if quick else 512)
+    if 2 * W * W > sms:  # every program spins on its peers' flags: all must be resident at once
+        raise ValueError(f"a grid of {2 * W * W} programs does not fit at once on {sms} SMs")
+    heap = VirtualHeap(ep_a2a.ep_a2a_heap_bytes(W, T, k, H, E, dtype), W, dev)
+    ctx = ep_a2a.create_ep_a2a_context(heap, T, k, H, E, dtype, timeout_s=10)
+    g = torch.Generator(device="cpu").manual_seed(W)
+    local, worst = E // W, 0.0
+    for it in range(iters):
+        xs = [torch.randn(T, H, generator=g).to(dev, dtype) for _ in range(W)]
+        ids = [torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev) for _ in range(W)]
+        ws = [torch.rand(T, k, generator=g).to(dev) for _ in range(W)]
+        out = ep_a2a.dispatch_fused_virtual(xs, ids, ws, ctx)
+        for r, (rows, _, _) in enumerate(out):
+            want = torch.cat([xs[s][(ids[s] == e).nonzero()[:, 0]] for e in range(r * local, (r + 1) * local)
+                              for s in range(W)])
+            if not torch.equal(rows, want):
+                return False, {"rows_bitwise": False, "iteration": it}
+        got = ep_a2a.combine_fused_virtual([o[0] * 2 + 1 for o in out], [o[2] for o in out], ctx)
+        for r in range(W):
+            ref = ((xs[r].float() * 2 + 1)[:, None] * ws[r][..., None]).sum(1)
+            worst = max(worst, rel(got[r].float(), ref))
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    empty = [torch.zeros(0, H, device=dev, dtype=dtype)] * W
+    no_ids, no_w = [torch.zeros(0, k, dtype=torch.long, device=dev)] * W, [torch.zeros(0, k, device=dev)] * W
+    t_flags = bench(lambda: ep_a2a.dispatch_fused_virtual(empty, no_ids, no_w, ctx), dev, 20)
+    t_full = bench(lambda: ep_a2a.dispatch_fused_virtual(xs, ids, ws, ctx), dev, 20)
+    return worst < tol, {"rows_bitwise": True, "combine_rel_err": worst, "t_flags_only_s": t_flags,
+                         "t_dispatch_s": t_full, "rows_per_rank": T * k, "hidden": H}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -176,6 +213,16 @@ def main():
             print(f"[{'OK' if ok else 'FAIL'}] W={W} {dtype}: " +
                   ", ".join(f"{k} {v:.2e}" for k, v in worst.items()) + f"; allreduce bitwise={exact}" +
                   (f"; {err}" if err else ""), flush=True)
+    for W in (2, 4, 8):
+        for dtype in (torch.float32, torch.bfloat16):
+            try:
+                ok, info = ep_case(dev, W, dtype, args.quick, sms)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                ok, info = False, {"error": f"{type(e).__name__}: {e}"}
+                traceback.print_exc()
+            res.setdefault("ep_cases", []).append({"W": W, "dtype": str(dtype), "ok": ok, **info})
+            res["ok"] &= ok
+            print(f"[{'OK' if ok else 'FAIL'}] ep dispatch/combine W={W} {dtype}: {info}", flush=True)
     try:
         ok, wb = wait_overhead(dev, args.quick)
         res["wait_bench"], res["ok"] = wb, res["ok"] and ok

@@ -15,8 +15,9 @@ tokens x top-k rows per source), never reallocated. Flags carry epochs, so nothi
 calls; every wait is bounded and a timeout raises naming the rank and the flag. One host barrier per
 dispatch makes sure every peer has consumed the previous call's buffers, and agrees on errors (a token
 count over capacity, or ranks with different shapes, raise on every rank).
-This module implements real ranks (one process each); the kernel also takes virtual ranks (grid axis 1)
-for a single-GPU check, whose host side is still to come.
+Real ranks (one process each: `dispatch_fused`, `combine_fused`) and virtual ranks (W ranks on one device
+over a `VirtualHeap`, the rank as grid axis 1: `dispatch_fused_virtual`, `combine_fused_virtual`, the
+single-GPU check) share the kernels and the host-side staging.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from tessera.distributed import lang as dl
 from tessera.distributed import parallel_state as ps
 from tessera.distributed import waits
 from tessera.kernels.moe.ep_common import push_rows
-from tessera.kernels.moe.ep_layout import DispatchLayout, experts_per_rank, make_layout, plan_sends
+from tessera.kernels.moe.ep_layout import (
+    DispatchLayout,
+    combine_at_home,
+    experts_per_rank,
+    make_layout,
+    plan_sends,
+)
 
 
 @triton.jit
@@ -59,7 +66,7 @@ def _dispatch_kernel(send, send_w, send_off, send_cnt, recv, recv_w, recv_meta, 
         e = tl.arange(0, BLOCK_E)
         meta = tl.where(e < EL, tl.load(send_cnt + peer * EL + e, mask=e < EL, other=0), lo)
         dl.tile_push_data(recv_meta + me * (EL + 1) + e, meta, e < EL + 1, peer, me, bases)
-        dl.notify(sig + me, peer, epoch, me, bases)
+        dl.notify(sig + me, peer, epoch, me, bases, "set")  # OP spelled out: triton 3.6 cannot take its default
     else:
         dl.wait(sig + (pid - W), epoch, max_spins, err)
 
@@ -82,7 +89,7 @@ def _combine_kernel(back, ret, recv_meta, sig, err, epoch, H, S_cap, EL, rank, w
             n += tl.load(recv_meta + peer * (EL + 1) + e)
         row0 = tl.load(recv_meta + peer * (EL + 1) + EL)  # where the peer's rows for me start in its send order
         push_rows(back + peer * S_cap * H, ret, back, ret, 0, n, row0, H, peer, me, bases, False, BLOCK_R, BLOCK_H)
-        dl.notify(sig + me, peer, epoch, me, bases)
+        dl.notify(sig + me, peer, epoch, me, bases, "set")  # OP spelled out: triton 3.6 cannot take its default
     else:
         dl.wait(sig + (pid - W), epoch, max_spins, err)
 
@@ -141,7 +148,11 @@ def create_ep_a2a_context(heap, max_tokens: int, top_k: int, hidden: int, num_ex
                              f"{ep_a2a_heap_bytes(W, max_tokens, top_k, hidden, num_experts, dtype)}")
     except ValueError as e:
         bad, EL = str(e), 1
-    ps.check_consistent("create_ep_a2a_context", args, heap.group, bad)
+    if heap.virtual:  # one process holds every rank: nothing to agree on
+        if bad:
+            raise ValueError(bad)
+    else:
+        ps.check_consistent("create_ep_a2a_context", args, heap.group, bad)
     S = max_tokens * top_k
     t = heap.tensor
     return EPA2AContext(heap, max_tokens, top_k, hidden, num_experts, dtype,
@@ -157,46 +168,103 @@ def _blocks(hidden: int) -> dict:
     return {"BLOCK_R": 16, "BLOCK_H": min(128, triton.next_power_of_2(hidden))}
 
 
+def _check(x, topk_ids, ctx: EPA2AContext) -> str | None:
+    T = x.shape[0]
+    if T > ctx.max_tokens or x.shape[1:] != (ctx.hidden,) or x.dtype != ctx.dtype or topk_ids.shape != (T, ctx.top_k):
+        return (f"ep dispatch: expected at most {ctx.max_tokens} tokens of [{ctx.hidden}] {ctx.dtype} with top-"
+                f"{ctx.top_k} ids, got x {tuple(x.shape)} {x.dtype}, ids {tuple(topk_ids.shape)}")
+    return None
+
+
+def _stage(x, topk_ids, topk_weights, ctx: EPA2AContext, view):
+    """One rank's rows, weights, offsets and counts into its send buffers (`view(t)`: that rank's copy of
+    heap tensor t) -> (plan, the rows' weights in send order)."""
+    plan = plan_sends(topk_ids, ctx.num_experts, ctx.heap.world)
+    S = len(plan.token)
+    view(ctx.send)[:S].copy_(x[plan.token])
+    weight = topk_weights.flatten()[plan.order]
+    view(ctx.send_w)[:S].copy_(weight)
+    view(ctx.send_off).copy_(torch.tensor([0, *torch.cumsum(plan.matrix.sum(1), 0).tolist()]))
+    view(ctx.send_cnt).copy_(plan.matrix)
+    return plan, weight
+
+
+def _received(plan, weight, T: int, ctx: EPA2AContext, view, device):
+    """One rank's received rows after the dispatch kernel -> (rows expert-major, weights, layout)."""
+    EL = ctx.send_cnt.shape[1]
+    layout = make_layout(plan, weight, view(ctx.recv_meta)[:, :EL].cpu(), T, device)
+    recv, recv_w = view(ctx.recv), view(ctx.recv_w)
+    rows = torch.cat([recv[s, :n] for s, n in enumerate(layout.recv_counts)])  # source-major
+    weights = torch.cat([recv_w[s, :n] for s, n in enumerate(layout.recv_counts)])
+    return rows[layout.regroup], weights[layout.regroup], layout
+
+
+def _launch_dispatch(ctx: EPA2AContext, grid, virtual: bool) -> None:
+    h, EL = ctx.heap, ctx.send_cnt.shape[1]
+    _dispatch_kernel[grid](ctx.send, ctx.send_w, ctx.send_off, ctx.send_cnt, ctx.recv, ctx.recv_w,
+                           ctx.recv_meta, ctx.sig_d, h.err, ctx.epoch, ctx.hidden, ctx.rows_cap, EL, h.rank,
+                           h.world, h.bases, ctx.max_spins, BLOCK_E=triton.next_power_of_2(EL + 1),
+                           VIRTUAL=virtual, **_blocks(ctx.hidden))
+    waits.raise_on_wait_error(h, ctx.timeout_s, "ep dispatch")
+
+
+def _launch_combine(ctx: EPA2AContext, grid, virtual: bool) -> None:
+    h = ctx.heap
+    _combine_kernel[grid](ctx.back, ctx.ret, ctx.recv_meta, ctx.sig_c, h.err, ctx.epoch, ctx.hidden,
+                          ctx.rows_cap, ctx.send_cnt.shape[1], h.rank, h.world, h.bases, ctx.max_spins,
+                          VIRTUAL=virtual, **_blocks(ctx.hidden))
+    waits.raise_on_wait_error(h, ctx.timeout_s, "ep combine")
+
+
+def _stage_back(rows: torch.Tensor, layout: DispatchLayout, ctx: EPA2AContext, view) -> None:
+    back = view(ctx.back)
+    for s, chunk in enumerate(layout.source_major(rows).split(layout.recv_counts)):
+        back[s, : len(chunk)].copy_(chunk)
+
+
 def dispatch_fused(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, ctx: EPA2AContext):
     """Same contract as `tessera.parallel.ep_dispatch.dispatch`: (rows [R, H] expert-major, weights, layout)."""
-    h, W = ctx.heap, ctx.heap.world
-    T = x.shape[0]
-    err = None
-    if T > ctx.max_tokens or x.shape[1:] != (ctx.hidden,) or x.dtype != ctx.dtype or topk_ids.shape != (T, ctx.top_k):
-        err = (f"ep dispatch: expected at most {ctx.max_tokens} tokens of [{ctx.hidden}] {ctx.dtype} with top-"
-               f"{ctx.top_k} ids, got x {tuple(x.shape)} {x.dtype}, ids {tuple(topk_ids.shape)}")
-    else:
-        plan = plan_sends(topk_ids, ctx.num_experts, W)
-        S = len(plan.token)
-        ctx.send[:S].copy_(x[plan.token])
-        weight = topk_weights.flatten()[plan.order]
-        ctx.send_w[:S].copy_(weight)
-        ctx.send_off.copy_(torch.tensor([0, *torch.cumsum(plan.matrix.sum(1), 0).tolist()]))
-        ctx.send_cnt.copy_(plan.matrix)
+    err = _check(x, topk_ids, ctx)
+    if err is None:
+        plan, weight = _stage(x, topk_ids, topk_weights, ctx, lambda t: t)
     ctx.epoch += 1
-    h.barrier(err, "ep dispatch")  # peers are done with the previous call's buffers; errors on every rank
-    EL = ctx.send_cnt.shape[1]
-    _dispatch_kernel[(2 * W,)](ctx.send, ctx.send_w, ctx.send_off, ctx.send_cnt, ctx.recv, ctx.recv_w,
-                               ctx.recv_meta, ctx.sig_d, h.err, ctx.epoch, ctx.hidden, ctx.rows_cap, EL, h.rank,
-                               W, h.bases, ctx.max_spins, BLOCK_E=triton.next_power_of_2(EL + 1), VIRTUAL=False,
-                               **_blocks(ctx.hidden))
-    waits.raise_on_wait_error(h, ctx.timeout_s, "ep dispatch")
-    layout = make_layout(plan, weight, ctx.recv_meta[:, :EL].cpu(), T, x.device)
-    rows = torch.cat([ctx.recv[s, :n] for s, n in enumerate(layout.recv_counts)])  # source-major
-    weights = torch.cat([ctx.recv_w[s, :n] for s, n in enumerate(layout.recv_counts)])
-    return rows[layout.regroup], weights[layout.regroup], layout
+    ctx.heap.barrier(err, "ep dispatch")  # peers are done with the previous call's buffers; errors on every rank
+    _launch_dispatch(ctx, (2 * ctx.heap.world,), False)
+    return _received(plan, weight, x.shape[0], ctx, lambda t: t, x.device)
 
 
 def combine_fused(rows: torch.Tensor, layout: DispatchLayout, ctx: EPA2AContext) -> torch.Tensor:
     """rows [R, H] in dispatch order -> [T, H], each token's rows weighted and summed at home."""
-    h, W = ctx.heap, ctx.heap.world
-    for s, chunk in enumerate(layout.source_major(rows).split(layout.recv_counts)):
-        ctx.back[s, : len(chunk)].copy_(chunk)
+    _stage_back(rows, layout, ctx, lambda t: t)
     # no barrier: every peer passed this call's dispatch barrier, so it is done with the last `ret`
-    _combine_kernel[(2 * W,)](ctx.back, ctx.ret, ctx.recv_meta, ctx.sig_c, h.err, ctx.epoch, ctx.hidden,
-                              ctx.rows_cap, layout.recv_matrix.shape[1], h.rank, W, h.bases, ctx.max_spins,
-                              VIRTUAL=False, **_blocks(ctx.hidden))
-    waits.raise_on_wait_error(h, ctx.timeout_s, "ep combine")
-    S = len(layout.token)
-    out = rows.new_zeros(layout.num_tokens, rows.shape[1])
-    return out.index_add_(0, layout.token, ctx.ret[:S] * layout.weight[:, None].to(rows.dtype))
+    _launch_combine(ctx, (2 * ctx.heap.world,), False)
+    return combine_at_home(ctx.ret[: len(layout.token)], layout.token, layout.weight, layout.num_tokens)
+
+
+# -- virtual ranks: W ranks on one device (a `VirtualHeap`), one launch with the rank as grid axis 1 ----------
+def dispatch_fused_virtual(xs: list[torch.Tensor], topk_ids: list[torch.Tensor], topk_weights: list[torch.Tensor],
+                           ctx: EPA2AContext) -> list[tuple]:
+    """Every rank's dispatch in one launch (the single-GPU check): per-rank lists in, per-rank
+    (rows, weights, layout) out, each as `dispatch_fused` returns it on a real rank."""
+    h = ctx.heap
+    if not h.virtual or not len(xs) == len(topk_ids) == len(topk_weights) == h.world:
+        raise ValueError(f"dispatch_fused_virtual needs a VirtualHeap and {h.world} inputs per argument")
+    errs = [e for e in (_check(x, i, ctx) for x, i in zip(xs, topk_ids)) if e]
+    if errs:
+        raise ValueError(errs[0])
+    staged = [_stage(xs[r], topk_ids[r], topk_weights[r], ctx, lambda t, r=r: h.peer(t, r)) for r in range(h.world)]
+    ctx.epoch += 1
+    h.barrier(None, "ep dispatch")
+    _launch_dispatch(ctx, (2 * h.world, h.world), True)
+    return [_received(*staged[r], xs[r].shape[0], ctx, lambda t, r=r: h.peer(t, r), xs[r].device)
+            for r in range(h.world)]
+
+
+def combine_fused_virtual(rows: list[torch.Tensor], layouts: list[DispatchLayout], ctx: EPA2AContext) -> list:
+    """Every rank's combine in one launch: per-rank rows in dispatch order -> per-rank [T, H]."""
+    h = ctx.heap
+    for r in range(h.world):
+        _stage_back(rows[r], layouts[r], ctx, lambda t, r=r: h.peer(t, r))
+    _launch_combine(ctx, (2 * h.world, h.world), True)
+    return [combine_at_home(h.peer(ctx.ret, r)[: len(lo.token)], lo.token, lo.weight, lo.num_tokens)
+            for r, lo in enumerate(layouts)]
