@@ -294,8 +294,8 @@ def test_a_rank_that_dies_mid_dispatch_fails_the_others_within_their_timeout():
     assert set(__import__("glob").glob("/dev/shm/tessera_*")) <= before  # nothing of this run left behind
 
 
-@pytest.mark.parametrize("world, E", [(2, 4), (3, 6)])
-def test_virtual_ranks_dispatch_and_combine_in_one_process(world, E):
+@pytest.mark.parametrize("world, E, dtype", [(2, 4, torch.float32), (3, 6, torch.float32), (2, 4, torch.bfloat16)])
+def test_virtual_ranks_dispatch_and_combine_in_one_process(world, E, dtype):
     """The single-GPU check's mode on the CPU interpreter: W ranks as grid axis 1 over one allocation, three
     calls without reset, against the per-rank reference (compiled on CUDA by scripts/gpu_checks/dist.py)."""
     from tessera.distributed.symm import VirtualHeap
@@ -306,11 +306,12 @@ def test_virtual_ranks_dispatch_and_combine_in_one_process(world, E):
         ep_a2a_heap_bytes,
     )
 
-    heap = VirtualHeap(ep_a2a_heap_bytes(world, 12, 2, 5, E, torch.float32), world)
-    ctx = create_ep_a2a_context(heap, max_tokens=12, top_k=2, hidden=5, num_experts=E, timeout_s=10)
+    heap = VirtualHeap(ep_a2a_heap_bytes(world, 12, 2, 5, E, dtype), world)
+    ctx = create_ep_a2a_context(heap, max_tokens=12, top_k=2, hidden=5, num_experts=E, dtype=dtype, timeout_s=10)
     local = E // world
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # combine: fp32 within 1e-6, bf16 within 1e-2
     for it in range(3):
-        ins = [_inputs(r, it, E) for r in range(world)]
+        ins = [(x.to(dtype), ids, w) for x, ids, w in (_inputs(r, it, E) for r in range(world))]
         out = dispatch_fused_virtual([i[0] for i in ins], [i[1] for i in ins], [i[2] for i in ins], ctx)
         for r, (rows, weights, _) in enumerate(out):
             want = [(xs[t], ws[t, j]) for e in range(r * local, (r + 1) * local) for xs, ids_s, ws in ins
@@ -319,5 +320,5 @@ def test_virtual_ranks_dispatch_and_combine_in_one_process(world, E):
             assert torch.equal(weights, torch.stack([w[1] for w in want]) if want else weights.new_zeros(0))
         got = combine_fused_virtual([o[0] * 2.0 + 1.0 for o in out], [o[2] for o in out], ctx)
         for (x, ids, w), y in zip(ins, got):
-            torch.testing.assert_close(y, ((x * 2.0 + 1.0)[:, None] * (w * (ids >= 0))[..., None]).sum(1),
-                                       atol=1e-6, rtol=1e-6)
+            want = ((x.float() * 2.0 + 1.0)[:, None] * (w * (ids >= 0))[..., None]).sum(1)
+            torch.testing.assert_close(y.float(), want, atol=tol, rtol=tol)
