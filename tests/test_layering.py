@@ -6,6 +6,8 @@ Imports anywhere in a module count (function-level imports too): a lazy import i
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent / "tessera"
 
 
@@ -48,15 +50,18 @@ def test_the_distributed_core_and_kernels_import_nothing_above_them():
     assert g.get("layers", set()) <= {"kernels", "distributed", "config"}
 
 
-def test_test_only_rank_pool_is_not_imported_by_the_package():
-    """`tessera.distributed.testing` (the process pool the tests and benchmarks run ranks in) is test-only."""
+@pytest.mark.parametrize("module", ["tessera.distributed.testing", "tessera.kernels.comm.decomposed"])
+def test_test_only_modules_are_not_imported_by_the_package(module):
+    """The rank pool the tests and benchmarks run ranks in, and the torch.distributed baselines the fused
+    TileLink ops are measured against, are test- and benchmark-only."""
+    parent, _, leaf = module.rpartition(".")
     users = []
     for f in ROOT.rglob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
             names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module == "tessera.distributed":
-                names += [f"tessera.distributed.{a.name}" for a in node.names]
-            if "tessera.distributed.testing" in names and f.name != "testing.py":
+            if isinstance(node, ast.ImportFrom) and node.module == parent:
+                names += [f"{parent}.{a.name}" for a in node.names]
+            if module in names and f.stem != leaf:
                 users.append(str(f.relative_to(ROOT.parent)))
-    assert not users, f"package modules import the test-only rank pool: {users}"
+    assert not users, f"package modules import the test-only {module}: {users}"

@@ -1,10 +1,10 @@
-"""The two baselines the fused ops are measured against, on plain torch.distributed:
+"""Test- and benchmark-only (nothing in the package imports it; tests/test_layering.py checks): the two
+baselines the fused ops are measured against, on plain torch.distributed:
 
 - sequential: the collective, then the GEMM (no overlap);
 - decomposed: the collective cut into chunks issued asynchronously, each chunk's GEMM run as soon
   as its data is there, local data first (PyTorch async-TP's `_pipelined_all_gather_and_consume`
-  and the "non-fused overlap" baseline of FLUX / TileLink). On CPU this is also the fast path,
-  since the fused kernels are interpreter-bound there.
+  and the "non-fused overlap" baseline of FLUX / TileLink).
 
 Same shapes and outputs as `ag_gemm.py` / `gemm_rs.py` / `allreduce.py` (gloo has no
 reduce_scatter, so partials go point-to-point to their owner).
