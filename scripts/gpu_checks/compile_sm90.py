@@ -2,7 +2,7 @@
 """Compile every Triton kernel of Tessera for a CUDA target without a GPU (triton ships ptxas), to catch
 what the interpreter accepts but the compiler rejects (atomic_cas operand types, a loop-carried value
 changing from i32 to i64) before GPU time is spent: the distributed kernels, ShadowKV's scoring,
-rebuild and decode kernels, the W8A8 GEMM, the MoE grouped GEMM and the expert-parallel dispatch / combine,
+rebuild and decode kernels, the W8A8 GEMM, the MoE grouped GEMM, the expert-parallel dispatch / combine and COMET's fused layer0 / layer1,
 R-KV's fused redundancy statistics.
 Usage: `python scripts/gpu_checks/compile_sm90.py [--arch 90] [--quick]`; exit 1 on failure.
 Works with triton 3.6 (the GPU image) and 3.9 (PyPI): `PYTHONPATH=<triton-3.6 dir>:. python ...`.
@@ -26,6 +26,8 @@ from tessera.distributed.waits import _spin_kernel
 from tessera.kernels.comm.ag_gemm import _ag_gemm_kernel
 from tessera.kernels.comm.allreduce import _allreduce_kernel
 from tessera.kernels.comm.gemm_rs import _gemm_rs_kernel
+from tessera.kernels.moe.comet_layer0 import _layer0_kernel
+from tessera.kernels.moe.comet_layer1 import _layer1_kernel
 from tessera.kernels.moe.ep_a2a import _combine_kernel, _dispatch_kernel
 from tessera.kernels.moe.grouped_gemm import _grouped_gemm_kernel
 from tessera.kernels.ngemm.gemm_triton import _quantize_kernel, _w8a8_kernel
@@ -97,6 +99,22 @@ def main() -> int:
                                             **common}, {"BLOCK_R": 16, "BLOCK_H": 128, "VIRTUAL": virtual}, "i64"))
     cases.append((_row_stats_kernel, {"k_ptr": "*fp32", "n_ptr": "*i32", "sum_ptr": "*fp32", "last_ptr": "*i32",
                                       "val_ptr": "*fp32"}, {"BLOCK_I": 32, "BLOCK_J": 32, "BLOCK_D": 64, "IEEE": True}, "-"))
+    for dt in ("bf16",) if args.quick else ("bf16", "fp32"):  # COMET layer0 / layer1 (tessera/kernels/moe/comet_*)
+        for virtual in (True,) if args.quick else (False, True):
+            for trace in (False,) if args.quick or virtual else (False, True):
+                flags = {"VIRTUAL": virtual, "FIX_RNE": False, "F32_DOT": dt == "fp32", "TRACE": trace}
+                for counter in ("i32", "i64"):
+                    cases.append((_layer0_kernel, {
+                        "send": f"*{dt}", "send_w": "*fp32", "send_tok": "*i64", "send_off": "*i64", "recv": f"*{dt}",
+                        "recv_w": "*fp32", "recv_tok": "*i64", "w_gu": f"*{dt}", "act": f"*{dt}", "rtab": "*i64",
+                        "params": "*i64", "sig0": "*i64", "trace": "*i64", **common},
+                        {"NC_MAX": 8, "BM": 64, "BN": 64, "BK": 32, "BLOCK_R": 16, "BLOCK_H": 128, **flags}, counter))
+                    cases.append((_layer1_kernel, {
+                        "act": f"*{dt}", "w_down": f"*{dt}", "y": f"*{dt}", "rtab": "*i64", "prog": "*i64",
+                        "gtab": "*i64", "grows": "*i64", "gw": "*fp32", "gtok": "*i64", "comb": "*fp32", "out": f"*{dt}",
+                        "home_mask": "*i64", "params": "*i64", "tflag": "*i64", "sig1": "*i64", "trace": "*i64",
+                        **common}, {"TOPK": 2, "NC_MAX": 8, "NB_MAX": 16, "BM": 64, "BN": 64, "BK": 32, "BG": 16,
+                                    "BT": 16, **flags}, counter))
     failed = 0
     for fn, ptrs, consts, counter in cases:
         try:

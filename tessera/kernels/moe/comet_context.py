@@ -22,7 +22,7 @@ per rank and one launch; the kernels localize every pointer, so the weights live
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -103,6 +103,7 @@ class CometContext:
     config: CometConfig | None = None  # fixed for every call; None: the tuner's table per token count
     trace_cap: int = 0
     epoch: int = 0
+    last_grid: dict = field(default_factory=dict)  # "layer0" / "layer1": programs per rank of the last launch
 
     @property
     def world(self) -> int:

@@ -127,12 +127,16 @@ def record(key: TuneKey, ranked: list[dict], path: Path | None = None) -> Path:
     """Store the fastest configuration of a profile (`ranked`, fastest first) under `key` on disk."""
     path = path or cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    entries = _read(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    entries = doc.setdefault("entries", {})
     best = ranked[0]
     entries[key.name()] = {"n_c": best["n_c"], "n_blocks": best["n_blocks"], "median_s": best["median_s"],
                            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"entries": entries}, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)  # atomic: a reader never sees half a file
     return path
 
