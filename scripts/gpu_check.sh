@@ -33,6 +33,9 @@ CHECKS=(
   "train-long-smoke|120|$PY scripts/train_long.py --device cuda --no-compile --workers 8 --wall --minutes 0.33 --eval-every 1000 --out /tmp/tl_model --work /tmp/tl_work"
   # last: its kernels spin on flags, so a hang (each wait times out after 10 s) cannot cost the others
   "dist|120|$PY scripts/gpu_checks/dist.py --out $RES/dist_gpu_$SLUG.json"
+  # COMET's fused MoE layers (spin on flags too, so after dist): W = 2, 4 virtual ranks vs the references,
+  # then the fused launches vs the plain grouped GEMM by column blocks and n_c (inputs of the MoE model)
+  "comet|150|$PY scripts/gpu_checks/comet.py --out $RES/comet_gpu_$SLUG.json"
 )
 SUMMARY=()
 for c in "${CHECKS[@]}"; do
