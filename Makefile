@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint train train-moe train-vt bench-ngemm clean-venv
+.PHONY: demo test setup lint train train-moe train-vt bench-ngemm compat-transformers clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -53,6 +53,20 @@ train-vt: $(STAMP)
 # NGEMM's GEMM table (with MKL pack when pip can fetch it) and quantized decode on this CPU: scripts/bench_ngemm.sh
 bench-ngemm: $(STAMP)
 	PY=$(BIN)/python scripts/bench_ngemm.sh
+
+# The transformers adapter (tessera/kv/hf.py) at both ends of the range pyproject.toml declares, each in its own
+# environment: build/tf-compat/<spec> holds that transformers and its dependencies, over this venv's torch.
+# Slow (a pip install and a test run per end); not part of `make test`, which tests the installed release.
+TF_OLDEST ?= 5.0.0
+TF_NEWEST ?= transformers>=5,<6
+compat-transformers: $(STAMP)
+	@for spec in "transformers==$(TF_OLDEST)" "$(TF_NEWEST)"; do \
+	  dir=build/tf-compat/$$(echo "$$spec" | tr -c 'A-Za-z0-9.\n' _); \
+	  $(BIN)/python -m pip install -q --upgrade --target "$$dir" "$$spec" || exit 1; \
+	  echo "== $$spec: transformers $$(PYTHONPATH=$$dir $(BIN)/python -c 'import transformers; print(transformers.__version__)')"; \
+	  PYTHONPATH=$$dir TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+	    tests/test_reliability_hf_compat.py tests/test_model_parity.py || exit 1; \
+	done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,6 +4,10 @@
 # gpu_check_<gpu>.{log,md} plus the benchmark results into $OUT (or benchmarks/results).
 # Budget: about 8 minutes on an H200 (one device call may last 10). Features add a line to CHECKS below.
 # ONLY=dist,decode-bench bash scripts/gpu_check.sh reruns some checks (after a fix, on what lease is left).
+# GPU_CHECKS="name|limit|command" (one check per line) replaces the list below (tests use it).
+# A check's result: PASS, FAIL (rc N), TIMEOUT, or SKIP when it ran nothing: pytest selected or ran no test
+# (rc 5, or only "N skipped"), the check printed a line ending in "skipped" (no CUDA device), it exited 77
+# (the automake convention for a skipped test), or its script is missing. "PASS (N skipped)" when some ran.
 set -u
 cd "$(dirname "$0")/.."
 RES=${OUT:-benchmarks/results}
@@ -38,20 +42,42 @@ CHECKS=(
   "comet|150|$PY scripts/gpu_checks/comet.py --out $RES/comet_gpu_$SLUG.json"
 )
 SUMMARY=()
+if [[ -n ${GPU_CHECKS:-} ]]; then mapfile -t CHECKS <<<"$GPU_CHECKS"; fi
+
+# status <rc> <output file>: what one check's exit status and output say
+status() {
+  local rc=$1 out=$2 summary passed skipped
+  summary=$(grep -E '(^|[ =])[0-9]+ (passed|failed|skipped|deselected|errors?|warnings?|xfailed|xpassed)\b.* in [0-9.]+s' "$out" | tail -1)
+  passed=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || true)
+  skipped=$(grep -oE '[0-9]+ skipped' <<<"$summary" | grep -oE '[0-9]+' || true)
+  if [[ $rc == 124 ]]; then echo TIMEOUT
+  elif [[ $rc == 77 ]]; then echo "SKIP (exit 77)"
+  elif [[ $rc == 5 && -n $summary$(grep -E 'no tests ran' "$out") ]]; then echo "SKIP (no test selected)"
+  elif [[ $rc != 0 ]]; then echo "FAIL (rc $rc)"
+  elif [[ -n $summary && ${passed:-0} == 0 && ${skipped:-0} -gt 0 ]]; then echo "SKIP ($skipped skipped)"
+  elif [[ -n $summary && ${skipped:-0} -gt 0 ]]; then echo "PASS ($skipped skipped)"
+  elif [[ -z $summary ]] && grep -qiE 'skipped[.)]?[[:space:]]*$' "$out"; then
+    echo "SKIP ($(grep -iE 'skipped[.)]?[[:space:]]*$' "$out" | tail -1 | cut -c1-80))"
+  else echo PASS
+  fi
+}
+
 for c in "${CHECKS[@]}"; do
+  [[ -z $c ]] && continue
   IFS='|' read -r name limit cmd <<<"$c"
   [[ -n ${ONLY:-} && ",$ONLY," != *",$name,"* ]] && continue
   script=$(echo "$cmd" | awk '{print $2}')
   if [[ $script == *.py && $script != -m && ! -f $script ]]; then
-    SUMMARY+=("| $name | skipped (no $script) | - |"); continue
+    SUMMARY+=("| $name | SKIP (no $script) | - |"); continue
   fi
   echo "=== $name ($cmd)" | tee -a "$LOG"
+  out=$(mktemp)
   t0=$(date +%s)
-  timeout "$limit" bash -c "$cmd" 2>&1 | tee -a "$LOG"
+  timeout "$limit" bash -c "$cmd" 2>&1 | tee "$out" | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   dt=$(( $(date +%s) - t0 ))
-  status=$([[ $rc == 0 ]] && echo PASS || ([[ $rc == 124 ]] && echo "TIMEOUT" || echo "FAIL (rc $rc)"))
-  SUMMARY+=("| $name | $status | ${dt}s |")
+  SUMMARY+=("| $name | $(status "$rc" "$out") | ${dt}s |")
+  rm -f "$out"
 done
 {
   echo "# GPU check: $GPU"

@@ -1,8 +1,8 @@
 """Use Tessera's KV presses from transformers' `generate` (Llama, Qwen2, Qwen3, Mistral families).
 
-    from tessera.kv.hf import PressCache
+    from tessera.kv.hf import PressCache, generate_kwargs
     cache = PressCache(model, make_press("rkv", budget=256))
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=2048)
+    out = model.generate(**inputs, **generate_kwargs(model, cache), max_new_tokens=2048)
 
     cache = PressCache(model, kv="shadowkv", kv_options={"sparse_budget": 2048})   # ShadowKV backend
 
@@ -28,9 +28,20 @@ pin it to HF's), and hands them to the backend before the prefill attention.
 Not supported (clear errors): beam search / cache reordering, chunked prefill or a second prompt
 into a used cache, sliding-window attention beyond its window, attention scalings other than
 1/sqrt(head_dim).
+
+transformers 5.0 to 5.x (`pyproject.toml` declares the range; `make compat-transformers` tests both ends in
+their own environments). Across it the cache-layer interface changed: recent releases pass the attention's
+forward kwargs to `cache.update(..., kwargs=...)` and name the `generate` argument `cache`; 5.0 passes only
+RoPE tables to `update`, names it `past_key_values` and asks layers for `get_max_cache_shape` and for mask
+sizes from a `cache_position` tensor. `_Layer` answers both spellings, and where `update` gets no kwargs
+dict the layer hands its cache to the attention function through a thread-local slot that the very next
+attention call of the same thread takes. `generate_kwargs(model, cache)` spells the argument.
 """
 
 from __future__ import annotations
+
+import inspect
+import threading
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -45,6 +56,13 @@ from tessera.layers.rope import RotaryEmbedding, apply_rope
 from tessera.models.families import FAMILIES, config_from_hf
 
 ATTN_NAME = "tessera_kv"
+_HANDOFF = threading.local()  # transformers 5.0: update() -> the attention call right after it, same thread
+
+
+def generate_kwargs(model, cache) -> dict:
+    """`model.generate(**inputs, **generate_kwargs(model, cache))`: the cache under the name this transformers
+    release uses (`cache` in recent releases, `past_key_values` in 5.0)."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 class _Layer(CacheLayerMixin):
@@ -64,25 +82,29 @@ class _Layer(CacheLayerMixin):
             raise RuntimeError("PressCache: a layer's K/V were never attended: the model does not run the "
                                f"{ATTN_NAME!r} attention (pass the cache to the model it was built for)")
         fwd = kwargs.get("kwargs")
-        if not isinstance(fwd, dict):
-            raise NotImplementedError("PressCache: this model's attention does not forward its kwargs to "
-                                      "`cache.update` (supported: llama, qwen2, qwen3, mistral)")
-        # The attention module passes this same dict on to the attention function: that is how
-        # `_attention` learns which cache and layer the K/V belong to (no global state).
-        fwd["press_cache"] = self.owner
+        if isinstance(fwd, dict):
+            # The attention module passes this same dict on to the attention function: that is how
+            # `_attention` learns which cache and layer the K/V belong to (no global state).
+            fwd["press_cache"] = self.owner
+        else:  # transformers 5.0: update(k, v, cache_kwargs) gets only RoPE tables, the attention call follows
+            _HANDOFF.owner = self.owner
         self.lazy_initialization(key_states, value_states)
         self.keys, self.values = key_states, value_states  # the newest K/V only (HF introspection)
         self.owner._pending = self.idx
         return key_states, value_states
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.owner.seen + query_length, 0
+    def get_mask_sizes(self, query_length, *args) -> tuple[int, int]:
+        # recent releases pass the query length; 5.0 passes the cache_position tensor [S]
+        q = query_length if isinstance(query_length, int) else int(query_length.shape[0])
+        return self.owner.seen + q, 0
 
     def get_seq_length(self) -> int:
         return self.owner.seen
 
     def get_max_length(self) -> int:
         return -1
+
+    get_max_cache_shape = get_max_length  # its name in transformers 5.0
 
 
 class PressCache(Cache):
@@ -193,6 +215,8 @@ class PressCache(Cache):
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, press_cache=None, **kwargs):
     """The registered attention function: [B, Hq, S, D] in, [B, S, Hq, D] out (as HF expects)."""
     owner = press_cache
+    if owner is None:  # transformers 5.0: the layer's update() just left it here
+        owner, _HANDOFF.owner = getattr(_HANDOFF, "owner", None), None
     if owner is None:  # not a PressCache forward (e.g. use_cache=False): plain SDPA
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
                                               dropout=dropout, **kwargs)
