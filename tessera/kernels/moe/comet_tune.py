@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-DEFAULTS = Path(__file__).with_name("comet_defaults.json")
+DEFAULTS = Path(__file__).resolve().with_name("comet_defaults.json")
 
 
 @dataclass(frozen=True)
