@@ -178,3 +178,27 @@ def test_errors_raise_on_every_rank(case, message):
         shared_pool(2).run(_errors_job, case, timeout=90)
     assert set(ei.value.errors) == {0, 1}
     assert all(message in e for e in ei.value.errors.values()), ei.value.errors
+
+
+def test_virtual_ranks_in_one_process_use_the_tuner_and_match_the_reference():
+    """W = 2 virtual ranks (one heap allocation, the rank on grid axis 1: the GPU check's mode) with no fixed
+    configuration, so (n_c, n_blocks) comes from comet_tune."""
+    from tessera.distributed.symm import VirtualHeap
+    from tessera.kernels.moe.comet_context import comet_heap_bytes, create_comet_context
+    from tessera.kernels.moe.comet_layer0 import comet_layer0
+    from tessera.kernels.moe.comet_layer1 import comet_layer1
+    from tessera.kernels.moe.comet_ref import layer0_ref, moe_ref
+
+    W, E = 2, 4
+    wgu, wd = _weights(E, torch.float32)
+    heap = VirtualHeap(comet_heap_bytes(W, CAP, K, H, FF, E, virtual=True), W)
+    ctx = create_comet_context(heap, CAP, K, H, FF, E, timeout_s=10)
+    xs, ids, ws = zip(*[_inputs(r, 1, E) for r in range(W)])
+    acts, lays = comet_layer0(list(xs), list(ids), list(ws), [wgu[:2], wgu[2:]], ctx)
+    assert lays[0].config == lays[1].config  # every rank picked the same
+    assert lays[0].config_source.split(",")[0] in ("cache", "shipped", "rule")
+    outs = comet_layer1(acts, [wd[:2], wd[2:]], lays, ctx)
+    for r in range(W):
+        assert _rel(acts[r], layer0_ref(list(xs), list(ids), wgu, r)) <= 1e-5
+        assert _rel(outs[r], moe_ref(xs[r], ids[r], ws[r], wgu, wd)) <= 1e-5
+    heap.close()
