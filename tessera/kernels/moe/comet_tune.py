@@ -30,7 +30,8 @@ DEFAULTS = Path(__file__).resolve().with_name("comet_defaults.json")
 @dataclass(frozen=True)
 class CometConfig:
     n_c: int  # programs that communicate in each fused launch (layer0: senders; layer1: per column block)
-    n_blocks: int  # layer1: column blocks, each reduced and sent home while the next one is computed
+    n_blocks: int  # layer1: column blocks, each reduced and sent home while the next one is computed; blocks are
+    # whole column tiles, so the count used is cdiv(n_tiles, cdiv(n_tiles, n_blocks)) (e.g. 4 tiles, 3 asked: 2)
 
     def __post_init__(self):
         if self.n_c < 1 or self.n_blocks < 1:
