@@ -1,17 +1,24 @@
-"""Accuracy vs KV budget: FullKV, R-KV, SnapKV, StreamingLLM and H2O on held-out reasoning problems.
+"""Accuracy vs KV budget: FullKV, R-KV and its baselines on held-out reasoning problems, with paired statistics.
 
-Every method decodes the same problems (seeds `--seed-start` .. `--seed-start + n - 1`, greedy) with
-the same decode-time scheduler (`--buffer`, `--window`). Budgets are fractions of the average
-reference trace length of those problems (`--fractions`), also reported in tokens. FullKV runs in
-the same invocation, so every ratio is against a baseline from the same run and machine.
+Every method decodes the same problems (seeds `--seed-start` .. `--seed-start + n - 1`, greedy) with the
+same decode-time scheduler (`--buffer`, `--window`). Budgets are fractions of the average reference trace
+(`--fractions`) and/or absolute token counts (`--budgets`). FullKV runs in the same invocation, so every
+ratio is against a baseline from the same run and machine. The primary comparison is R-KV against the
+authors' own baselines (`rkv-snapkv`: R-KV at lambda = 1, `rkv-h2o`: the last query's attention); our
+paper-style `snapkv`, `streamingllm`, `h2o` run beside them.
 
-Points can be split over processes (`--shard i/k`, each writes its own file under `--work-dir`);
-`--report` merges whatever points exist into `<out>.json`, `<out>.md` and `<out>.png`; `--replot-from
-<out>.json` redraws the PNG from a result file alone (seconds, nothing rerun).
+Resumable and shardable: every finished problem is appended to `<work-dir>/<point>.<shard>.jsonl`, and a
+rerun skips the problems any shard already wrote. `--shard i/k` takes every k-th *problem* (all points), so
+shards finish with complete pairs. `--teacher-forced` also feeds each reference trace through the press and
+records the per-token error and the first divergence (`tessera.tasks.teacher_forced`), a low-variance
+second metric. `--report` merges whatever exists into `<out>.json`, `.md` and `.png`: accuracy with a 95%
+interval per point, and paired comparisons (sign test and bootstrap interval per problem,
+`tessera.tasks.paired`) printed beside every "A beats B". `--replot-from <out>.json` redraws the PNG alone.
 
     python benchmarks/bench_rkv_accuracy.py --n 200                  # the issue's 200 problems per point
     python benchmarks/bench_rkv_accuracy.py --n 48 --shard 0/2 &     # two processes, then:
     python benchmarks/bench_rkv_accuracy.py --n 48 --shard 1/2; python benchmarks/bench_rkv_accuracy.py --n 48 --report
+    python benchmarks/bench_rkv_accuracy.py --task long_reasoning --budgets 256,512,1024,2048,3072 --fractions "" --n 200
     python benchmarks/bench_rkv_accuracy.py --replot-from benchmarks/results/rkv_accuracy.json \
         --weights "2026-11-26 weights" --machine "Intel Xeon, 2 vCPUs"
 """
@@ -27,7 +34,10 @@ from pathlib import Path
 
 import torch
 
-METHODS = {"rkv": "R-KV", "snapkv": "SnapKV", "streamingllm": "StreamingLLM", "h2o": "H2O"}
+METHODS = {"rkv": "R-KV", "rkv-snapkv": "SnapKV (R-KV code)", "rkv-h2o": "H2O (R-KV code)",
+           "rkv-published": "R-KV (published settings)", "snapkv": "SnapKV", "streamingllm": "StreamingLLM",
+           "h2o": "H2O"}
+DEFAULT_METHODS = ["rkv", "rkv-snapkv", "rkv-h2o", "snapkv", "streamingllm", "h2o"]
 
 
 def machine() -> str:
@@ -41,72 +51,150 @@ def machine() -> str:
 
 
 def points(args, avg: float) -> list[tuple[str, float | None, int | None]]:
-    pts = [("full", None, None)]
-    for f in args.fractions:
-        b = max(args.window + 1, round(f * avg))
-        pts += [(m, f, b) for m in args.methods]
-    return pts
+    budgets = sorted({max(args.window + 1, round(f * avg)) for f in args.fractions} | set(args.budgets))
+    return [("full", None, None)] + [(m, b / avg, b) for b in budgets for m in args.methods]
+
+
+def _done(work: Path, key: str, suffix: str = "") -> dict[int, dict]:
+    """seed -> record, from every shard's file of point `key`."""
+    recs = {}
+    for f in work.glob(f"{key}{suffix}.[0-9]*of[0-9]*.jsonl"):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                recs[r["seed"]] = r
+    return recs
+
+
+def _append(path: Path, rec: dict) -> None:
+    with path.open("a") as f:  # one line per problem, flushed: a cut-off run keeps everything it finished
+        f.write(json.dumps(rec) + "\n")
 
 
 def run_shard(args, avg: float, work: Path) -> None:
     from tessera.engine import LLM
     from tessera.kv.presses import make_press
-    from tessera.tasks.evaluate import evaluate
+    from tessera.tasks.evaluate import TASKS, evaluate
+    from tessera.tasks.teacher_forced import teacher_forced
 
     llm = LLM.load(args.model)
     i, k = map(int, args.shard.split("/"))
-    out = work / f"shard{i}of{k}.json"
-    done = json.loads(out.read_text()) if out.exists() else {}
-    for j, (m, f, b) in enumerate(points(args, avg)):
+    mine = [s for j, s in enumerate(range(args.seed_start, args.seed_start + args.n)) if j % k == i]
+    for m, _, b in points(args, avg):
         key = f"{m}@{b}"
-        if j % k != i or key in done:
-            continue
         factory = None if m == "full" else (lambda m=m, b=b: make_press(m, budget=b, buffer=args.buffer, window=args.window))
-        r = evaluate(llm, n=args.n, seed_start=args.seed_start, batch_size=args.batch_size,
-                     press_factory=factory, difficulty=args.difficulty, progress=False)
-        done[key] = {"method": m, "fraction": f, "budget": b, **{x: r[x] for x in (
-            "n", "seeds", "correct", "accuracy", "mean_generated_tokens", "tokens_per_s", "wall_s", "peak_kv_bytes")}}
-        out.write_text(json.dumps(done, indent=1))  # after every point: a cut-off run keeps its work
-        print(f"[{time.strftime('%H:%M:%S')}] {key}: acc {r['accuracy']:.3f} ({r['correct']}/{r['n']}) "
-              f"{r['wall_s']:.0f}s", flush=True)
+        todo = [s for s in mine if s not in _done(work, key)]
+        t0 = time.perf_counter()
+        if todo:
+            out = work / f"{key}.{i}of{k}.jsonl"
+            evaluate(llm, seeds=todo, batch_size=args.batch_size, press_factory=factory, difficulty=args.difficulty,
+                     progress=False, task=args.task, on_result=lambda r, m=m, b=b, out=out: _append(
+                         out, {**r, "method": m, "budget": b, "correct": int(r["correct"])}))
+        tf_todo = [s for s in mine if s not in _done(work, key, ".tf")] if args.teacher_forced else []
+        if tf_todo:
+            make = TASKS[args.task][0]
+            tf_out = work / f"{key}.tf.{i}of{k}.jsonl"
+            for r in teacher_forced(llm, [make(s, args.difficulty) for s in tf_todo], factory, args.batch_size):
+                _append(tf_out, {**r, "method": m, "budget": b})
+        done = _done(work, key)
+        acc = sum(done[s]["correct"] for s in mine if s in done) / max(1, len(mine))
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: shard {i}/{k} accuracy {acc:.3f} on {len(mine)} problems "
+              f"({len(todo)} run now, {time.perf_counter() - t0:.0f}s)", flush=True)
 
 
 def report(args, avg: float, work: Path) -> None:
-    merged = {}
-    for f in sorted(work.glob("shard*.json")):
-        merged.update(json.loads(f.read_text()))
-    full = next((v for v in merged.values() if v["method"] == "full"), None)
-    if full is None:
-        raise SystemExit("no FullKV point yet: nothing to compare against")
-    rows = sorted((v for v in merged.values() if v["method"] != "full"), key=lambda v: (v["fraction"], v["method"]))
+    from tessera.tasks.paired import compare, proportion_interval
+
+    seeds = set(range(args.seed_start, args.seed_start + args.n))
+    per, tf = {}, {}
+    for m, _, b in points(args, avg):
+        key = f"{m}@{b}"
+        per[key] = {s: r for s, r in _done(work, key).items() if s in seeds}
+        tf[key] = {s: r for s, r in _done(work, key, ".tf").items() if s in seeds}
+    full_key = "full@None"
+    if not per.get(full_key):
+        raise SystemExit("no FullKV result yet: nothing to compare against")
+
+    def summary(m, f, b):
+        recs = per[f"{m}@{b}"]
+        n, c = len(recs), sum(r["correct"] for r in recs.values())
+        lo, hi = proportion_interval(c, n)
+        out = {"method": m, "fraction": f, "budget": b, "n": n, "correct": c, "accuracy": c / n if n else None,
+               "ci": [lo, hi], "seeds": sorted(recs)[:1] + sorted(recs)[-1:],
+               "mean_generated_tokens": sum(r["generated_tokens"] for r in recs.values()) / n if n else None}
+        t = tf[f"{m}@{b}"]
+        if t:
+            fd = sorted(r["first_divergence"] for r in t.values() if r["first_divergence"] is not None)
+            out["teacher_forced"] = {"n": len(t), "token_error": sum(r["errors"] for r in t.values()) / sum(
+                r["tokens"] for r in t.values()), "median_first_divergence": fd[len(fd) // 2] if fd else None,
+                "never_diverged": sum(r["first_divergence"] is None for r in t.values())}
+        return out
+
+    full = summary("full", None, None)
+    rows = [summary(m, f, b) for m, f, b in points(args, avg)[1:] if per[f"{m}@{b}"]]
     for v in rows:
         v["vs_full"] = v["accuracy"] / full["accuracy"] if full["accuracy"] else None
-    res = {"model": str(args.model or "embedded tiny-reasoner"), "machine": machine(), "n": args.n,
+    # paired comparisons on the problems both points solved: R-KV against each baseline and against FullKV
+    outcome = {key: {s: r["correct"] for s, r in recs.items()} for key, recs in per.items()}
+    tok_acc = {key: {s: 1 - r["error_rate"] for s, r in recs.items()} for key, recs in tf.items()}
+    pairs, anchor = [], "rkv" if "rkv" in args.methods else args.methods[0]
+    for v in rows:
+        if v["method"] == anchor:
+            continue
+        a = f"{anchor}@{v['budget']}"
+        if outcome.get(a):
+            pairs.append({"budget": v["budget"], "metric": "accuracy", **compare(
+                f"{METHODS[anchor]}@{v['budget']}", outcome[a], f"{METHODS[v['method']]}@{v['budget']}",
+                outcome[f"{v['method']}@{v['budget']}"])})
+            if tok_acc.get(a) and tok_acc.get(f"{v['method']}@{v['budget']}"):
+                pairs.append({"budget": v["budget"], "metric": "teacher-forced token accuracy", **compare(
+                    f"{METHODS[anchor]}@{v['budget']}", tok_acc[a], f"{METHODS[v['method']]}@{v['budget']}",
+                    tok_acc[f"{v['method']}@{v['budget']}"])})
+    for v in rows:
+        if v["method"] == anchor:
+            pairs.append({"budget": v["budget"], "metric": "accuracy", **compare(
+                f"{METHODS[anchor]}@{v['budget']}", outcome[f"{anchor}@{v['budget']}"], "FullKV", outcome[full_key])})
+    res = {"model": str(args.model or "embedded tiny-reasoner"), "machine": machine(), "n": args.n, "task": args.task,
            "difficulty": args.difficulty,
            "seeds": [args.seed_start, args.seed_start + args.n - 1], "avg_trace_tokens": avg,
            "buffer": args.buffer, "window": args.window, "note": args.note, "weights": args.weights,
-           "full": full, "points": rows}
+           "full": full, "points": rows, "paired": pairs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    fr = sorted({v["fraction"] for v in rows})
+    budgets = sorted({v["budget"] for v in rows})
     ms = [m for m in METHODS if any(v["method"] == m for v in rows)]
-    cell = {(v["method"], v["fraction"]): v for v in rows}
-    lines = [f"# Accuracy vs KV budget ({res['model']})", "", *([f"**Note:** {args.note}", ""] if args.note else []),
+    cell = {(v["method"], v["budget"]): v for v in rows}
+    done_n = {v["n"] for v in rows} | {full["n"]}
+    lines = [f"# Accuracy vs KV budget ({res['model']}, task {args.task})", "",
+             *([f"**Note:** {args.note}", ""] if args.note else []),
+             *([f"**Incomplete:** points hold {sorted(done_n)} of {args.n} problems.", ""] if done_n != {args.n} else []),
              (f"{args.n} held-out problems per point (seeds {res['seeds'][0]}..{res['seeds'][1]}, "
               f"{'the default difficulty mix' if args.difficulty is None else f'{args.difficulty} steps each'}), greedy, "
               f"buffer {args.buffer}, window {args.window}; average reference trace {avg:.0f} tokens. "
               f"Machine: {res['machine']}. Written by `benchmarks/bench_rkv_accuracy.py`."), "",
-             (f"FullKV: **{full['accuracy']:.3f}** ({full['correct']}/{full['n']}), "
-              f"peak KV {full['peak_kv_bytes'] / 2**20:.1f} MiB (batch {args.batch_size})."), "",
-             "Accuracy (and % of FullKV) per budget:", "",
-             "| budget | tokens | " + " | ".join(METHODS[m] for m in ms) + " |",
+             (f"FullKV: **{full['accuracy']:.3f}** ({full['correct']}/{full['n']}, 95% CI "
+              f"[{full['ci'][0]:.3f}, {full['ci'][1]:.3f}])"
+              + (f"; teacher-forced per-token error {100 * full['teacher_forced']['token_error']:.2f}%." if "teacher_forced" in full
+                 else ".")), "",
+             "Accuracy (95% Wilson interval) per budget:", "",
+             "| budget | % of avg trace | " + " | ".join(METHODS[m] for m in ms) + " |",
              "|---|---|" + "---|" * len(ms)]
-    for f in fr:
-        b = next(v["budget"] for v in rows if v["fraction"] == f)
-        cells = [f"{cell[m, f]['accuracy']:.3f} ({100 * (cell[m, f]['vs_full'] or 0):.0f}%)" if (m, f) in cell else "-"
-                 for m in ms]
-        lines.append(f"| {100 * f:.0f}% | {b} | " + " | ".join(cells) + " |")
+    for b in budgets:
+        cells = [f"{cell[m, b]['accuracy']:.3f} [{cell[m, b]['ci'][0]:.2f}, {cell[m, b]['ci'][1]:.2f}]"
+                 if (m, b) in cell else "-" for m in ms]
+        lines.append(f"| {b} | {100 * b / avg:.0f}% | " + " | ".join(cells) + " |")
+    if any("teacher_forced" in v for v in rows):
+        lines += ["", "Teacher-forced: per-token error over the reference trace, median first divergence (tokens):", "",
+                  "| budget | " + " | ".join(METHODS[m] for m in ms) + " |", "|---|" + "---|" * len(ms)]
+        for b in budgets:
+            cells = [(f"{100 * cell[m, b]['teacher_forced']['token_error']:.2f}%, "
+                      f"{cell[m, b]['teacher_forced']['median_first_divergence']}")
+                     if (m, b) in cell and "teacher_forced" in cell[m, b] else "-" for m in ms]
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    if pairs:
+        lines += ["", "Paired comparisons (same problems; bootstrap interval of the difference, sign test):", ""]
+        lines += [f"- {p['metric']}: {p['line']}" for p in pairs]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     _plot(out.with_suffix(".png"), res)
     print("\n".join(lines))
@@ -124,14 +212,18 @@ def _plot(path: Path, res: dict, weights: str | None = None, machine: str | None
     full, rows = res["full"], res["points"]
     ms = [m for m in METHODS if any(v["method"] == m for v in rows)]
     fracs = sorted({v["fraction"] for v in rows})
-    styles = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":")]
+    styles = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":"), ("v", "-"), ("P", "--"), ("X", "-.")]
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     for i, m in enumerate(ms):
-        pts = sorted((v["fraction"], v["accuracy"]) for v in rows if v["method"] == m)
+        pts = sorted((v["fraction"], v["accuracy"], v.get("ci")) for v in rows if v["method"] == m)
         shift = 1 + 0.05 * (i - (len(ms) - 1) / 2)  # multiplicative: equal spacing on the log axis
         marker, ls = styles[i % len(styles)]
-        ax.plot([100 * f * shift for f, _ in pts], [100 * a for _, a in pts], marker=marker, ls=ls, lw=1.8, ms=7,
-                label=METHODS[m])
+        xs, ys = [100 * f * shift for f, _, _ in pts], [100 * a for _, a, _ in pts]
+        line = ax.plot(xs, ys, marker=marker, ls=ls, lw=1.8, ms=7, label=METHODS.get(m, m))[0]
+        if all(ci for _, _, ci in pts):  # 95% intervals, where the result file has them
+            ax.errorbar(xs, ys, yerr=[[y - 100 * ci[0] for y, (_, _, ci) in zip(ys, pts)],
+                                      [100 * ci[1] - y for y, (_, _, ci) in zip(ys, pts)]],
+                        fmt="none", ecolor=line.get_color(), elinewidth=1, capsize=3, alpha=0.7)
     ax.axhline(100 * full["accuracy"], color="black", ls=(0, (5, 3)), lw=1.2,
                label=f"FullKV {100 * full['accuracy']:.1f}% ({full['correct']}/{full['n']})")
     budget = {v["fraction"]: v["budget"] for v in rows}
@@ -162,13 +254,18 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--difficulty", type=int, default=None,
                     help="steps per problem (default: the task's own mix, traces ~1,540 tokens)")
-    ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.05, 0.1, 0.16, 0.25, 0.5])
-    ap.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    ap.add_argument("--task", default="reasoning", choices=["reasoning", "long_reasoning"])
+    ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",") if x], default=[0.05, 0.1, 0.16, 0.25, 0.5],
+                    help="budgets as fractions of the average reference trace ('' for none)")
+    ap.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                    help="absolute budgets in tokens, e.g. 256,512,1024,2048,3072")
+    ap.add_argument("--methods", type=lambda s: s.split(","), default=DEFAULT_METHODS)
+    ap.add_argument("--teacher-forced", action="store_true", help="also the per-token error and first divergence")
     ap.add_argument("--buffer", type=int, default=128)
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     ap.add_argument("--shard", default="0/1", help="i/k: run every k-th point starting at i")
-    ap.add_argument("--work-dir", default="/tmp/rkv_accuracy", help="per-shard partial results")
+    ap.add_argument("--work-dir", default="runs/rkv_accuracy", help="per-problem results, one JSONL per point and shard")
     ap.add_argument("--report", action="store_true", help="only merge the shards and write the report")
     ap.add_argument("--note", default="", help="caveat printed under the title (e.g. which checkpoint)")
     ap.add_argument("--weights", default="", help="which weights of the model, for the plot's title (e.g. a date)")
@@ -182,7 +279,8 @@ def main():
         _plot(src.with_suffix(".png"), json.loads(src.read_text()), weights=args.weights, machine=args.machine)
         print(f"wrote {src.with_suffix('.png')}")
         return
-    from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
+    from tessera.tasks.evaluate import TASKS
+    from tessera.tasks.reasoning import EVAL_SEED_BASE
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,9 +290,11 @@ def main():
         raise SystemExit(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
     # Average reference trace over the first 200 problems whatever --n is, so budgets in tokens do
     # not change with n. Word count = token count (one token per word) + the end-of-sequence token.
+    make_problem = TASKS[args.task][0]
     avg = statistics.mean(len(make_problem(s, args.difficulty).solution.split()) + 1
                           for s in range(args.seed_start, args.seed_start + max(args.n, 200)))
-    work = Path(args.work_dir) / f"n{args.n}_s{args.seed_start}_d{args.difficulty}_buf{args.buffer}_w{args.window}"
+    # results are per problem, so a run with a larger --n reuses a smaller one's problems
+    work = Path(args.work_dir) / f"{args.task}_s{args.seed_start}_d{args.difficulty}_buf{args.buffer}_w{args.window}"
     work.mkdir(parents=True, exist_ok=True)
     if not args.report:
         run_shard(args, avg, work)

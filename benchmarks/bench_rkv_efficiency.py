@@ -9,9 +9,14 @@ Measured, same machine, same run:
   1. KV bytes per sequence (peak `cache.nbytes()` / batch) and decode tok/s at the same batch;
   2. the largest batch whose R-KV cache fits the memory FullKV needs at `--batch` (the cap), and
      the decode tok/s there (FullKV's largest batch under that cap is `--batch` by construction);
-  3. compression overhead: time inside the press hook / decode time.
+  3. compression overhead: time inside the press hook / decode time, for each scorer variant in
+     `--variants` at the same batch (the first is the one measured under the cap): `impl=reference`
+     builds the full n x n similarity matrix, `impl=auto` is the CPU row-block path or the fused Triton
+     kernel (tessera/kernels/rkv), `buffer=512` compresses 4x less often on a larger cache.
 
     python benchmarks/bench_rkv_efficiency.py                  # CPU
+    python benchmarks/bench_rkv_efficiency.py --fraction 0.125 --no-cap --variants "impl=reference;impl=auto;impl=auto,buffer=512" \
+        --out benchmarks/results/rkv_compression_share        # the compression step before / after, one run
     python benchmarks/bench_rkv_efficiency.py --device cuda --batch 16 --out benchmarks/results/rkv_efficiency_gpu
 """
 
@@ -79,12 +84,15 @@ def main():
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=64, help="upper bound on the batch tried under the cap")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    ap.add_argument("--variants", default="impl=auto",
+                    help="R-KV settings run at --batch, ';'-separated, each 'key=value,...' (impl, buffer, lam, order)")
+    ap.add_argument("--no-cap", action="store_true", help="skip the largest-batch-under-the-cap runs")
     ap.add_argument("--out", default="benchmarks/results/rkv_efficiency")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from bench_decode import machine  # same machine description as the decode benchmark
+    from machine import describe as machine  # the machine as every benchmark names it
 
     from tessera.engine.engine import DEFAULT_MODEL
     from tessera.kv.presses import make_press
@@ -96,31 +104,36 @@ def main():
     tok = Tokenizer(DEFAULT_MODEL)  # the embedded tokenizer (committed); the weights are random
     ids = [tok.encode(make_problem(EVAL_SEED_BASE + 500_000 + i, difficulty=16).prompt) for i in range(args.max_batch)]
 
-    def press():
-        return make_press("rkv", budget=budget, buffer=args.buffer, window=args.window)
+    variants = [_parse_variant(v) for v in args.variants.split(";") if v.strip()]
+
+    def press(v=None):
+        kw = {"buffer": args.buffer, "window": args.window, **(v or variants[0])}
+        return make_press("rkv", budget=budget, **kw)
 
     t0 = time.perf_counter()
     warm = argparse.Namespace(**{**vars(args), "new_tokens": 64})  # first-call allocations, lazy inits
     run(llm, ids[: args.batch], warm, press())
     full = run(llm, ids[: args.batch], args)
-    rkv = run(llm, ids[: args.batch], args, press())
+    per_variant = [{"variant": v, **run(llm, ids[: args.batch], args, press(v))} for v in variants]
+    rkv = per_variant[0]
     cap = full["peak_kv_bytes"]
     # largest R-KV batch under the cap, from the measured bytes per sequence; then measured there
     b = min(args.max_batch, int(cap // rkv["kv_bytes_per_sequence"]))
-    capped = run(llm, ids[:b], args, press())
-    while capped["peak_kv_bytes"] > cap and b > 1:  # the prediction was optimistic: step down
+    capped = run(llm, ids[:1], warm, press()) if args.no_cap else run(llm, ids[:b], args, press())
+    while not args.no_cap and capped["peak_kv_bytes"] > cap and b > 1:  # the prediction was optimistic: step down
         b -= 1
         capped = run(llm, ids[:b], args, press())
     res = {
         "model": "embedded architecture, random weights, 16,384 positions", "device": args.device,
         "machine": machine(args.device), "dtype": str(next(llm.model.parameters()).dtype),
         "new_tokens": args.new_tokens, "prompt_tokens": [len(x) for x in ids[: args.batch]],
-        "budget": budget, "buffer": args.buffer, "window": args.window,
+        "budget": budget, "buffer": args.buffer, "window": args.window, "variants": per_variant,
         "equal_batch": {"full": full, "rkv": rkv,
                         "kv_ratio": rkv["kv_bytes_per_sequence"] / full["kv_bytes_per_sequence"],
                         "speedup": rkv["decode_tokens_per_s"] / full["decode_tokens_per_s"]},
-        "memory_cap": {"cap_bytes": cap, "full_batch": args.batch, "rkv_batch": b, "rkv": capped,
-                       "throughput_ratio": capped["decode_tokens_per_s"] / full["decode_tokens_per_s"]},
+        "memory_cap": None if args.no_cap else {
+            "cap_bytes": cap, "full_batch": args.batch, "rkv_batch": b, "rkv": capped,
+            "throughput_ratio": capped["decode_tokens_per_s"] / full["decode_tokens_per_s"]},
         "wall_s": time.perf_counter() - t0,
     }
     out = Path(args.out)
@@ -131,17 +144,37 @@ def main():
     md = [f"# R-KV efficiency vs FullKV ({res['machine']}, {res['dtype']})", "",
           (f"{res['model']}; {args.new_tokens} generated tokens per sequence after a "
            f"~{sum(res['prompt_tokens']) // len(res['prompt_tokens'])}-token prompt; R-KV budget {budget} tokens "
-           f"({100 * args.fraction:.0f}% of the generation), buffer {args.buffer}, window {args.window}. "
-           "Written by `benchmarks/bench_rkv_efficiency.py`, one run, same machine."), "",
+           f"({100 * args.fraction:.0f}% of the generation), buffer {args.buffer}, window {args.window}, "
+           f"settings {_label(variants[0])}. Written by `benchmarks/bench_rkv_efficiency.py`, one run, same machine."), "",
           "| | FullKV | R-KV | R-KV / FullKV |", "|---|---|---|---|",
           f"| KV bytes per sequence (peak) | {full['kv_bytes_per_sequence'] / mib:.2f} MiB | {rkv['kv_bytes_per_sequence'] / mib:.2f} MiB | {100 * eq['kv_ratio']:.1f}% |",
-          f"| decode tok/s at batch {args.batch} | {full['decode_tokens_per_s']:.0f} | {rkv['decode_tokens_per_s']:.0f} | {eq['speedup']:.2f}x |",
-          f"| largest batch under a {cap / mib:.1f} MiB KV cap | {args.batch} | {b} | {b / args.batch:.1f}x |",
-          f"| decode tok/s at that batch | {full['decode_tokens_per_s']:.0f} | {capped['decode_tokens_per_s']:.0f} | {mc['throughput_ratio']:.2f}x |",
-          f"| compression overhead (share of decode time) | - | {100 * rkv['overhead_share']:.1f}% (batch {args.batch}), {100 * capped['overhead_share']:.1f}% (batch {b}) | |",
-          ""]
+          f"| decode tok/s at batch {args.batch} | {full['decode_tokens_per_s']:.0f} | {rkv['decode_tokens_per_s']:.0f} | {eq['speedup']:.2f}x |"]
+    if mc:
+        md += [f"| largest batch under a {cap / mib:.1f} MiB KV cap | {args.batch} | {b} | {b / args.batch:.1f}x |",
+               f"| decode tok/s at that batch | {full['decode_tokens_per_s']:.0f} | {capped['decode_tokens_per_s']:.0f} | {mc['throughput_ratio']:.2f}x |",
+               f"| compression overhead (share of decode time) | - | {100 * rkv['overhead_share']:.1f}% (batch {args.batch}), {100 * capped['overhead_share']:.1f}% (batch {b}) | |"]
+    md += ["", f"Compression step per R-KV setting at batch {args.batch} (same run; FullKV {full['decode_tokens_per_s']:.1f} tok/s):", "",
+           "| R-KV setting | decode tok/s | vs FullKV | compressions | time in the press hook | share of decode time | peak KV per sequence |",
+           "|---|---|---|---|---|---|---|"]
+    for v in per_variant:
+        md.append(f"| {_label(v['variant'])} | {v['decode_tokens_per_s']:.1f} | {v['decode_tokens_per_s'] / full['decode_tokens_per_s']:.2f}x "
+                  f"| {v['compressions']} | {v['press_hook_s']:.1f} s | {100 * v['overhead_share']:.1f}% | {v['kv_bytes_per_sequence'] / mib:.2f} MiB |")
+    md.append("")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+def _parse_variant(text: str) -> dict:
+    """'impl=auto,buffer=512' -> {'impl': 'auto', 'buffer': 512}"""
+    kw = {}
+    for item in filter(None, text.split(",")):
+        k, _, v = item.partition("=")
+        kw[k.strip()] = int(v) if v.strip().isdigit() else float(v) if v.replace(".", "", 1).isdigit() else v.strip()
+    return kw
+
+
+def _label(kw: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kw.items()) or "defaults"
 
 
 if __name__ == "__main__":

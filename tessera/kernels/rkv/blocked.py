@@ -1,6 +1,6 @@
 """R-KV's per-row redundancy statistics on the CPU, in row blocks: the n x n similarity matrix is never held
-whole (a block of rows at a time stays in cache), and the "most recent similar key" is found by an argmax
-over a column-reversed block instead of a where/amax over an int64 index matrix. Same outputs as
+whole (a block of rows at a time stays in cache), and the "most recent similar key" is found as the first
+match in a column-reversed block (a uint8 max) instead of a where/amax over an int64 index matrix. Same outputs as
 `reference.row_stats_ref` (the definition); the fused GPU version is `redundancy.py`.
 """
 
@@ -29,9 +29,10 @@ def row_stats_blocked(keys: torch.Tensor, valid: torch.Tensor, threshold: float 
         # the diagonal (j = i) sits at column N-1-i: element (t, N-1-i0-t) of the block
         s.as_strided((R, H, b), (H * b * N, b * N, N - 1), s.storage_offset() + N - 1 - i0).zero_()
         rowsum[:, :, i0:i1] = s.sum(-1)
-        match = s > threshold
-        first = match.view(torch.uint8).argmax(-1, keepdim=True)  # first True = the largest j
-        has = match.gather(-1, first)[..., 0]
+        # first True of the reversed row = the largest j; max(dim) returns the first maximal index (documented),
+        # and over uint8 it is ~8x faster here than argmax
+        has, first = (s > threshold).view(torch.uint8).max(-1, keepdim=True)
+        has = has[..., 0].bool()
         last[:, :, i0:i1] = torch.where(has, N - 1 - first[..., 0], 0)
         lastval[:, :, i0:i1] = torch.where(has, s.gather(-1, first)[..., 0], s[..., N - 1])  # no match: column 0
     return rowsum, last, lastval
