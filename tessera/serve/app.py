@@ -110,6 +110,8 @@ def build_app(llm: LLM, model_name: str, kv_cap_bytes: int | None = None, max_ru
 
     async def next_output(q: asyncio.Queue):
         o = await q.get()
+        if isinstance(o, (TypeError, ValueError)):
+            raise APIError(400, str(o))
         if isinstance(o, BaseException):
             raise APIError(500, f"the engine failed: {o!r}", type="server_error")
         return o

@@ -91,7 +91,12 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if cmd == "add":
-                self.engine.add(arg)
+                try:
+                    self.engine.add(arg)
+                except (TypeError, ValueError) as e:  # refused: this request fails, the engine goes on
+                    s = self._streams.pop(arg.id, None)
+                    if s is not None:
+                        s.loop.call_soon_threadsafe(s.q.put_nowait, e)
             else:
                 self.engine.abort(arg)
                 if self._streams.pop(arg, None) is not None and self.metrics is not None:
