@@ -17,8 +17,8 @@ real GEMMs of the same rows (measured per rank in the same run, per row of each 
 free for the transfers, as a GPU's copy engines / NVLink are. Every schedule's real-compute output is
 checked against the sequential one.
 
-Model hook: if `tessera.distributed.perfmodel` defines `moe_overlap_prediction(settings: dict) -> dict` (the
-MoE performance model, built separately), its {"sequential", "pipelined", "comet"} seconds for the settings
+Model hook: if `tessera.distributed.moe_perfmodel` (or `perfmodel`) defines `moe_overlap_prediction(settings:
+dict) -> dict` (the MoE performance model is built separately and, so far, only for GPU nodes), its {"sequential", "pipelined", "comet"} seconds for the settings
 and the calibrated parts recorded here (per-row GEMM times, the measured all-to-all times) are printed beside
 the emulated measurements; otherwise the table says that no model was available.
 
@@ -301,15 +301,22 @@ def summarize(per_rank: list[dict]) -> dict:
 
 
 def model_prediction(settings: dict) -> dict | None:
-    """The MoE performance model's seconds per schedule, when `perfmodel.moe_overlap_prediction` exists.
+    """The MoE performance model's seconds per schedule, when `moe_overlap_prediction` exists in
+    `tessera.distributed.moe_perfmodel` (the MoE model, whose GPU-node API has no CPU entry point yet) or `perfmodel`.
     `settings`: T (tokens per rank), k, E, H, I, chunks (pipelined), blocks (COMET column blocks), world,
     per_row_s [GEMM0 + SwiGLU, GEMM1] (calibrated seconds per row on this machine), rows (rows a rank computes),
     dispatch_s / combine_s (measured all-to-all of the rows / of the results). Expected answer:
     {"sequential": s, "pipelined": s, "comet": s}, compared with the `emulated` medians."""
-    from tessera.distributed import perfmodel
+    import importlib
 
-    fn = getattr(perfmodel, "moe_overlap_prediction", None)
-    return fn(settings) if fn else None
+    for name in ("tessera.distributed.moe_perfmodel", "tessera.distributed.perfmodel"):
+        try:
+            fn = getattr(importlib.import_module(name), "moe_overlap_prediction", None)
+        except ImportError:
+            fn = None
+        if fn:
+            return fn(settings)
+    return None
 
 
 def write_md(path: str, doc: dict) -> None:
