@@ -360,7 +360,7 @@ NOTES = [
     "- The COMET row is the fused kernels' order expressed with torch.distributed and one communication thread "
     "(the n_c programs), not the Triton kernels, which run interpreted on a CPU (tests/test_comet.py checks "
     "their numerics and order; scripts/gpu_checks/comet.py runs them compiled).",
-    "- Model column: `tessera.distributed.perfmodel.moe_overlap_prediction(settings)` when that function exists "
+    "- Model column: `moe_overlap_prediction(settings)` of `tessera.distributed.moe_perfmodel` when it exists "
     "(the MoE performance model is built separately); '-' means it did not exist at the time of the run.",
     "- gloo over loopback is ~100x slower per byte than NVLink and a GPU's GEMMs ~100x faster than one core: the "
     "ratio of communication to compute here was chosen, not inherited from any GPU setting.",
