@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint train train-moe train-vt bench-ngemm compat-transformers clean-venv
+.PHONY: demo test test-heavy setup lint train train-moe train-vt bench-ngemm compat-transformers clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,11 @@ demo: $(STAMP)
 	$(BIN)/tessera demo
 
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra -m "not heavy"
+
+# End-to-end runs of interpreted Triton kernels on the embedded models (minutes each): not in `make test`.
+test-heavy: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra -m heavy
 
 lint: $(STAMP)
 	$(BIN)/ruff check tessera tests benchmarks scripts

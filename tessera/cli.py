@@ -62,11 +62,12 @@ def _tp_options(p: argparse.ArgumentParser) -> None:
                     "docs/distributed.md")
     _parallel_group(p, "expert parallelism (--ep, MoE models)", "--ep",
                     "expert-parallel ranks: each keeps num_experts / N experts (with --tp M: M x N processes)",
-                    "--moe-backend", ["torch", "decomposed", "pipelined", "fused"],
+                    "--moe-backend", ["torch", "decomposed", "pipelined", "fused", "comet"],
                     "token dispatch / combine: torch (all_to_all_single, the default), decomposed (one async send per "
                     "peer, experts run on each peer's rows as they land), pipelined (token chunks: one chunk's "
-                    "all-to-all under the previous chunk's experts) or fused (Triton puts into the peers' "
-                    "buffers on the symmetric heap; on CPU needs TRITON_INTERPRET=1)", "docs/moe.md")
+                    "all-to-all under the previous chunk's experts), fused (Triton puts into the peers' "
+                    "buffers on the symmetric heap) or comet (COMET's fused layers: dispatch + first GEMM, second "
+                    "GEMM + combine); fused and comet need TRITON_INTERPRET=1 on CPU", "docs/moe.md")
 
 
 def _check_ranks(args, n: int, flag: str, backend: str | None, backend_flag: str, what: str) -> None:
@@ -87,8 +88,8 @@ def _check_ranks(args, n: int, flag: str, backend: str | None, backend_flag: str
                          f"{args.cmd} {given} ...")
     # Triton has no CPU target: there the fused kernels only run in its interpreter, which Triton
     # selects when a kernel is defined, so the variable must be set before tessera imports them
-    if backend == "fused" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{backend_flag} fused on CPU runs the Triton kernels in Triton's interpreter: "
+    if backend in ("fused", "comet") and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{backend_flag} {backend} on CPU runs the Triton kernels in Triton's interpreter: "
                          "set TRITON_INTERPRET=1 (slow, for testing) or use --device cuda")
 
 

@@ -50,7 +50,7 @@ def _disagg_job(attn: int, expert: int, m: int, steps: int):
     want = [_greedy_reference(model, p, steps) for p in prompts]
     with torch.no_grad():  # prefill logits of the whole batch, in one process
         ref_logits = [model(torch.tensor([p]))[0, -1] for p in prompts]
-    d = runtime.setup(model, attn, expert, max_tokens=64, timeout_s=20)
+    d = runtime.setup(model, attn, expert, max_tokens=64, timeout_s=20, slots=max(4, m))
     try:
         if not d.is_attention:
             return ("expert", d.serve().requests)
@@ -66,7 +66,7 @@ def _disagg_job(attn: int, expert: int, m: int, steps: int):
         ps.destroy_groups()
 
 
-@pytest.mark.parametrize("attn, expert, m", [(1, 1, 1), (1, 2, 2), (2, 1, 4), (2, 2, 3)])  # m 1..4, N, M in {1, 2}
+@pytest.mark.parametrize("attn, expert, m", [(1, 1, 1), (1, 2, 2), (2, 1, 4), (2, 2, 3), (1, 1, 5)])  # m 1..5
 def test_disaggregated_decoding_matches_one_process(attn, expert, m):
     out = shared_pool(attn + expert).run(_disagg_job, attn, expert, m, 6, timeout=180)
     for role, *rest in out[:attn]:
@@ -157,3 +157,13 @@ def test_a_plan_file_from_tessera_plan_sets_the_launch(tmp_path):
     plan.write_text("{")
     with pytest.raises(ValueError, match="not a plan file"):
         launch.parse(str(plan))
+
+
+def test_more_micro_batches_than_result_slots_are_refused():
+    """Results of a fifth micro-batch must not land in a slot whose results are still in flight."""
+    from tessera.parallel.disagg.m2n import M2N
+
+    m2n = M2N.__new__(M2N)  # the slot bookkeeping alone (no process group needed)
+    m2n.slots, m2n._in_flight, m2n.max_rows, m2n.experts, m2n.local = 4, 4, 8, [1], 2
+    with pytest.raises(ValueError, match="fill all 4 result slots"):
+        m2n.send(0, torch.zeros(0, 4), torch.zeros(1, 2, dtype=torch.long))

@@ -110,7 +110,7 @@ def _ep_model_job(backend: str):
     return (got - want).abs().max().item(), [(s.sent.tolist(), s.received.tolist(), s.bytes_out) for s in stats]
 
 
-@pytest.mark.parametrize("backend", ["torch", "decomposed", "pipelined", "fused"])
+@pytest.mark.parametrize("backend", ["torch", "decomposed", "pipelined", "fused", "comet"])
 def test_expert_parallel_model_matches_one_process(backend):
     (d0, s0), (d1, s1) = shared_pool(2).run(_ep_model_job, backend, timeout=180)
     assert d0 < 1e-5 and d1 < 1e-5

@@ -1,6 +1,6 @@
 """Expert parallelism: the routed experts of every MoE layer sharded over a group of ranks.
 
-    shard_experts(model, group, backend="torch" | "decomposed" | "pipelined" | "fused")   # in place
+    shard_experts(model, group, backend="torch" | "decomposed" | "pipelined" | "fused" | "comet")  # in place
 
 Each rank keeps E / W experts (rank r: experts r E/W .. (r+1) E/W - 1); the router and Qwen2-MoE's shared
 expert stay replicated, so every rank routes its own tokens, dispatches the (token, slot) pairs to the
@@ -19,6 +19,9 @@ source rank, weights, layout`; `combine(rows, layout) -> [T, H]`):
 - fused: Triton kernels that put rows into the peers' buffers on the symmetric heap with ready flags
   (`tessera.kernels.moe.ep_a2a`, one heap and one set of buffers for all layers, sized for `max_tokens`
   tokens per rank and forward).
+- comet: COMET's fused layers (arXiv 2502.19811; `tessera.kernels.moe.comet_layer0/1`): dispatch fused with
+  the first grouped GEMM and SwiGLU, the second grouped GEMM fused with the top-k reduce and combine, so
+  there is no separate dispatch or combine step (the whole layer is timed as "experts").
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from tessera.layers import experts as X
 from tessera.parallel import ep_decomposed, ep_dispatch, ep_pipelined
 from tessera.parallel.ep_stats import EPStats
 
-BACKENDS = ("torch", "decomposed", "pipelined", "fused")
+BACKENDS = ("torch", "decomposed", "pipelined", "fused", "comet")
 MAX_TOKENS = 4096  # per rank and forward, for the fused buffers (a prefill of more is refused on every rank)
 
 
@@ -60,8 +63,20 @@ class EPComm:
             return ep_decomposed.combine(rows, layout, self.group, self.timeout_s)
         return ep_dispatch.combine(rows, layout, self.group)
 
-    def run(self, x, ids, weights, num_experts: int, experts_fn, stats: EPStats) -> torch.Tensor:
-        """The routed experts of one layer over the group: x [T, H], ids / weights [T, k] -> [T, H]."""
+    def run(self, x, ids, weights, num_experts: int, experts_fn, stats: EPStats, local_weights=None) -> torch.Tensor:
+        """The routed experts of one layer over the group: x [T, H], ids / weights [T, k] -> [T, H].
+        `local_weights` ([EL, 2I, H], [EL, H, I]) are what the comet backend's fused GEMMs read."""
+        if self.backend == "comet":
+            from tessera.kernels.moe.comet_layer0 import comet_layer0
+            from tessera.kernels.moe.comet_layer1 import comet_layer1
+
+            with stats.timer("experts"):
+                act, lay = comet_layer0(x, ids, weights, local_weights[0], self.ctx)
+                out = comet_layer1(act, local_weights[1], lay, self.ctx)
+            r = lay.rank
+            stats.add_counts(lay.counts[r].sum(1).tolist(), lay.counts[:, r].sum(1).tolist(),
+                             x.shape[1] * x.element_size())
+            return out
         if self.backend == "decomposed":  # dispatch, experts and combine interleaved per peer
             out, layout = ep_decomposed.run_overlapped(x, ids, weights, num_experts, experts_fn, self.group,
                                                        self.timeout_s, timer=stats.timer)
@@ -107,7 +122,8 @@ class EPExperts(nn.Module):
         return X.grouped_swiglu(rows, offsets, self.gate_up_proj, self.down_proj)
 
     def forward(self, x, ids, weights):  # x [T, H], ids / weights [T, k] (global expert ids) -> [T, H]
-        return self.comm.run(x, ids, weights, self.total_experts, self._local, self.stats)
+        return self.comm.run(x, ids, weights, self.total_experts, self._local, self.stats,
+                             (self.gate_up_proj, self.down_proj))
 
 
 def shard_experts(model, group=None, backend: str = "torch", max_tokens: int = MAX_TOKENS,
@@ -132,6 +148,15 @@ def shard_experts(model, group=None, backend: str = "torch", max_tokens: int = M
         args = (max_tokens, cfg.num_experts_per_tok, cfg.hidden_size, cfg.num_experts, p.dtype)
         heap = SymmetricHeap(ep_a2a_heap_bytes(W, *args), group, device=p.device)
         ctx = create_ep_a2a_context(heap, *args, timeout_s=timeout_s)
+    if backend == "comet":
+        from tessera.distributed.symm import SymmetricHeap
+        from tessera.kernels.moe.comet_context import comet_heap_bytes, create_comet_context
+
+        p = next(model.parameters())
+        args = (max_tokens, cfg.num_experts_per_tok, cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts,
+                p.dtype)
+        heap = SymmetricHeap(comet_heap_bytes(W, *args), group, device=p.device)
+        ctx = create_comet_context(heap, *args, timeout_s=timeout_s)
     comm = EPComm(group, backend, ctx, timeout_s)
     for block in blocks.values():
         block.stats = EPStats(cfg.num_experts, W, ps.rank(group))

@@ -33,9 +33,13 @@ class EPStats(RoutingStats):
         self.calls = 0
 
     def add_exchange(self, layout: DispatchLayout, row_bytes: int) -> None:
-        self.sent += torch.tensor(layout.send_counts)
-        self.received += torch.tensor(layout.recv_counts)
-        self.bytes_out += (sum(layout.send_counts) - layout.send_counts[self.rank]) * row_bytes
+        self.add_counts(layout.send_counts, layout.recv_counts, row_bytes)
+
+    def add_counts(self, send_counts: list[int], recv_counts: list[int], row_bytes: int) -> None:
+        """Rows this rank sent to / received from each rank in one call, each `row_bytes` long."""
+        self.sent += torch.tensor(send_counts)
+        self.received += torch.tensor(recv_counts)
+        self.bytes_out += (sum(send_counts) - send_counts[self.rank]) * row_bytes
         self.calls += 1
 
     @contextmanager

@@ -79,7 +79,7 @@ def generate(args, load_llm, press_factory, kv_kwargs: dict) -> int:
     attn, expert, m = check(args, read_config(resolve_model_path(args.model)))
     ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
     llm = load_llm()
-    d = runtime.setup(llm.model, attn, expert)
+    d = runtime.setup(llm.model, attn, expert, slots=m)  # one result slot per micro-batch in flight
     n = args.batch_size or attn * m
     problems = [make_problem(args.problem + i, args.difficulty) for i in range(n)]
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

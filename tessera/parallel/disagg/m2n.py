@@ -51,7 +51,9 @@ class M2N:
         self.bytes_sent = 0
         n_buf = slots if self.is_attention else len(self.attn)
         self._buf = torch.empty(n_buf, max_rows, hidden, dtype=dtype, device=device)  # results / requests
+        self.slots = slots
         self._slot = 0
+        self._in_flight = 0  # sends whose results were not received yet (each holds a slot)
         self._hdr = torch.zeros(len(self.attn), 2 + local_experts, dtype=torch.long)  # expert side
 
     # -- attention side --------------------------------------------------------------------------
@@ -62,8 +64,12 @@ class M2N:
         if S > self.max_rows or matrix.shape != (len(self.experts), self.local):
             raise ValueError(f"M2N send: {S} rows (at most {self.max_rows}) and a [{len(self.experts)}, "
                              f"{self.local}] count matrix expected, got {tuple(matrix.shape)}")
+        if self._in_flight >= self.slots:  # the next slot's results are still on their way: refuse, never overwrite
+            raise ValueError(f"M2N send: {self._in_flight} requests in flight fill all {self.slots} result slots; "
+                             "create the M2N context with slots >= micro-batches")
         slot = self._buf[self._slot % len(self._buf), :S]  # a micro-batch's results; slots rotate
         self._slot += 1
+        self._in_flight += 1
         counts = matrix.sum(1).tolist()
         works, keep, start = [], [], 0
         for j, dst in enumerate(self.experts):
@@ -83,7 +89,8 @@ class M2N:
         """The expert ranks' results for one `send`, [S, H] in the rows' order."""
         for w in pending.works:
             self._wait(w, "results from the expert ranks")
-        return pending.slot
+        self._in_flight -= 1
+        return pending.slot  # valid until `slots` more sends: copy (or consume) it before then
 
     def stop(self) -> None:
         """This attention rank sends no more requests (every expert rank's `serve` counts it out)."""
@@ -94,7 +101,9 @@ class M2N:
     # -- expert side -----------------------------------------------------------------------------
     def serve(self, experts_fn) -> int:
         """Answer requests until every attention rank stopped: `experts_fn(layer, rows [n, H], offsets
-        [EL + 1]) -> [n, H]` for each. Returns the number of requests served."""
+        [EL + 1]) -> [n, H]` for each, a new tensor (not a view of `rows`: the next request from the same
+        attention rank is received into that buffer while the results are still being sent). Returns the
+        number of requests served."""
         live, sends, served = set(self.attn), [], 0
         hdr = self._hdr[0]
         while live:

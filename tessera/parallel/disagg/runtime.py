@@ -193,6 +193,9 @@ class Disaggregated:
         lay = model.kv_layout()
         local = replace(cfg, num_attention_heads=lay.num_heads, num_key_value_heads=lay.num_kv_heads)
         m = max(1, min(m, len(prompts)))
+        if m > self.m2n.slots:
+            raise ValueError(f"{m} micro-batches need an M2N context with at least {m} result slots "
+                             f"(setup(..., slots={m})); this one has {self.m2n.slots}")
         bounds = [len(prompts) * i // m for i in range(m + 1)]  # contiguous, sizes differ by at most one
         mbs, inputs = [], []
         for i in range(m):
