@@ -167,3 +167,35 @@ def test_more_micro_batches_than_result_slots_are_refused():
     m2n.slots, m2n._in_flight, m2n.max_rows, m2n.experts, m2n.local = 4, 4, 8, [1], 2
     with pytest.raises(ValueError, match="fill all 4 result slots"):
         m2n.send(0, torch.zeros(0, 4), torch.zeros(1, 2, dtype=torch.long))
+
+
+def _press_job(m: int):
+    """R-KV on the attention rank's micro-batch caches: the same tokens as the engine running the same press
+    on each sequence alone (the press compresses each sequence by itself)."""
+    from tessera.config import SamplingParams
+    from tessera.distributed import parallel_state as ps
+    from tessera.engine import LLM
+    from tessera.engine.stopping import StopChecker
+    from tessera.kv.presses import make_press
+    from tessera.parallel.disagg import runtime
+
+    model = _model()
+    prompts = [p * 3 for p in _prompts(0, 4)] if ps.rank() == 0 else []  # longer than the budget
+    sp = SamplingParams(max_new_tokens=10, temperature=0.0)
+    press = lambda: make_press("rkv", budget=8, buffer=4, window=2)  # noqa: E731
+    want = [LLM(model).generate([p], sp, press=press()).completions[0].token_ids for p in prompts]
+    full = [LLM(model).generate([p], sp).completions[0].token_ids for p in prompts]
+    assert ps.rank() != 0 or want != full  # the budget is small enough that compression changes tokens
+    d = runtime.setup(model, 1, 1, max_tokens=128, timeout_s=20)
+    try:
+        if not d.is_attention:
+            return d.serve().requests
+        stops = d.generate(prompts, m, sp, lambda: StopChecker(sp, set(), lambda ids: ""), press_factory=press)
+        return [s.tokens for s in stops] == want
+    finally:
+        ps.destroy_groups()
+
+
+def test_presses_run_on_the_attention_ranks():
+    same, served = shared_pool(2).run(_press_job, 2, timeout=180)
+    assert same is True and served > 0
