@@ -52,7 +52,7 @@ def test_generate_tp2_fused_backend_matches_single_process(capsys):
     text1 = capsys.readouterr().out.split(SEP)[0].strip()
     two = _torchrun([*args, "--tp-backend", "fused"], timeout=240)
     assert len(text1) > 0 and two.stdout.split(SEP)[0].strip() == text1
-    assert f"generated: {new}" in two.stdout
+    assert "generated: 6" in two.stdout
 
 
 @pytest.mark.dist
