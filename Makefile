@@ -54,6 +54,12 @@ train-vt: $(STAMP)
 		--workers $(VT_WORKERS) --wall --minutes $(VT_MINUTES) --eval-every 500 \
 		--vt-share 0.5 --lookup-weight 10 --warm 0 --ramp 0.05 --repeat-share 0.05 --ruler-share 0.6
 
+# Long traces for the R-KV evaluation at 1K-3K budgets (tessera/tasks/long_reasoning.py, 8.5K-15.5K tokens): fine-tunes
+# the embedded reasoner into runs/train/long_reasoning/model (not the committed weights). Resumable: rerunning
+# continues from runs/train/long_reasoning/ckpt.pt. Not run yet; wall time from a probe in docs/kv_compression.md.
+train-long-reasoning: $(STAMP)
+	$(BIN)/python scripts/train_long_reasoning.py --steps 3000 --resume
+
 # NGEMM's GEMM table (with MKL pack when pip can fetch it) and quantized decode on this CPU: scripts/bench_ngemm.sh
 bench-ngemm: $(STAMP)
 	PY=$(BIN)/python scripts/bench_ngemm.sh

@@ -15,8 +15,8 @@ Measured, same machine, same run:
      kernel (tessera/kernels/rkv), `buffer=512` compresses 4x less often on a larger cache.
 
     python benchmarks/bench_rkv_efficiency.py                  # CPU
-    python benchmarks/bench_rkv_efficiency.py --fraction 0.125 --no-cap --variants "impl=reference;impl=auto;impl=auto,buffer=512" \
-        --out benchmarks/results/rkv_compression_share        # the compression step before / after, one run
+    python benchmarks/bench_rkv_efficiency.py --new-tokens 3072 --fraction 0.3334 --no-cap --repeats 3 --threads 1 \
+        --variants "impl=reference;impl=auto;impl=auto,buffer=512" --out benchmarks/results/rkv_compression_share_b1024
     python benchmarks/bench_rkv_efficiency.py --device cuda --batch 16 --out benchmarks/results/rkv_efficiency_gpu
 """
 
@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--variants", default="impl=auto",
                     help="R-KV settings run at --batch, ';'-separated, each 'key=value,...' (impl, buffer, lam, order)")
     ap.add_argument("--no-cap", action="store_true", help="skip the largest-batch-under-the-cap runs")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of FullKV and of each variant, interleaved; medians")
     ap.add_argument("--out", default="benchmarks/results/rkv_efficiency")
     args = ap.parse_args()
     if args.threads:
@@ -113,8 +114,14 @@ def main():
     t0 = time.perf_counter()
     warm = argparse.Namespace(**{**vars(args), "new_tokens": 64})  # first-call allocations, lazy inits
     run(llm, ids[: args.batch], warm, press())
-    full = run(llm, ids[: args.batch], args)
-    per_variant = [{"variant": v, **run(llm, ids[: args.batch], args, press(v))} for v in variants]
+    # FullKV and every variant, --repeats times in turn, so that load on a shared machine hits all alike
+    fulls, runs = [], [[] for _ in variants]
+    for _ in range(args.repeats):
+        fulls.append(run(llm, ids[: args.batch], args))
+        for v, rs in zip(variants, runs):
+            rs.append(run(llm, ids[: args.batch], args, press(v)))
+    full = _median_run(fulls)
+    per_variant = [{"variant": v, **_median_run(rs)} for v, rs in zip(variants, runs)]
     rkv = per_variant[0]
     cap = full["peak_kv_bytes"]
     # largest R-KV batch under the cap, from the measured bytes per sequence; then measured there
@@ -153,15 +160,29 @@ def main():
         md += [f"| largest batch under a {cap / mib:.1f} MiB KV cap | {args.batch} | {b} | {b / args.batch:.1f}x |",
                f"| decode tok/s at that batch | {full['decode_tokens_per_s']:.0f} | {capped['decode_tokens_per_s']:.0f} | {mc['throughput_ratio']:.2f}x |",
                f"| compression overhead (share of decode time) | - | {100 * rkv['overhead_share']:.1f}% (batch {args.batch}), {100 * capped['overhead_share']:.1f}% (batch {b}) | |"]
-    md += ["", f"Compression step per R-KV setting at batch {args.batch} (same run; FullKV {full['decode_tokens_per_s']:.1f} tok/s):", "",
+    md += ["", (f"Compression step per R-KV setting at batch {args.batch} (same run; {args.repeats} interleaved runs each, "
+                f"median [min-max]; FullKV {full['decode_tokens_per_s']:.1f}{_spread(full['all_decode_tokens_per_s'])} tok/s):"), "",
            "| R-KV setting | decode tok/s | vs FullKV | compressions | time in the press hook | share of decode time | peak KV per sequence |",
            "|---|---|---|---|---|---|---|"]
     for v in per_variant:
-        md.append(f"| {_label(v['variant'])} | {v['decode_tokens_per_s']:.1f} | {v['decode_tokens_per_s'] / full['decode_tokens_per_s']:.2f}x "
-                  f"| {v['compressions']} | {v['press_hook_s']:.1f} s | {100 * v['overhead_share']:.1f}% | {v['kv_bytes_per_sequence'] / mib:.2f} MiB |")
+        md.append(f"| {_label(v['variant'])} | {v['decode_tokens_per_s']:.1f}{_spread(v['all_decode_tokens_per_s'])} "
+                  f"| {v['decode_tokens_per_s'] / full['decode_tokens_per_s']:.2f}x "
+                  f"| {v['compressions']} | {v['press_hook_s']:.1f} s{_spread(v['all_press_hook_s'])} "
+                  f"| {100 * v['overhead_share']:.1f}%{_spread(v['all_overhead_share'], 100)} | {v['kv_bytes_per_sequence'] / mib:.2f} MiB |")
     md.append("")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+def _median_run(rs: list[dict]) -> dict:
+    """The run of median decode speed, with every run's tok/s and compression share beside it (the spread)."""
+    mid = sorted(rs, key=lambda r: r["decode_tokens_per_s"])[len(rs) // 2]
+    return {**mid, "repeats": len(rs), "all_decode_tokens_per_s": [r["decode_tokens_per_s"] for r in rs],
+            "all_overhead_share": [r["overhead_share"] for r in rs], "all_press_hook_s": [r["press_hook_s"] for r in rs]}
+
+
+def _spread(xs: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
+    return f" [{scale * min(xs):{fmt}}-{scale * max(xs):{fmt}}]" if len(xs) > 1 else ""
 
 
 def _parse_variant(text: str) -> dict:
