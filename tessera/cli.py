@@ -248,30 +248,12 @@ def _write_output(path: str, text: str) -> None:
 
 
 def _shadowkv_notes(args, prompt_lens: list[int], peak_kv_bytes: int | None = None, dense_kv_bytes: int = 0) -> list[str]:
-    """What ShadowKV did that its options do not say: prompts too short for any sparse chunk run dense, and a
-    sparse budget that covers a prompt's whole context selects all of it while the fast tier also holds the
-    low-rank keys and landmarks (more bytes than the dense cache: ShadowKV pays off on long prompts)."""
+    """ShadowKV's notes (`tessera.kv.shadowkv.notes`) for the options given on the command line."""
     if args.kv != "shadowkv":
         return []
-    from tessera.kv.shadowkv import ShadowKVOptions
+    from tessera.kv.shadowkv.notes import shadowkv_notes
 
-    o = ShadowKVOptions(**_kv(args)["kv_options"])
-    dense_below = (o.local_chunks + 1) * o.chunk_size  # no context chunk outside the local window
-    covered = o.sparse_budget + (o.outlier_chunks + o.local_chunks) * o.chunk_size
-    notes = []
-    short = [n for n in prompt_lens if n < dense_below]
-    if short:
-        notes.append(f"shadowkv: {len(short)} of {len(prompt_lens)} prompts are shorter than the local window plus "
-                     f"one chunk ({dense_below} tokens): they ran dense")
-    full = [n for n in prompt_lens if dense_below <= n <= covered]
-    if full:
-        measured = (f" (fast tier {_mib(peak_kv_bytes)}, dense cache {_mib(dense_kv_bytes)})"
-                    if peak_kv_bytes is not None and peak_kv_bytes > dense_kv_bytes else "")
-        notes.append(f"shadowkv: the sparse budget ({o.sparse_budget} tokens + {o.outlier_chunks} outlier and "
-                     f"{o.local_chunks} local chunks) covers the whole prompt of {len(full)} of {len(prompt_lens)} "
-                     f"prompts: nothing is left out, and the low-rank keys and landmarks come on top{measured}; "
-                     "use a smaller --sparse-budget or a longer prompt")
-    return notes
+    return shadowkv_notes(_kv(args)["kv_options"], prompt_lens, peak_kv_bytes, dense_kv_bytes)
 
 
 def _mib(n: int) -> str:

@@ -91,6 +91,16 @@ def test_shadowkv_says_when_it_ran_dense_or_held_more_than_dense(capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+def test_shadowkv_notes_are_in_the_api_stats_too():
+    from tessera.config import SamplingParams
+    from tessera.engine import LLM
+
+    llm = LLM.load()
+    out = llm.generate(["a is 3 ."], SamplingParams(max_new_tokens=2), kv="shadowkv")
+    assert len(out.stats.notes) == 1 and "they ran dense" in out.stats.notes[0]
+    assert llm.generate(["a is 3 ."], SamplingParams(max_new_tokens=2)).stats.notes == []
+
+
 def _tessera(args, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "tessera", *args], capture_output=True, timeout=180, env=env, **kw)

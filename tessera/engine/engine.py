@@ -194,6 +194,10 @@ class LLM:
             bar.close()
         stats = engine.stats
         stats.routing = {i: block.stats.counts.tolist() for i, block in moe.items()}
+        if kv == "shadowkv":
+            from tessera.kv.shadowkv.notes import shadowkv_notes
+
+            stats.notes = shadowkv_notes(kv_options or {}, [len(p) for p in ids])
         return GenerationOutput(comps, stats)
 
     def stream(self, prompt, sampling: SamplingParams | None = None, press: Press | None = None,

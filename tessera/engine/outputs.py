@@ -42,6 +42,8 @@ class GenerationStats:
     batch_first_tokens: int = 0  # tokens produced by prefill (one per sequence), not by decode
     #: MoE layers: layer index -> tokens routed to each expert in this call (prefill padding included)
     routing: dict[int, list[int]] = field(default_factory=dict)
+    #: what a KV backend did that its options do not say (e.g. ShadowKV prompts that ran dense)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def balancedness(self) -> dict[int, float]:
