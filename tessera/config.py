@@ -31,8 +31,6 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a decoder (dense or Mixture-of-Experts), read from an HF config.json.
