@@ -106,22 +106,28 @@ class M2N:
         number of requests served."""
         live, sends, served = set(self.attn), [], 0
         hdr = self._hdr[0]
-        while live:
-            # any attention rank's next header (gloo has no completion polling for point-to-point work, so
-            # a receive from any source is how one server waits on M clients); bounded by the group timeout
+
+        def next_header():  # from any attention rank: one server waits on M clients this way
             try:
-                a = dist.recv(hdr, tag=HEADER)
+                return dist.irecv(hdr, tag=HEADER)
             except RuntimeError as e:
                 raise M2NError(f"expert rank {self.me}: waiting for a request from attention rank(s) "
-                                 f"{sorted(live)} failed: {str(e).splitlines()[0]}") from e
-            layer, n = int(hdr[0]), int(hdr[1])
+                               f"{sorted(live)} failed: {str(e).splitlines()[0]}") from e
+
+        pending = next_header()
+        while live:
+            self._wait(pending, f"a request from attention rank(s) {sorted(live)}")
+            a = pending.source_rank()
+            layer, n, counts = int(hdr[0]), int(hdr[1]), hdr[2:].clone()
             if layer == STOP:
                 live.discard(a)
+                if live:
+                    pending = next_header()
                 continue
-            counts = hdr[2:].clone()
             rows = self._buf[self.attn.index(a), :n]
             if n:
                 self._wait(self._post(dist.irecv, rows, a, ROWS), f"rows from attention rank {a}")
+            pending = next_header()  # the next request's header lands while the experts run
             offsets = torch.zeros(self.local + 1, dtype=torch.long)
             offsets[1:] = torch.cumsum(counts, 0)
             if n:
@@ -130,8 +136,8 @@ class M2N:
                 self.bytes_sent += out.numel() * out.element_size()
             served += 1
             if len(sends) > 4 * len(self.attn):  # results travel while the next request is read; bound them
-                out, w = sends.pop(0)
-                self._wait(w, f"results to attention rank {a}")
+                _, w = sends.pop(0)
+                self._wait(w, "results to an attention rank")
         for _, w in sends:
             self._wait(w, "results to an attention rank")
         return served
