@@ -149,7 +149,7 @@ def report(args, avg: float, work: Path) -> None:
             if tok_acc.get(a) and tok_acc.get(f"{v['method']}@{v['budget']}"):
                 pairs.append({"budget": v["budget"], "metric": "teacher-forced token accuracy", **compare(
                     f"{METHODS[anchor]}@{v['budget']}", tok_acc[a], f"{METHODS[v['method']]}@{v['budget']}",
-                    tok_acc[f"{v['method']}@{v['budget']}"])})
+                    tok_acc[f"{v['method']}@{v['budget']}"], digits=3)})
     for v in rows:
         if v["method"] == anchor:
             pairs.append({"budget": v["budget"], "metric": "accuracy", **compare(
@@ -235,7 +235,8 @@ def _plot(path: Path, res: dict, weights: str | None = None, machine: str | None
     ax.set_ylim(0, 102)
     weights = weights or res.get("weights") or ""
     machine = (machine or res.get("machine", "")).replace("(R)", "")
-    ax.set_title(f"Accuracy vs KV budget: {res.get('model', 'embedded tiny-reasoner')}"
+    probe = "PROBE (not a result): " if "PROBE" in (res.get("note") or "") else ""
+    ax.set_title(f"{probe}Accuracy vs KV budget: {res.get('model', 'embedded tiny-reasoner')}"
                  f"{', ' + weights if weights else ''}\n{machine}; {res['n']} held-out problems per point "
                  f"(seeds {res['seeds'][0]}..{res['seeds'][1]}),\ngreedy, buffer {res['buffer']}, window {res['window']}",
                  fontsize=10)

@@ -38,9 +38,12 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 4000, level: 
     return sum(d) / n, lo, hi
 
 
-def compare(name_a: str, a: dict, name_b: str, b: dict, n_boot: int = 4000, level: float = 0.95) -> dict:
+def compare(name_a: str, a: dict, name_b: str, b: dict, n_boot: int = 4000, level: float = 0.95,
+            digits: int = 1) -> dict:
     """a, b: problem id -> outcome in [0, 1]. Compared on the problems both have. -> a summary with `line`,
-    the sentence to print ("A beats B by +x points (95% CI [lo, hi], ...)" or "A vs B: no clear difference")."""
+    the sentence to print: "W beats L by +x points (95% CI [lo, hi] ...)", the interval and the wins of the
+    winner, or "A vs B: ..., no clear difference" when the interval contains zero. `digits`: decimals of the
+    points (3 for per-token accuracies, whose differences are hundredths of a point)."""
     ids = sorted(set(a) & set(b))
     if not ids:
         raise ValueError(f"compare: {name_a} and {name_b} share no problem")
@@ -49,13 +52,19 @@ def compare(name_a: str, a: dict, name_b: str, b: dict, n_boot: int = 4000, leve
     losses = sum(x < y for x, y in zip(xa, xb))
     diff, lo, hi = paired_bootstrap(xa, xb, n_boot, level)
     p = sign_test(wins, losses)
-    ci = f"{100 * level:.0f}% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] points, {wins} wins / {losses} losses, sign test p={p:.3g}"
+
+    def say(w, lw, d, lo_, hi_, nw, nl):
+        return (f"{w} beats {lw} by {100 * d:+.{digits}f} points ({100 * level:.0f}% CI [{100 * lo_:+.{digits}f}, "
+                f"{100 * hi_:+.{digits}f}], {nw} wins / {nl} losses, sign test p={p:.3g}; n={len(ids)})")
+
     if lo > 0:
-        line = f"{name_a} beats {name_b} by {100 * diff:+.1f} points ({ci}; n={len(ids)})"
-    elif hi < 0:
-        line = f"{name_b} beats {name_a} by {-100 * diff:+.1f} points ({ci}; n={len(ids)})"
+        line = say(name_a, name_b, diff, lo, hi, wins, losses)
+    elif hi < 0:  # told from the winner's side: its lead, its interval, its wins
+        line = say(name_b, name_a, -diff, -hi, -lo, losses, wins)
     else:
-        line = f"{name_a} vs {name_b}: {100 * diff:+.1f} points, no clear difference ({ci}; n={len(ids)})"
+        line = (f"{name_a} vs {name_b}: {100 * diff:+.{digits}f} points, no clear difference ({100 * level:.0f}% CI "
+                f"[{100 * lo:+.{digits}f}, {100 * hi:+.{digits}f}], {wins} wins / {losses} losses, sign test p={p:.3g}; "
+                f"n={len(ids)})")
     return {"a": name_a, "b": name_b, "n": len(ids), "acc_a": sum(xa) / len(ids), "acc_b": sum(xb) / len(ids),
             "diff": diff, "ci": [lo, hi], "level": level, "wins": wins, "losses": losses, "sign_p": p, "line": line}
 
