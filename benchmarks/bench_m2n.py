@@ -251,14 +251,13 @@ def notes(doc: dict) -> list[str]:
          "other work (the next micro-batch) while its round trip is in flight. The stream columns measure "
          f"that; here M2N's streams move {min(stream):.2f}-{max(stream):.2f}x what the collective's back-to-back "
          "calls move, because the per-request cost below is paid whether or not other round trips are in flight.",
-         "- Why M2N trails the collective below 1 MiB here: its request path is a chain of gloo point-to-point "
-         "rendezvous (the header; the rows, whose receive the expert rank posts once the header has woken it), "
-         "while a collective posts every receive at once. Probed separately with stage timestamps (1 x 1, 4 KiB, "
-         "back to back, same day and load): request to expert function 8-20 ms (interquartile 12-17), results "
-         "back 0.15 ms; with a 2 ms pause between requests ~2 ms; a bare isend / irecv chain of the same three "
-         "messages without the M2N code was as bimodal (0.3 ms in some runs, 8-13 ms in others). So the cost is "
-         "gloo's point-to-point path on a loaded 2-core machine, not M2N's bookkeeping (`post`, 0.2-0.5 ms up "
-         "to 256 KiB).",
+         "- Its request path is a chain of gloo point-to-point rendezvous (the header, then the rows, whose "
+         "receive the expert rank posts once the header is in), while a collective posts every receive at once. "
+         "The expert rank now posts the next header's receive before it computes (2026-12-02 21:30). An earlier "
+         "run (20:41 UTC, before that change, load average 8-14) had M2N at 0.11-0.40x the collective up to "
+         "64 KiB, with request-to-expert-function times of 8-20 ms in a stage-timestamp probe and a bare isend / "
+         "irecv chain of the same messages as bimodal (0.3 or 8-13 ms): gloo's point-to-point path on a loaded "
+         "machine. This run (quiet machine, header pre-posted) has M2N ahead of the collective up to 256 KiB.",
          f"- {doc['load_note']}: P99 carries the other jobs' scheduling noise, P50 much less."]
     return [x for x in L if x]
 
