@@ -92,7 +92,8 @@ def _pick(d):  # (rows, weights, layout) -> (rows, layout)
 def write_md(path: str, doc: dict) -> None:
     L = [f"# Expert-parallel dispatch + combine on this CPU ({doc['machine']}, {doc['world']} gloo ranks, "
          "1 thread each)", "",
-         f"Run {doc['when']} (load average {doc['loadavg']:.1f} at start: other jobs shared the machine), torch "
+         f"Run {doc['when']} (load average {doc['loadavg']:.1f} at start"
+         f"{': other jobs shared the machine' if doc['loadavg'] > 2 else ''}), torch "
          f"{doc['torch']}; H = {H}, top-{K} of {E} experts, uniform random routing, fp32; per repetition the "
          "slowest rank's time; median [q1, q3] in ms; ratio against torch at the same size.", "",
          "| tokens / rank | bytes to peers / rank | impl | median ms | [q1, q3] ms | vs torch |",
@@ -120,8 +121,9 @@ NOTES = [
     "home) and no regroup copy (each source's rows are already grouped by expert), which is where its lead over "
     "`torch` at 512+ tokens comes from. A gain from overlap itself needs expert compute running while a peer's "
     "rows are in flight, which two busy cores cannot provide; the performance model carries that question.",
-    "- The load average was high during this run (other jobs): the quartiles are wide and the small-size rows "
-    "(8, 64 tokens) are dominated by scheduling noise; compare medians within a size only.",
+    "- Small sizes (8, 64 tokens) are dominated by per-message fixed costs and scheduling noise (wide "
+    "quartiles, worse when other jobs share the machine: see the load average above); compare medians within "
+    "a size only.",
     "- Fused times measure Triton's interpreter (numpy, one program after another), not the kernels: they "
     "prove the kernels run across processes; their speed is for a GPU (scripts/gpu_check.sh).",
 ]
