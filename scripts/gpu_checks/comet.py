@@ -18,16 +18,17 @@ What it cannot show: multi-GPU overlap (one GPU), NVLink timing, cross-process h
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import triton
+from report import finish
 
 from tessera.distributed import waits
 from tessera.distributed.symm import VirtualHeap
@@ -193,14 +194,7 @@ def main():
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             res["ok"], res["efficiency_error"] = False, f"{type(e).__name__}: {e}"
-    res["seconds"] = time.time() - t0
-    print(f"comet GPU check on {name} (torch {torch.__version__}, triton {triton.__version__}): "
-          f"{'PASS' if res['ok'] else 'FAIL'} in {res['seconds']:.1f}s")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0 if res["ok"] else 1
+    return finish("comet", name, res, t0, args.out)
 
 
 if __name__ == "__main__":
