@@ -88,7 +88,8 @@ def main():
             "model": str(args.model or "embedded dense"), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "load_average_1min": load, "repeats": args.repeats, "new_tokens": args.new_tokens,
             "prefill_shape": [args.prefill_batch, args.prompt_tokens],
-            "note": "shared machine: other engineers' jobs and a niced training run were using the same cores"}
+            "note": ("shared machine: other jobs were using the same cores (see the load average)" if max(load) > 2
+                     else "quiet machine: nothing else running")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
