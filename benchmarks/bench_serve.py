@@ -168,8 +168,8 @@ def main():
             "rate_per_s": args.rate, "difficulties": [lo, hi], "static_batch": args.static_batch,
             "kv_cap_bytes": cap, "cap_requests": args.cap_requests, "rkv": rkv, "median_request_tokens": median_len,
             "load_average_1min": os.getloadavg()[0], "seed": args.seed,
-            "note": "shared machine: other engineers' jobs and a niced training run were using the same cores, so "
-                    "absolute figures move between runs; the ratios compare scenarios of one run"}
+            "note": ("shared machine: other jobs were using the same cores" if os.getloadavg()[0] > 2 else
+                     "quiet machine") + ", so absolute figures move between runs; the ratios compare scenarios of one run"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -216,7 +216,7 @@ def plot(rows, meta, path):
     ax[1].set_title("latency vs throughput")
     ax[1].legend(fontsize=8)
     fig.suptitle(f"tessera serve, {meta['requests']} requests at {meta['rate_per_s']}/s, {meta['model']}\n"
-                 f"{meta['machine']}, {meta['threads']} thread, shared machine, {meta['date_utc']} UTC", fontsize=9)
+                 f"{meta['machine']}, {meta['threads']} thread, {meta['note'].split(',')[0]}, {meta['date_utc']} UTC", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
