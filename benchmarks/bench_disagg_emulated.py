@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 from machine import describe
+from save import save_result
 
 from tessera.distributed.testing import RankPool
 from tessera.parallel.disagg import pingpong
@@ -477,13 +478,7 @@ def main():
            "results_by_scale": by_scale}
     doc["results"] = by_scale[0]["rows"]
     doc["notes"] = notes(doc)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "disagg_emulated_cpu.json"), "w") as fh:
-        json.dump(doc, fh, indent=1)
-    write_md(os.path.join(args.out, "disagg_emulated_cpu.md"), doc)
-    plot(os.path.join(args.out, "disagg_emulated_cpu.png"), doc)
-    with open(os.path.join(args.out, "disagg_emulated_cpu.md")) as fh:
-        print(fh.read())
+    save_result(args.out, "disagg_emulated_cpu", doc, write_md, plot)
 
 
 if __name__ == "__main__":

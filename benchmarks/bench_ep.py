@@ -12,7 +12,6 @@ returns as many). Writes benchmarks/results/ep_cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from bench_overlap import summarize  # slowest rank per repetition, median and quartiles
 from machine import describe
+from save import save_result
 
 from tessera.distributed.testing import RankPool
 
@@ -145,12 +145,7 @@ def main():
     doc = {"machine": describe(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "torch": torch.__version__, "world": args.world, "reps": args.reps, "loadavg": loadavg,
            "tokens": list(TOKENS), "hidden": H, "top_k": K, "experts": E, "results": results, "notes": NOTES}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ep_cpu.json"), "w") as fh:
-        json.dump(doc, fh, indent=1)
-    write_md(os.path.join(args.out, "ep_cpu.md"), doc)
-    with open(os.path.join(args.out, "ep_cpu.md")) as fh:
-        print(fh.read())
+    save_result(args.out, "ep_cpu", doc, write_md)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Writes benchmarks/results/m2n_cpu.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 from machine import describe
+from save import save_result
 
 from tessera.distributed.testing import RankPool
 
@@ -295,13 +295,7 @@ def main():
            "loadavg_start": loadavg_start, "loadavg_end": loadavg_end, "shared": shared, "load_note": load_note,
            "command": cmd, "hidden": H, "local_experts": LOCAL_EXPERTS, "slots": SLOTS, "results": results}
     doc["notes"] = notes(doc)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "m2n_cpu.json"), "w") as fh:
-        json.dump(doc, fh, indent=1)
-    write_md(os.path.join(args.out, "m2n_cpu.md"), doc)
-    plot(os.path.join(args.out, "m2n_cpu.png"), doc)
-    with open(os.path.join(args.out, "m2n_cpu.md")) as fh:
-        print(fh.read())
+    save_result(args.out, "m2n_cpu", doc, write_md, plot)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Writes benchmarks/results/moe_overlap_cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import statistics
@@ -42,6 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch
 import torch.nn.functional as F
 from machine import describe
+from save import save_result
 
 SETTINGS = {  # tokens per rank, top-k, experts, hidden, expert width; chunks (pipelined), column blocks (COMET)
     "comm~compute": {"T": 256, "k": 2, "E": 8, "H": 1024, "I": 16, "chunks": 2, "blocks": 4},
@@ -398,12 +398,7 @@ def main():
     doc = {"machine": describe(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
            "world": args.world, "reps": args.reps, "loadavg": loadavg, "settings": SETTINGS, "results": results,
            "notes": NOTES}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "moe_overlap_cpu.json"), "w") as fh:
-        json.dump(doc, fh, indent=1)
-    write_md(os.path.join(args.out, "moe_overlap_cpu.md"), doc)
-    with open(os.path.join(args.out, "moe_overlap_cpu.md")) as fh:
-        print(fh.read())
+    save_result(args.out, "moe_overlap_cpu", doc, write_md)
 
 
 if __name__ == "__main__":

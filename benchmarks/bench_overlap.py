@@ -14,7 +14,6 @@ measured sequential/decomposed times. Writes benchmarks/results/overlap_cpu.{jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch
+from save import save_result
 
 from tessera.distributed import perfmodel as pm
 from tessera.distributed.testing import RankPool
@@ -184,12 +184,7 @@ def main():
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
            "world": args.world, "reps": args.reps, "loadavg": loadavg, "shapes": SHAPES, "results": results,
            "model": fit_model(SHAPES["torch"], results["torch"], args.world), "notes": NOTES}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "overlap_cpu.json"), "w") as fh:
-        json.dump(doc, fh, indent=1)
-    write_md(os.path.join(args.out, "overlap_cpu.md"), doc)
-    with open(os.path.join(args.out, "overlap_cpu.md")) as fh:
-        print(fh.read())
+    save_result(args.out, "overlap_cpu", doc, write_md)
 
 
 if __name__ == "__main__":
