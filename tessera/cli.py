@@ -80,9 +80,7 @@ def _check_ranks(args, n: int, flag: str, backend: str | None, backend_flag: str
         raise ValueError(f"--quant with {flag} > 1 is not supported: the int8/int4 linears have no sharded form yet")
     if n > 1 and "RANK" not in os.environ:
         flags = [(f, k) for f, k in (("--tp", getattr(args, "tp", 1)), ("--ep", getattr(args, "ep", 1))) if k > 1]
-        procs = 1
-        for _, k in flags:
-            procs *= k
+        procs = getattr(args, "tp", 1) * getattr(args, "ep", 1)
         given = " ".join(f"{f} {k}" for f, k in flags)
         raise ValueError(f"{given} runs one process per rank: torchrun --nproc-per-node {procs} -m tessera "
                          f"{args.cmd} {given} ...")

@@ -36,8 +36,8 @@ def parse(spec: str) -> tuple[int, int, int | None]:
         raise ValueError(f"--disagg {spec}: the plan asks attention TP {attn.get('tp')} / expert TP "
                          f"{experts.get('tp')}; this runtime runs TP 1 on both sides")
     placement = experts.get("placement")
-    if placement and any(len(set(g)) != len(g) for g in placement) or \
-            placement and sorted(e for g in placement for e in g) != list(range(sum(map(len, placement)))):
+    # each expert placed exactly once: any copy makes the sorted list differ from 0..n-1
+    if placement and sorted(e for g in placement for e in g) != list(range(sum(map(len, placement)))):
         raise ValueError(f"--disagg {spec}: the plan replicates hot experts; this runtime places each expert once")
     return n, mm, int(plan.get("micro_batches", 1))
 

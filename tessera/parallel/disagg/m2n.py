@@ -54,7 +54,7 @@ class M2N:
         self.slots = slots
         self._slot = 0
         self._in_flight = 0  # sends whose results were not received yet (each holds a slot)
-        self._hdr = torch.zeros(len(self.attn), 2 + local_experts, dtype=torch.long)  # expert side
+        self._hdr = torch.zeros(2 + local_experts, dtype=torch.long)  # expert side: the request being read
 
     # -- attention side --------------------------------------------------------------------------
     def send(self, layer: int, rows: torch.Tensor, matrix: torch.Tensor) -> _Pending:
@@ -105,7 +105,7 @@ class M2N:
         attention rank is received into that buffer while the results are still being sent). Returns the
         number of requests served."""
         live, sends, served = set(self.attn), [], 0
-        hdr = self._hdr[0]
+        hdr = self._hdr
 
         def next_header():  # from any attention rank: one server waits on M clients this way
             try:
