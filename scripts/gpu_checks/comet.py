@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import triton
-from report import finish
+from check_common import bench, finish, open_device, rel
 
 from tessera.distributed import waits
 from tessera.distributed.symm import VirtualHeap
@@ -42,9 +42,6 @@ from tessera.kernels.moe.grouped_gemm import grouped_gemm
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # max|err| / max|ref|
 CONFIGS = [CometConfig(2, 2), CometConfig(1, 1), CometConfig(4, 2)]
 
-
-def rel(x, y):
-    return ((x.float() - y.float()).abs().max() / y.float().abs().max().clamp_min(1e-30)).item() if y.numel() else 0.0
 
 
 def shapes(quick: bool) -> dict:
@@ -96,17 +93,6 @@ def check_case(dev, W: int, dtype, s: dict, sms: int):
     return all(v <= TOL[dtype] for v in worst.values()) and resident, worst, grids, resident
 
 
-def bench(fn, dev, reps):
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        if hasattr(triton, "testing"):
-            return triton.testing.do_bench(fn, warmup=25, rep=reps * 10) * 1e-3
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t) / reps
-
 
 def efficiency(dev, quick: bool) -> dict:
     """W = 1: the fused launches (waits satisfied at once) vs the plain grouped GEMM over the same rows."""
@@ -154,15 +140,7 @@ def main():
     ap.add_argument("--no-bench", action="store_true", help="correctness only")
     ap.add_argument("--out", default=None, help="JSON results path")
     args = ap.parse_args()
-    dev = torch.device(args.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print("comet GPU check: no CUDA device, skipped")
-        return 0
-    if dev.type == "cuda" and waits.interpreted():
-        print("comet GPU check: unset TRITON_INTERPRET to compile for the GPU")
-        return 1
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (interpreter)"
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 10**6
+    dev, name, sms = open_device("comet", args.device)
     res = {"device": name, "sms": sms, "torch": torch.__version__, "triton": triton.__version__, "cases": [], "ok": True}
     t0 = time.time()
     s = shapes(args.quick)

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import triton
 import triton.language as tl
-from report import finish
+from check_common import bench, finish, open_device, rel
 
 from tessera.distributed import waits
 from tessera.distributed.symm import VirtualHeap
@@ -38,9 +38,6 @@ from tessera.kernels.comm.tile import f32_dot, gemm_tile
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # max|err| / max|ref|
 
-
-def rel(x, y):
-    return ((x.float() - y.float()).abs().max() / y.float().abs().max().clamp_min(1e-30)).item()
 
 
 def plan(sms: int, W: int, quick: bool):
@@ -103,17 +100,6 @@ def _plain_gemm(a, b, c, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.con
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def bench(fn, dev, reps):
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        if hasattr(triton, "testing"):
-            return triton.testing.do_bench(fn, warmup=25, rep=reps * 10) * 1e-3
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t) / reps
-
 
 def wait_overhead(dev, quick):
     M = N = K = 64 if quick else 4096
@@ -147,7 +133,6 @@ def ep_case(dev, W: int, dtype, quick: bool, sms: int, iters: int = 3):
     """Expert-parallel dispatch + combine (tessera/kernels/moe/ep_a2a.py) with W virtual ranks: three calls in
     a row against the per-rank reference (rows bitwise, combine of rows * 2 + 1 within dtype tolerance), then
     the launch time with no rows (flags only: the signalling cost per call) and with T tokens per rank."""
-    from tessera.distributed.symm import VirtualHeap
     from tessera.kernels.moe import ep_a2a
 
     E, k, H, T = 2 * W, 2, (64 if quick else 4096), (8 if quick else 512)
@@ -186,15 +171,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
     ap.add_argument("--out", default=None, help="JSON results path")
     args = ap.parse_args()
-    dev = torch.device(args.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print("dist GPU check: no CUDA device, skipped")
-        return 0
-    if dev.type == "cuda" and waits.interpreted():
-        print("dist GPU check: unset TRITON_INTERPRET to compile for the GPU")
-        return 1
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (interpreter)"
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 10**6
+    dev, name, sms = open_device("dist", args.device)
     res = {"device": name, "sms": sms, "torch": torch.__version__, "triton": triton.__version__,
            "features": {f: hasattr(tl, f) for f in ("atomic_poll", "atomic_load", "atomic_store")},
            "cases": [], "ok": True}
