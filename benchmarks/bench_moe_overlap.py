@@ -13,22 +13,30 @@ top-k combine) on W gloo ranks, three schedules in the same run, median and spre
 
 Compute is either real (fp32 GEMMs, one thread per rank: on 2 cores shared by 2 ranks and gloo's threads
 nothing overlaps, so these numbers are labelled for what they are) or emulated by sleeps calibrated to the
-real GEMMs of the same rows (measured per rank in the same run, per row of each GEMM), so that the cores are
-free for the transfers, as a GPU's copy engines / NVLink are. Every schedule's real-compute output is
-checked against the sequential one.
+real GEMMs of the same rows (measured in the same run, per row of each GEMM, the slowest rank's figure used
+by every rank), so that the cores are free for the transfers, as a GPU's copy engines / NVLink are. Every
+schedule's real-compute output is checked against the sequential one.
 
-Model hook: if `tessera.distributed.moe_perfmodel` (or `perfmodel`) defines `moe_overlap_prediction(settings:
-dict) -> dict` (the MoE performance model is built separately and, so far, only for GPU nodes), its {"sequential", "pipelined", "comet"} seconds for the settings
-and the calibrated parts recorded here (per-row GEMM times, the measured all-to-all times) are printed beside
-the emulated measurements; otherwise the table says that no model was available.
+Noise the benchmark itself used to add, and what it does instead: ranks leave a barrier up to a message
+latency apart, so every repetition starts all ranks at one agreed perf_counter instant (one host: one
+CLOCK_MONOTONIC) and counts each rank's time from it (slowest rank); `time.sleep` woke up 70-100 us late
+(Linux timer slack), so the ranks set a 1 ns slack and spin the last tens of microseconds of each emulated
+GEMM; the schedules run interleaved per repetition, with garbage collection held off.
 
-    PYTHONPATH=. python benchmarks/bench_moe_overlap.py [--world 2] [--reps 9]
-Writes benchmarks/results/moe_overlap_cpu.{json,md}.
+Model: `tessera.distributed.moe_perfmodel_cpu.breakdown(settings)` (`model_prediction`), from primitives
+timed alone in the same run (`_parts`: the host steps on this rank's data, all-to-all and pairwise exchange
+at the sizes `message_bytes` asks for), never from a schedule's total; printed beside the emulated medians
+with its parts.
+
+    PYTHONPATH=. python benchmarks/bench_moe_overlap.py [--world 2] [--reps 41]
+Writes benchmarks/results/moe_overlap_cpu.{json,md} (or --out DIR).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import os
 import queue
 import statistics
@@ -50,6 +58,20 @@ SETTINGS = {  # tokens per rank, top-k, experts, hidden, expert width; chunks (p
 SCHEDULES = ("sequential", "pipelined", "comet")
 
 
+PR_SET_TIMERSLACK = 29  # linux/prctl.h
+
+
+def _set_timer_slack(ns: int = 1) -> bool:
+    """Linux lets a sleeping thread wake up to 50 us late by default (timer slack): ~70-100 us per
+    `time.sleep` on this VM, ten sleeps per COMET layer. 1 ns leaves ~15-25 us of wake-up latency."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 class Rank:
     """One rank's inputs, experts and the compute (real GEMMs or calibrated sleeps) of its MoE layer."""
 
@@ -64,10 +86,20 @@ class Rank:
         self.wgu = (torch.randn(s["E"], 2 * s["I"], s["H"], generator=gw) / s["H"] ** 0.5)[lo: lo + self.EL]
         self.wd = (torch.randn(s["E"], s["H"], s["I"], generator=gw) / s["I"] ** 0.5)[lo: lo + self.EL]
         self.per_row = None  # (s / row of GEMM0 + SwiGLU, s / row of GEMM1): set by calibrate(); None = real
+        self.tail = 50e-6  # the end of an emulated GEMM is spun, not slept: set by _sleep_tail()
+
+    def sleep(self, d: float) -> None:
+        """Emulated compute of exactly `d` seconds: sleep all but the tail (the cores stay free), spin the
+        tail (a sleep wakes up late by about the tail)."""
+        end = time.perf_counter() + d
+        if d > self.tail:
+            time.sleep(d - self.tail)
+        while time.perf_counter() < end:
+            pass
 
     def gemm0(self, rows: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:  # [n, H] -> [n, I]
         if self.per_row:
-            time.sleep(self.per_row[0] * len(rows))
+            self.sleep(self.per_row[0] * len(rows))
             return rows.new_zeros(len(rows), self.s["I"])
         out = rows.new_empty(len(rows), self.s["I"])
         for e in experts.unique().tolist():
@@ -79,7 +111,7 @@ class Rank:
     def gemm1(self, act: torch.Tensor, experts: torch.Tensor, cols: slice = slice(None)) -> torch.Tensor:
         width = len(range(self.s["H"])[cols])
         if self.per_row:
-            time.sleep(self.per_row[1] * len(act) * width / self.s["H"])
+            self.sleep(self.per_row[1] * len(act) * width / self.s["H"])
             return act.new_zeros(len(act), width)
         out = act.new_empty(len(act), width)
         for e in experts.unique().tolist():
@@ -115,6 +147,11 @@ def _counts(counts: torch.Tensor) -> list[int]:
     return got.tolist()
 
 
+def _combine_rows(out: torch.Tensor, tok: torch.Tensor, back: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """out[t] += w_row * back[row] for every returned row of token t (the top-k sum at home)."""
+    return out.index_add_(0, tok, back * w[:, None])
+
+
 def sequential(r: Rank, tokens=None) -> torch.Tensor:
     tokens = torch.arange(r.s["T"]) if tokens is None else tokens
     rows, le, tok, w, counts = _plan(r, tokens)
@@ -123,7 +160,7 @@ def sequential(r: Rank, tokens=None) -> torch.Tensor:
     ge, _ = _a2a(le, counts.tolist(), rc)
     y = r.gemm1(r.gemm0(got, ge), ge)
     back, _ = _a2a(y, rc, counts.tolist())
-    return torch.zeros(r.s["T"], r.s["H"]).index_add_(0, tok, back * w[:, None])
+    return _combine_rows(torch.zeros(r.s["T"], r.s["H"]), tok, back, w)
 
 
 def pipelined(r: Rank) -> torch.Tensor:
@@ -146,17 +183,14 @@ def pipelined(r: Rank) -> torch.Tensor:
     out = torch.zeros(r.s["T"], r.s["H"])
     for (back, work), p in zip(backs, plans):
         work.wait()
-        out.index_add_(0, p[2], back * p[3][:, None])
+        _combine_rows(out, p[2], back, p[3])
     return out
 
 
-def comet(r: Rank) -> torch.Tensor:
-    """COMET's order; a communication thread does every send and receive (the fused kernels' n_c programs)."""
-    import torch.distributed as dist
-
+def _comet_prep(r: Rank, rows, le, tok, w, counts, rc) -> dict:
+    """COMET order's host work between the counts and the communication thread: offsets, the home token
+    lists, the column blocks, one packed message per peer, the receive buffers."""
     W, me, H, nb = r.W, r.me, r.s["H"], r.s["blocks"]
-    rows, le, tok, w, counts = _plan(r, torch.arange(r.s["T"]))
-    rc = _counts(counts)  # [W] rows from each source
     off = [0, *torch.cumsum(counts, 0).tolist()]
     # home: my tokens held by each peer (sorted, as the expert rank groups them), to receive their partials
     home_tok = [tok[off[p]: off[p + 1]].unique() for p in range(W)]
@@ -166,6 +200,28 @@ def comet(r: Rank) -> torch.Tensor:
     bufs = {s: torch.empty(rc[s], H + 3) for s in range(W) if s != me}
     partial_in = {(p, j): torch.empty(len(home_tok[p]), c.stop - c.start) for p in range(W) if p != me
                   for j, c in enumerate(cols)}
+    return {"off": off, "home_tok": home_tok, "cols": cols, "packed": packed, "bufs": bufs, "partial_in": partial_in}
+
+
+def _partial(y: torch.Tensor, sw: torch.Tensor, stok: torch.Tensor):
+    """One source's top-k partial sums of a column block: (its tokens, [tokens, width] sums of w_row y_row)."""
+    uniq, pos = stok.unique(return_inverse=True)
+    return uniq, torch.zeros(len(uniq), y.shape[1]).index_add_(0, pos, y * sw[:, None])
+
+
+def _add_block(out: torch.Tensor, tokens: torch.Tensor, cols: slice, part: torch.Tensor) -> None:
+    out[tokens, cols] += part
+
+
+def comet(r: Rank) -> torch.Tensor:
+    """COMET's order; a communication thread does every send and receive (the fused kernels' n_c programs)."""
+    import torch.distributed as dist
+
+    W, me, H, nb = r.W, r.me, r.s["H"], r.s["blocks"]
+    rows, le, tok, w, counts = _plan(r, torch.arange(r.s["T"]))
+    rc = _counts(counts)  # [W] rows from each source
+    st = _comet_prep(r, rows, le, tok, w, counts, rc)
+    off, cols, packed, bufs, partial_in = st["off"], st["cols"], st["packed"], st["bufs"], st["partial_in"]
     ready = {s: threading.Event() for s in bufs}
     outbox, err = queue.Queue(), []
 
@@ -180,7 +236,7 @@ def comet(r: Rank) -> torch.Tensor:
                 recvs[s].wait()
                 ready[s].set()
             for _ in range(nb * (W - 1)):
-                item = outbox.get()
+                item = outbox.get(timeout=120)
                 dist.send(item[2], dst=item[0], tag=100 + item[1])
             for work in pin.values():
                 work.wait()
@@ -195,9 +251,8 @@ def comet(r: Rank) -> torch.Tensor:
     for q in range(W):  # layer0: own rows first, then each source in compute order as it lands
         s = (me + q) % W
         if s != me:
-            ready[s].wait()
-            if err:
-                raise err[0]
+            if not ready[s].wait(timeout=120) or err:
+                raise RuntimeError(f"comet schedule: rows from rank {s} did not arrive: {err or 'timed out'}")
         m = packed[off[me]: off[me + 1]] if s == me else bufs[s]
         got[s] = (m[:, :H], m[:, H].long(), m[:, H + 1].long(), m[:, H + 2])
         acts[s] = r.gemm0(got[s][0], got[s][1])
@@ -205,31 +260,34 @@ def comet(r: Rank) -> torch.Tensor:
     for j, c in enumerate(cols):  # layer1: block j of every source's rows, reduced, sent home; then block j+1
         for s in [*((me - q) % W for q in range(1, W)), me]:  # peers' partials first, so they leave early
             srows, sle, stok, sw = got[s]
-            y = r.gemm1(acts[s], sle, c) * sw[:, None]
-            uniq, pos = stok.unique(return_inverse=True)
-            part = torch.zeros(len(uniq), c.stop - c.start).index_add_(0, pos, y)
+            uniq, part = _partial(r.gemm1(acts[s], sle, c), sw, stok)
             if s == me:
-                out[uniq, c] += part
+                _add_block(out, uniq, c, part)
             else:
                 outbox.put((s, j, part))
     th.join(timeout=120)
     if err or th.is_alive():
         raise RuntimeError(f"comet schedule: communication thread failed: {err or 'timed out'}")
     for (p, j), part in partial_in.items():
-        out[home_tok[p], cols[j]] += part
+        _add_block(out, st["home_tok"][p], cols[j], part)
     return out
 
 
+SCHEDULE_FNS = {"sequential": sequential, "pipelined": pipelined, "comet": comet}
+
+
 def calibrate(r: Rank, reps: int = 9) -> tuple[float, float]:
-    """Seconds per row of this rank's real GEMM0 + SwiGLU and GEMM1 (median), on rows like the ones it gets;
-    the ranks take turns, so that one rank's GEMMs do not slow the other's down."""
+    """Seconds per row of the real GEMM0 + SwiGLU and GEMM1 (median), on rows like the ones a rank gets; the
+    ranks take turns, so that one rank's GEMMs do not slow the other's down, and every rank emulates the
+    slowest rank's figures (one device speed, as on a node of equal GPUs)."""
     import torch.distributed as dist
 
     for turn in range(r.W):
         dist.barrier()
         if turn == r.me:
-            got = _calibrate(r, reps)
-    return got
+            got = torch.tensor(_calibrate(r, reps), dtype=torch.float64)
+    dist.all_reduce(got, op=dist.ReduceOp.MAX)
+    return tuple(got.tolist())
 
 
 def _calibrate(r: Rank, reps: int) -> tuple[float, float]:
@@ -246,45 +304,145 @@ def _calibrate(r: Rank, reps: int) -> tuple[float, float]:
     return statistics.median(t0) / n, statistics.median(t1) / n
 
 
-def _job(name: str, reps: int):
+def _sleep_tail(r: Rank, n: int = 40) -> dict:
+    """How late time.sleep wakes up here (p90 + 10 us becomes the spun tail of every emulated GEMM), and
+    how far the emulated GEMMs then land from their target (median and worst, us)."""
+    late = []
+    for _ in range(n):
+        a = time.perf_counter()
+        time.sleep(5e-4)
+        late.append(time.perf_counter() - a - 5e-4)
+    r.tail = min(3e-4, max(2e-5, statistics.quantiles(late, n=10)[-1] + 1e-5))
+    err = []
+    for _ in range(n):
+        a = time.perf_counter()
+        r.sleep(5e-4)
+        err.append(time.perf_counter() - a - 5e-4)
+    return {"sleep_late_us": statistics.median(late) * 1e6, "tail_us": r.tail * 1e6,
+            "emulated_err_us": statistics.median(err) * 1e6, "emulated_err_max_us": max(err) * 1e6}
+
+
+def _common_start(margin: float = 3e-3) -> float:
+    """Every rank starts at the same instant: the latest rank's clock after a barrier plus a margin (the ranks
+    share one host, so perf_counter, CLOCK_MONOTONIC, is one clock); a barrier alone lets ranks leave it up to
+    a message latency apart, which a per-rank stopwatch would count as layer time."""
     import torch.distributed as dist
 
+    dist.barrier()
+    t = torch.tensor([time.perf_counter()], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    start = t.item() + margin
+    if start - time.perf_counter() > 1e-3:
+        time.sleep(start - time.perf_counter() - 1e-3)
+    while time.perf_counter() < start:
+        pass
+    return start
+
+
+def _timed(fns: dict, reps: int, late: list) -> dict[str, list[float]]:
+    """Seconds from the common start to this rank's end, per repetition, the functions interleaved (a slow
+    spell of the machine hits all of them alike); garbage collection held off while timing."""
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for k, fn in fns.items():
+                start = _common_start()
+                late.append(time.perf_counter() - start)
+                fn()
+                times[k].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return times
+
+
+def _max_rows(rc: list[int]) -> int:
+    """The busiest rank's received rows (every rank gets the same answer)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([sum(rc)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _parts(r: Rank, reps: int, late: list) -> dict[str, list[float]]:
+    """The model's primitives, each timed alone on every rank at once: all-to-all and pairwise exchange at
+    the sizes the model reads, and the schedules' host steps on this rank's data."""
+    import torch.distributed as dist
+
+    from tessera.distributed.moe_perfmodel_cpu import message_bytes
+
+    W, me, T, H, C = r.W, r.me, r.s["T"], r.s["H"], r.s["chunks"]
+    tokens = torch.arange(T)
+    rows, le, tok, w, counts = _plan(r, tokens)
+    rc = _counts(counts)
+    st = _comet_prep(r, rows, le, tok, w, counts, rc)
+    chunk = _plan(r, tokens.chunk(C)[0])
+    out, back, back_c = torch.zeros(T, H), torch.randn(len(tok), H), torch.randn(len(chunk[2]), H)
+    own = st["packed"][st["off"][me]: st["off"][me + 1]]
+    c0 = st["cols"][0]
+    y = torch.randn(len(own), c0.stop - c0.start)
+    uniq, part = _partial(y, own[:, H + 2], own[:, H + 1].long())
+
+    def thread():
+        ev = threading.Event()
+        th = threading.Thread(target=ev.set, daemon=True)
+        th.start()
+        ev.wait(timeout=10)
+        th.join(timeout=10)
+
+    fns = {"host/plan": lambda: _plan(r, tokens), "host/plan_chunk": lambda: _plan(r, tokens.chunk(C)[0]),
+           "host/zeros": lambda: torch.zeros(T, H), "host/combine": lambda: _combine_rows(out, tok, back, w),
+           "host/combine_chunk": lambda: _combine_rows(out, chunk[2], back_c, chunk[3]),
+           "host/comet_prep": lambda: _comet_prep(r, rows, le, tok, w, counts, rc),
+           "host/partial": lambda: _partial(y, own[:, H + 2], own[:, H + 1].long()),
+           "host/add_block": lambda: _add_block(out, uniq, c0, part), "host/thread": thread}
+    sizes = message_bytes({**r.s, "world": W, "rows": _max_rows(rc)})  # the same sizes on every rank
+
+    def a2a(nbytes):
+        n = max(1, round(nbytes / 4 / W))  # fp32 elements per destination: the bytes matter, not the dtype
+        send = torch.randn(W * n)
+        return lambda: _a2a(send, [n] * W, [n] * W)
+
+    def exchange(nbytes):  # what COMET's communication thread does: pre-posted receive, then a blocking send
+        send, recv = torch.randn(max(1, round(nbytes / 4))), torch.empty(max(1, round(nbytes / 4)))
+
+        def fn():
+            work = dist.irecv(recv, src=(me + 1) % W, tag=7)
+            dist.send(send, dst=(me - 1) % W, tag=7)
+            work.wait()
+        return fn
+
+    fns |= {f"a2a/{int(b)}": a2a(b) for b in sizes["a2a"]}
+    fns |= {f"p2p/{int(b)}": exchange(b) for b in sizes["p2p"]}
+    return _timed(fns, reps, late)
+
+
+def _job(name: str, reps: int):
     from tessera.distributed import parallel_state as ps
 
     torch.set_num_threads(1)  # one core per rank
+    out = {"check": {}, "timer_slack_1ns": _set_timer_slack()}
     W, me = ps.world_size(), ps.rank()
     r = Rank(SETTINGS[name], me, W)
-    out = {"check": {}}
     want = sequential(r)
     for sched in ("pipelined", "comet"):  # the schedules compute the same layer
-        out["check"][sched] = (globals()[sched](r) - want).abs().max().item()
+        out["check"][sched] = (SCHEDULE_FNS[sched](r) - want).abs().max().item()
     calib = calibrate(r)
     out["per_row_s"] = calib
-    rows, le, _, _, counts = _plan(r, torch.arange(r.s["T"]))
-    rc = _counts(counts)
-    parts = {"dispatch": lambda: _a2a(rows, counts.tolist(), rc),
-             "combine": lambda: _a2a(torch.empty(sum(rc), r.s["H"]), rc, counts.tolist())}
+    out["sleep"] = _sleep_tail(r)
+    late = []
     for mode in ("emulated", "real"):
         r.per_row = calib if mode == "emulated" else None
-        for sched in SCHEDULES:
-            fn = globals()[sched]
-            fn(r)  # warm-up
-            times = []
-            for _ in range(reps):
-                dist.barrier()
-                t0 = time.perf_counter()
-                fn(r)
-                times.append(time.perf_counter() - t0)
-            out[f"{mode}/{sched}"] = times
-    for key, fn in parts.items():
-        times = []
-        for _ in range(reps):
-            dist.barrier()
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[f"parts/{key}"] = times
-    out["rows_received"] = sum(rc)
+        times = _timed({sched: functools.partial(SCHEDULE_FNS[sched], r) for sched in SCHEDULES}, reps, late)
+        out |= {f"{mode}/{k}": v for k, v in times.items()}
+    r.per_row = calib
+    out |= _parts(r, reps, late)
+    out["start_late_max_us"] = max(late) * 1e6
+    out["rows_received"] = _max_rows(_counts(_plan(r, torch.arange(r.s["T"]))[4]))
     return out
 
 
@@ -300,54 +458,66 @@ def summarize(per_rank: list[dict]) -> dict:
     return res
 
 
-def model_prediction(settings: dict) -> dict | None:
-    """The MoE performance model's seconds per schedule, when `moe_overlap_prediction` exists in
-    `tessera.distributed.moe_perfmodel` (the MoE model, whose GPU-node API has no CPU entry point yet) or `perfmodel`.
-    `settings`: T (tokens per rank), k, E, H, I, chunks (pipelined), blocks (COMET column blocks), world,
-    per_row_s [GEMM0 + SwiGLU, GEMM1] (calibrated seconds per row on this machine), rows (rows a rank computes),
-    dispatch_s / combine_s (measured all-to-all of the rows / of the results). Expected answer:
-    {"sequential": s, "pipelined": s, "comet": s}, compared with the `emulated` medians."""
-    import importlib
+def model_settings(name: str, world: int, res: dict, per_row: list[float], rows: int) -> dict:
+    """The model's inputs from this run's measured primitives (medians of the slowest rank)."""
+    med = {k: v["median_s"] for k, v in res.items() if isinstance(v, dict) and "median_s" in v}
+    return {**SETTINGS[name], "world": world, "per_row_s": per_row, "rows": rows,
+            "a2a_s": sorted([int(k.split("/")[1]), t] for k, t in med.items() if k.startswith("a2a/")),
+            "p2p_s": sorted([int(k.split("/")[1]), t] for k, t in med.items() if k.startswith("p2p/")),
+            "host_s": {k.split("/")[1]: t for k, t in med.items() if k.startswith("host/")}}
 
-    for name in ("tessera.distributed.moe_perfmodel", "tessera.distributed.perfmodel"):
-        try:
-            fn = getattr(importlib.import_module(name), "moe_overlap_prediction", None)
-        except ImportError:
-            fn = None
-        if fn:
-            return fn(settings)
-    return None
+
+def model_prediction(settings: dict) -> dict:
+    """The CPU performance model (`tessera.distributed.moe_perfmodel_cpu.breakdown`) for the settings
+    `model_settings` builds from this run's primitives: per schedule the predicted seconds ('time') and the
+    parts it adds; compared with the `emulated` medians."""
+    from tessera.distributed.moe_perfmodel_cpu import breakdown
+
+    return breakdown(settings)
+
+
+def _ms(v: dict) -> str:
+    return f"{v['median_s'] * 1e3:.2f} [{v['q1_s'] * 1e3:.2f}, {v['q3_s'] * 1e3:.2f}]"
 
 
 def write_md(path: str, doc: dict) -> None:
     L = [f"# MoE layer overlap on this CPU ({doc['machine']}, {doc['world']} gloo ranks, 1 thread each)", "",
          f"Run {doc['when']} (load average {doc['loadavg']:.1f} at start), torch {doc['torch']}, {doc['reps']} "
-         "repetitions; per repetition the slowest rank's time; median [q1, q3] in ms. Ratios are against "
-         "`sequential` in the same mode and run. `emulated`: compute replaced by sleeps calibrated to the real "
-         "GEMMs of the same rows (per rank, this run); `real`: real fp32 GEMMs on cores that gloo shares.", ""]
+         "repetitions, the schedules interleaved; every repetition starts all ranks at one instant and counts the "
+         "slowest rank; median [q1, q3] in ms. Ratios are against `sequential` in the same mode and run. "
+         "`emulated`: compute replaced by sleeps calibrated to the real GEMMs of the same rows (the slowest "
+         "rank's, this run); `real`: real fp32 GEMMs on cores that gloo shares. `model`: "
+         "`tessera.distributed.moe_perfmodel_cpu` from the primitives below, each timed alone in this run.", ""]
     if doc["loadavg"] > os.cpu_count():
         L += [f"**The machine was loaded** (load average {doc['loadavg']:.1f} on {os.cpu_count()} cores, other jobs): a "
               "sleeping rank wakes up late and gloo's threads wait for a core, so every time here is inflated and "
               "noisy; read the ratios as indicative, not as this method's value.", ""]
     for name, r in doc["results"].items():
-        s = SETTINGS[name]
+        s, sl = SETTINGS[name], r["sleep"]
         L += [f"## {name}: {s}", "",
               f"Calibrated compute per rank: GEMM0+SwiGLU {r['calibrated']['gemm0_ms']:.2f} ms, GEMM1 "
-              f"{r['calibrated']['gemm1_ms']:.2f} ms over {r['calibrated']['rows']} rows; measured all-to-all "
-              f"dispatch {r['parts/dispatch']['median_s'] * 1e3:.2f} ms, combine "
-              f"{r['parts/combine']['median_s'] * 1e3:.2f} ms. Real-compute outputs vs sequential: max |diff| "
+              f"{r['calibrated']['gemm1_ms']:.2f} ms over {r['calibrated']['rows']} rows. Emulated GEMMs: sleep "
+              f"wakes {sl['sleep_late_us']:.0f} us late (timer slack 1 ns: {r['timer_slack_1ns']}), the last "
+              f"{sl['tail_us']:.0f} us are spun, landing {sl['emulated_err_us']:.1f} us late (median, worst "
+              f"{sl['emulated_err_max_us']:.0f} us). Latest rank start {r['start_late_max_us']:.0f} us after the "
+              "common instant. Real-compute outputs vs sequential: max |diff| "
               + ", ".join(f"{k} {v:.1e}" for k, v in r["check"].items()) + ".", "",
-              "| mode | schedule | median ms | [q1, q3] ms | min ms | vs sequential (medians) | model ms |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| mode | schedule | median ms | [q1, q3] ms | min ms | vs sequential (medians) | model ms | model / measured |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for mode in ("emulated", "real"):
             base = r[f"{mode}/sequential"]["median_s"]
             for sched in SCHEDULES:
                 v = r[f"{mode}/{sched}"]
-                pred = r["model"].get(sched) if (mode == "emulated" and r["model"]) else None
+                pred = r["model"][sched]["time"] if mode == "emulated" else None
                 L.append(f"| {mode} | {sched} | {v['median_s'] * 1e3:.2f} | [{v['q1_s'] * 1e3:.2f}, {v['q3_s'] * 1e3:.2f}] "
                          f"| {v['min_s'] * 1e3:.2f} | {base / v['median_s']:.2f}x | "
-                         f"{'-' if pred is None else f'{pred * 1e3:.2f}'} |")
-        L.append("")
+                         + ("- | - |" if pred is None else f"{pred * 1e3:.2f} | {pred / v['median_s']:.2f} |"))
+        L += ["", "Primitives (each alone, both ranks at once, slowest rank), ms median [q1, q3]: "
+              + "; ".join(f"`{k}` {_ms(v)}" for k, v in r.items() if k.startswith(("host/", "a2a/", "p2p/")))
+              + " (a2a/p2p keys: bytes sent per rank).", "",
+              "Model parts, ms: " + "; ".join(
+                  f"{sched}: " + ", ".join(f"{k} {t * 1e3:.2f}" for k, t in parts.items() if k != "time")
+                  for sched, parts in r["model"].items()) + ".", ""]
     L += ["## Notes", "", *doc["notes"]]
     with open(path, "w") as fh:
         fh.write("\n".join(L) + "\n")
@@ -360,8 +530,9 @@ NOTES = [
     "- The COMET row is the fused kernels' order expressed with torch.distributed and one communication thread "
     "(the n_c programs), not the Triton kernels, which run interpreted on a CPU (tests/test_comet.py checks "
     "their numerics and order; scripts/gpu_checks/comet.py runs them compiled).",
-    "- Model column: `moe_overlap_prediction(settings)` of `tessera.distributed.moe_perfmodel` when it exists "
-    "(the MoE performance model is built separately); '-' means it did not exist at the time of the run.",
+    "- Model column: `tessera.distributed.moe_perfmodel_cpu.moe_overlap_prediction` composed from the primitives "
+    "of the same run (GEMM seconds per row, all-to-all and exchange times at the schedules' message sizes, the "
+    "host steps), never from a schedule's own total; docs/comet.md explains each schedule's formula.",
     "- gloo over loopback is ~100x slower per byte than NVLink and a GPU's GEMMs ~100x faster than one core: the "
     "ratio of communication to compute here was chosen, not inherited from any GPU setting.",
 ]
@@ -370,7 +541,7 @@ NOTES = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--world", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=41)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
@@ -383,14 +554,16 @@ def main():
         for name in args.settings.split(","):
             per_rank = pool.run(_job, name, args.reps, timeout=3600)
             res = summarize(per_rank)
-            g0, g1 = (max(r["per_row_s"][i] for r in per_rank) for i in (0, 1))
+            g0, g1 = per_rank[0]["per_row_s"]  # every rank emulates the slowest rank's calibration
             rows = max(r["rows_received"] for r in per_rank)
             res["calibrated"] = {"gemm0_ms": g0 * rows * 1e3, "gemm1_ms": g1 * rows * 1e3, "rows": rows,
                                  "per_row_s": [g0, g1]}
             res["check"] = {k: max(r["check"][k] for r in per_rank) for k in per_rank[0]["check"]}
-            settings = {**SETTINGS[name], "world": args.world, "per_row_s": [g0, g1], "rows": rows,
-                        "dispatch_s": res["parts/dispatch"]["median_s"], "combine_s": res["parts/combine"]["median_s"]}
-            res["model"] = model_prediction(settings) or {}
+            res["sleep"] = {k: max(r["sleep"][k] for r in per_rank) for k in per_rank[0]["sleep"]}
+            res["timer_slack_1ns"] = all(r["timer_slack_1ns"] for r in per_rank)
+            res["start_late_max_us"] = max(r["start_late_max_us"] for r in per_rank)
+            res["model_settings"] = model_settings(name, args.world, res, [g0, g1], rows)
+            res["model"] = model_prediction(res["model_settings"])
             results[name] = res
     finally:
         pool.stop()
