@@ -448,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--batch-size", type=int, default=None,
                     help="generated problems (seeds from --problem) split over the attention ranks "
                          "(default: attention ranks x micro-batches)")
+    dg.add_argument("--m2n", choices=("p2p", "heap"), default="p2p",
+                    help="the M2N token exchange: point-to-point torch.distributed, or the symmetric heap with "
+                         "ready flags (CPU ranks on one host)")
+    dg.add_argument("--batch-experts", action="store_true",
+                    help="each expert rank makes one expert call per round over a request of every attention rank")
     _tp_options(g)
     g.set_defaults(fn=cmd_generate)
 

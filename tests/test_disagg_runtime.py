@@ -38,7 +38,7 @@ def _greedy_reference(model, prompt, steps):
     return seq[len(prompt):]
 
 
-def _disagg_job(attn: int, expert: int, m: int, steps: int):
+def _disagg_job(attn: int, expert: int, m: int, steps: int, backend: str = "p2p", batch: bool = False):
     from tessera.config import SamplingParams
     from tessera.distributed import parallel_state as ps
     from tessera.engine.stopping import StopChecker
@@ -50,10 +50,11 @@ def _disagg_job(attn: int, expert: int, m: int, steps: int):
     want = [_greedy_reference(model, p, steps) for p in prompts]
     with torch.no_grad():  # prefill logits of the whole batch, in one process
         ref_logits = [model(torch.tensor([p]))[0, -1] for p in prompts]
-    d = runtime.setup(model, attn, expert, max_tokens=64, timeout_s=20, slots=max(4, m))
+    d = runtime.setup(model, attn, expert, max_tokens=64, timeout_s=20, slots=max(4, m), backend=backend, batch=batch)
     try:
         if not d.is_attention:
-            return ("expert", d.serve().requests)
+            st = d.serve()
+            return ("expert", st.requests, st.calls)
         # logits of one ping-pong forward over m micro-batches (one prompt each, no cache)
         inputs = [(torch.tensor([p]), None, None, None, None) for p in prompts[:m]]
         got = runtime.forward_micro_batches(model, [(i, torch.arange(i.shape[1])[None], c, x, li)
@@ -66,15 +67,23 @@ def _disagg_job(attn: int, expert: int, m: int, steps: int):
         ps.destroy_groups()
 
 
-@pytest.mark.parametrize("attn, expert, m", [(1, 1, 1), (1, 2, 2), (2, 1, 4), (2, 2, 3), (1, 1, 5)])  # m 1..5
-def test_disaggregated_decoding_matches_one_process(attn, expert, m):
-    out = shared_pool(attn + expert).run(_disagg_job, attn, expert, m, 6, timeout=180)
+@pytest.mark.parametrize("attn, expert, m, backend, batch", [
+    (1, 1, 1, "p2p", False), (1, 2, 2, "p2p", False), (2, 1, 4, "p2p", False), (2, 2, 3, "p2p", False),
+    (1, 1, 5, "p2p", False),  # m 1..5
+    (2, 2, 3, "heap", False), (1, 2, 2, "heap", False), (2, 2, 3, "heap", True), (2, 1, 2, "p2p", True)])
+def test_disaggregated_decoding_matches_one_process(attn, expert, m, backend, batch):
+    out = shared_pool(attn + expert).run(_disagg_job, attn, expert, m, 6, backend, batch, timeout=180)
+    sent = 0
     for role, *rest in out[:attn]:
         diff, same_tokens, requests = rest
         assert role == "attention" and diff < 1e-5 and same_tokens
         assert requests >= 2 * (6 + 1) * min(m, 5)  # 2 MoE layers x (prefill + decode steps) x micro-batches
-    served = [r[1] for r in out[attn:]]
-    assert all(r[0] == "expert" for r in out[attn:]) and all(s > 0 for s in served)
+        sent += requests
+    assert all(r[0] == "expert" for r in out[attn:])
+    for _, served, calls in out[attn:]:
+        assert served == sent and 0 < calls <= served
+        if batch and attn > 1:  # the attention ranks' requests of a round share one expert call
+            assert calls < served
 
 
 def _bad_split_job():
@@ -90,7 +99,7 @@ def test_experts_that_do_not_divide_over_the_expert_ranks_are_refused_on_every_r
     assert all("num_experts=4 divisible by 3" in e for e in ei.value.errors.values())
 
 
-def _dead_rank_job(who: str):
+def _dead_rank_job(who: str, backend: str = "p2p"):
     """One side dies right after setup: the other fails within its timeout with an error naming the wait."""
     import os
 
@@ -99,7 +108,7 @@ def _dead_rank_job(who: str):
     from tessera.engine.stopping import StopChecker
     from tessera.parallel.disagg import runtime
 
-    d = runtime.setup(_model(), 1, 1, max_tokens=64, timeout_s=5)
+    d = runtime.setup(_model(), 1, 1, max_tokens=64, timeout_s=5, backend=backend)
     if ps.role() == who:
         os._exit(17)
     if d.is_attention:
@@ -109,8 +118,8 @@ def _dead_rank_job(who: str):
         d.serve()
 
 
-@pytest.mark.parametrize("who", ["expert", "attention"])
-def test_a_side_that_dies_fails_the_other_within_its_timeout(who):
+@pytest.mark.parametrize("who, backend", [("expert", "p2p"), ("attention", "p2p"), ("expert", "heap")])
+def test_a_side_that_dies_fails_the_other_within_its_timeout(who, backend):
     import glob
     import time
 
@@ -121,7 +130,7 @@ def test_a_side_that_dies_fails_the_other_within_its_timeout(who):
     t0 = time.monotonic()
     try:
         with pytest.raises(RankFailure) as ei:
-            pool.run(_dead_rank_job, who, timeout=60)
+            pool.run(_dead_rank_job, who, backend, timeout=60)
     finally:
         pool.stop()
     dead, alive = (1, 0) if who == "expert" else (0, 1)
@@ -164,9 +173,16 @@ def test_more_micro_batches_than_result_slots_are_refused():
     from tessera.parallel.disagg.m2n import M2N
 
     m2n = M2N.__new__(M2N)  # the slot bookkeeping alone (no process group needed)
-    m2n.slots, m2n._in_flight, m2n.max_rows, m2n.experts, m2n.local = 4, 4, 8, [1], 2
+    m2n.slots, m2n._sent, m2n._busy, m2n.max_rows, m2n.experts, m2n.local, m2n.hidden = 4, 4, {0, 1, 2, 3}, 8, [1], 2, 4
     with pytest.raises(ValueError, match="fill all 4 result slots"):
-        m2n.send(0, torch.zeros(0, 4), torch.zeros(1, 2, dtype=torch.long))
+        m2n._claim(torch.zeros(0, 4), torch.zeros(1, 2, dtype=torch.long))
+    m2n._release(2)  # received out of order: slot 0 (the next one) is still busy
+    with pytest.raises(ValueError, match="result slot 0 still holds"):
+        m2n._claim(torch.zeros(0, 4), torch.zeros(1, 2, dtype=torch.long))
+    m2n._release(0)
+    assert m2n._claim(torch.zeros(3, 4), torch.tensor([[1, 2]])) == 0 and m2n._sent == 5
+    with pytest.raises(ValueError, match="count matrix summing to the rows"):
+        m2n._claim(torch.zeros(3, 4), torch.tensor([[1, 1]]))
 
 
 def _press_job(m: int):

@@ -5,7 +5,9 @@ Every check that needs no weights runs first, on every rank (the rank counts aga
 expert count against the expert ranks, what a plan asks that this runtime cannot do), so a bad launch is
 one line on each rank before any weight is read. The batch is `--batch-size` generated problems (default
 N x m, seeds from `--problem`), split contiguously over the attention ranks; rank 0 prints every answer
-in problem order and each rank's busy time.
+in problem order and each rank's busy time. `--m2n p2p|heap` picks the M2N backend (`m2n.make_m2n`: point-to-
+point torch.distributed, or the symmetric heap with ready flags on CPU ranks); `--batch-experts` makes each
+expert rank answer one request of every attention rank per expert call.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def check(args, cfg) -> tuple[int, int, int]:
         raise ValueError(f"--micro-batches must be >= 1, got {m}")
     if getattr(args, "tp", 1) > 1 or getattr(args, "ep", 1) > 1 or getattr(args, "quant", "none") != "none":
         raise ValueError("--disagg runs alone: not with --tp, --ep or --quant")
+    if getattr(args, "m2n", "p2p") == "heap" and not getattr(args, "device", "cpu").startswith("cpu"):
+        raise ValueError("--m2n heap runs on CPU ranks (one host's shared memory); use --m2n p2p on GPUs")
     return attn, expert, m
 
 
@@ -79,7 +83,8 @@ def generate(args, load_llm, press_factory, kv_kwargs: dict) -> int:
     attn, expert, m = check(args, read_config(resolve_model_path(args.model)))
     ps.init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
     llm = load_llm()
-    d = runtime.setup(llm.model, attn, expert, slots=m)  # one result slot per micro-batch in flight
+    backend, batch = getattr(args, "m2n", "p2p"), getattr(args, "batch_experts", False)
+    d = runtime.setup(llm.model, attn, expert, slots=m, backend=backend, batch=batch)  # a result slot per micro-batch
     n = args.batch_size or attn * m
     problems = [make_problem(args.problem + i, args.difficulty) for i in range(n)]
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -110,7 +115,8 @@ def generate(args, load_llm, press_factory, kv_kwargs: dict) -> int:
         print(f"problem seed {p.seed} (difficulty {p.difficulty}): expected {p.answer}, "
               f"{'correct' if ok else 'WRONG'}; finish: {why}")
         print("-" * 60)
-    print(f"{correct}/{n} correct; {attn} attention + {expert} expert ranks, {m} micro-batches per attention rank")
+    print(f"{correct}/{n} correct; {attn} attention + {expert} expert ranks, {m} micro-batches per attention rank, "
+          f"M2N over {backend}{', batched expert calls' if batch else ''}")
     for g in gathered:
         print(g[2])
     return 0

@@ -32,31 +32,34 @@ from tessera.kv import make_cache
 from tessera.kv.cache import StepContext
 from tessera.layers import experts as X
 from tessera.layers.sampler import make_generators, sample
-from tessera.parallel.disagg.m2n import M2N
+from tessera.parallel.disagg.m2n import M2NBase, make_m2n
 
 
 @dataclass
 class SideStats:
     """Seconds this rank spent computing (attention side: everything but waiting for the experts; expert
-    side: the expert GEMMs) and in total, and the requests it sent or served."""
+    side: the expert GEMMs) and in total, the requests it sent or served and (expert side) its expert calls
+    (fewer than requests when requests of several attention ranks are batched)."""
 
     busy_s: float = 0.0
     total_s: float = 0.0
     requests: int = 0
+    calls: int = 0
     bytes_sent: int = 0
     role: str = ""
 
     def line(self) -> str:
         util = self.busy_s / self.total_s if self.total_s else 0.0
         return (f"{self.role}: busy {self.busy_s * 1e3:.0f} ms of {self.total_s * 1e3:.0f} ms ({util:.0%}), "
-                f"{self.requests} requests, {self.bytes_sent / 2**20:.2f} MiB sent")
+                f"{self.requests} requests{f' in {self.calls} expert calls' if self.calls else ''}, "
+                f"{self.bytes_sent / 2**20:.2f} MiB sent")
 
 
 class RemoteExperts(nn.Module):
     """The routed-experts step of one MoE layer on an attention rank: the rows go to the expert ranks.
     `start` sends and returns at once; `finish` waits and combines at home with the routing weights."""
 
-    def __init__(self, m2n: M2N, num_experts: int, layer_idx: int, stats: SideStats):
+    def __init__(self, m2n: M2NBase, num_experts: int, layer_idx: int, stats: SideStats):
         super().__init__()
         self.m2n, self.num_experts, self.layer_idx, self.stats = m2n, num_experts, layer_idx, stats
 
@@ -92,6 +95,7 @@ class ExpertShard:
         with torch.inference_mode():
             y = X.grouped_swiglu(rows, offsets, *self.weights[layer])
         self.stats.busy_s += time.perf_counter() - t0
+        self.stats.calls += 1
         return y
 
 
@@ -148,17 +152,18 @@ def _ffn_finish(layer, h, flat, state):  # the rest of it: residual + routed + s
 class Disaggregated:
     """One rank's part of a disaggregated model (`setup` builds it on every rank of the launch)."""
 
-    def __init__(self, model, m2n: M2N, stats: SideStats, shard: ExpertShard | None):
-        self.model, self.m2n, self.stats, self.shard = model, m2n, stats, shard
+    def __init__(self, model, m2n: M2NBase, stats: SideStats, shard: ExpertShard | None, batch: bool = False):
+        self.model, self.m2n, self.stats, self.shard, self.batch = model, m2n, stats, shard, batch
 
     @property
     def is_attention(self) -> bool:
         return self.shard is None
 
     def serve(self) -> SideStats:
-        """Expert ranks: answer the attention ranks until each has stopped."""
+        """Expert ranks: answer the attention ranks until each has stopped (batched: one expert call per
+        round over one request of every live attention rank)."""
         t0 = time.perf_counter()
-        self.stats.requests = self.m2n.serve(self.shard)
+        self.stats.requests = self.m2n.serve(self.shard, batch=self.batch)
         self.stats.total_s = time.perf_counter() - t0
         self.stats.bytes_sent = self.m2n.bytes_sent
         return self.stats
@@ -251,10 +256,11 @@ class Disaggregated:
 
 
 def setup(model, attn: int, expert: int, max_tokens: int = 4096, slots: int = 4,
-          timeout_s: float = 60.0) -> Disaggregated:
+          timeout_s: float = 60.0, backend: str = "p2p", batch: bool = False) -> Disaggregated:
     """Collective over a world of attn + expert ranks, every rank holding the same full model: named groups
-    and roles, the M2N context, and each rank's part (attention ranks drop the routed experts, expert ranks
-    keep only their E / N of them). Refused with the same one-line error on every rank when the model has
+    and roles, the M2N context of `backend` ("p2p" or "heap", `m2n.make_m2n`), and each rank's part (attention
+    ranks drop the routed experts, expert ranks keep only their E / N of them); `batch`: expert ranks make
+    one expert call per round of requests from all attention ranks. Refused with the same one-line error on every rank when the model has
     no routed experts or they do not divide over the expert ranks."""
     cfg = model.config
     if not model.moe_blocks():
@@ -264,12 +270,12 @@ def setup(model, attn: int, expert: int, max_tokens: int = 4096, slots: int = 4,
                          f"divisible by {expert}")
     ps.initialize_disaggregated(attn, expert)
     p = next(model.parameters())
-    m2n = M2N(list(range(attn)), list(range(attn, attn + expert)), cfg.hidden_size, cfg.num_experts // expert,
-              max_tokens * cfg.num_experts_per_tok, p.dtype, p.device, slots, timeout_s)
+    m2n = make_m2n(backend, list(range(attn)), list(range(attn, attn + expert)), cfg.hidden_size,
+                   cfg.num_experts // expert, max_tokens * cfg.num_experts_per_tok, p.dtype, p.device, slots, timeout_s)
     stats = SideStats(role=f"{ps.role()} rank {ps.rank()}")
     if ps.role() == "attention":
         for i, block in model.moe_blocks().items():
             block.experts = RemoteExperts(m2n, cfg.num_experts, i, stats)  # the local copies are freed
         return Disaggregated(model, m2n, stats, None)
     shard = ExpertShard(model, ps.rank("expert"), expert, stats)
-    return Disaggregated(None, m2n, stats, shard)
+    return Disaggregated(None, m2n, stats, shard, batch)
