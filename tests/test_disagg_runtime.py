@@ -215,3 +215,21 @@ def _press_job(m: int):
 def test_presses_run_on_the_attention_ranks():
     same, served = shared_pool(2).run(_press_job, 2, timeout=180)
     assert same is True and served > 0
+
+
+def test_the_m2n_options_reach_the_launcher_and_heap_is_refused_on_gpus(monkeypatch):
+    from types import SimpleNamespace
+
+    from tessera.cli import build_parser
+    from tessera.parallel.disagg import launch
+
+    args = build_parser().parse_args(["generate", "--disagg", "attn=1,expert=1", "--m2n", "heap", "--batch-experts"])
+    assert (args.m2n, args.batch_experts) == ("heap", True)
+    assert build_parser().parse_args(["generate"]).m2n == "p2p"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = SimpleNamespace(num_experts=4)
+    assert launch.check(args, cfg) == (1, 1, 2)
+    args.device = "cuda"
+    with pytest.raises(ValueError, match="--m2n heap runs on CPU ranks"):
+        launch.check(args, cfg)
