@@ -151,8 +151,12 @@ class M2NHeap(M2NBase):
         late = [j for j, d in enumerate(self.done.tolist()) if d < k and j in pending.experts]
         if late:
             peers = [self.experts[j] for j in late]
-            self._await(lambda: all(self.done.tolist()[j] >= k for j in late),
-                        f"results of request {k} from expert rank(s) {peers}", peers)
+
+            def ready():
+                done = self.done.tolist()
+                return all(done[j] >= k for j in late)
+
+            self._await(ready, f"results of request {k} from expert rank(s) {peers}", peers)
         self._release(pending.slot)
         return self.res[pending.slot, :pending.rows]
 
