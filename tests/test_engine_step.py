@@ -90,7 +90,8 @@ def test_abort_frees_kv_at_once(llm):
     assert engine.kv_bytes() == 0 and not engine.has_unfinished()
 
 
-@pytest.mark.parametrize("press_args", [None, ("rkv", dict(budget=24, buffer=16, window=8))])
+@pytest.mark.parametrize("press_args", [None, ("rkv", dict(budget=24, buffer=16, window=8)),
+                                        ("h2o", dict(budget=20, buffer=8, window=4))])  # attention sums merge
 def test_kv_cap_is_never_exceeded_and_admission_is_fifo(llm, press_args):
     sp = [SamplingParams(max_new_tokens=n, ignore_eos=True) for n in (24, 6, 14, 4, 20, 8, 10, 5)]
     press = make_press(press_args[0], **press_args[1]) if press_args else None
@@ -133,6 +134,40 @@ def test_rkv_fits_more_requests_under_one_cap(tiny_llm):
             engine.step()
             most[name] = max(most[name], engine.num_running)
     assert most["full"] == 2 and most["rkv"] >= 6
+
+
+def test_rkv_requests_reserve_what_they_hold_and_share_one_cache(tiny_llm):
+    """An R-KV request reserves max(budget, prompt) + buffer slots whatever its max tokens, a full-KV one its
+    prompt + max tokens; under a cap of n R-KV reservations exactly n run at once, the KV measured after every
+    step stays under the cap and reaches it (the reservation is what the cache really holds), rows admitted
+    at different steps share one cache, and every output equals the request served alone."""
+    llm = tiny_llm(1024)
+    budget, buffer, n = 24, 16, 5
+    rkv = make_press("rkv", budget=budget, buffer=buffer, window=8)
+    sps = [SamplingParams(max_new_tokens=m, ignore_eos=True) for m in (60, 23, 41, 60, 30, 52, 17, 45, 38)]
+    prompt = PROMPTS[2]  # 11 tokens, under the budget
+    probe = llm.engine()
+    assert probe.make_request(prompt, sps[0]).bound.slots == len(prompt) + 60
+    bounds = {probe.make_request(prompt, sp, rkv).bound for sp in sps}
+    assert len(bounds) == 1 and next(iter(bounds)).slots == budget + buffer
+    one = cohort_bytes([next(iter(bounds))])
+    cap = n * one + one // 2  # room for n requests, not n + 1
+    engine = llm.engine(kv_cap_bytes=cap)
+    for i, sp in enumerate(sps):
+        engine.add_request(prompt, sp, rkv, request_id=str(i))
+    done, first, step, most, cohorts = {}, {}, 0, 0, 0
+    while engine.has_unfinished():
+        for o in engine.step():
+            first.setdefault(o.request_id, step)
+            if o.finished:
+                done[o.request_id] = o.completion.token_ids
+        assert engine.kv_bytes() <= cap
+        most, cohorts, step = max(most, engine.num_running), max(cohorts, len(engine.running)), step + 1
+    assert most == n and engine.stats.peak_kv_bytes == n * one
+    assert len(set(first.values())) > 2 and cohorts == 1  # admitted in waves, merged into one cache
+    assert rkv.compressions > 0
+    for i in (0, 1, 5, 8):
+        assert done[str(i)] == alone(llm, prompt, sps[i], rkv), i
 
 
 def test_request_larger_than_the_cap_is_refused(llm):

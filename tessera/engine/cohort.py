@@ -3,9 +3,10 @@
 Requests with different KV settings (backend, options, press and budget) cannot share one cache, so the
 running batch is a list of cohorts, each a cache with its press and its rows. One forward serves them
 all: the linears run on every row at once, and `CohortsCache` hands each cache the rows it holds
-(slices of q/k/v and of the step context), so attention and compression stay per cohort. A cohort
-without an acting press takes in new rows as they are admitted (`DenseCache.extend`); one with a press
-keeps the rows it was prefilled with (see `Request.mergeable`).
+(slices of q/k/v and of the step context), so attention and compression stay per cohort. A cohort takes
+in new rows of its setting as they are admitted (`DenseCache.extend`) when its press schedules every row
+by that row's own decode count (R-KV and its baselines, or no press); one with another press keeps the
+rows it was prefilled with (see `Request.mergeable`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ class Cohort:
     key: tuple
     cache: KVCache
     reqs: list[Request] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._hold()
+
+    def _hold(self) -> None:
+        """Hold a dense cache at its rows' reservation (`kv_budget.kv_bound`), so that a growth step never
+        allocates past what the admission reserved: past the longest request's end, or, once a row with a
+        larger reservation has left, past the remaining rows' (a press may hold it lower still)."""
+        bound = getattr(self.cache, "bound_capacity", None)
+        if callable(bound) and self.reqs:
+            bound(max(r.bound.slots for r in self.reqs))
 
     @property
     def press(self):
@@ -45,6 +57,7 @@ class Cohort:
             if keep:
                 self.cache.select(torch.tensor(keep, device=_device(self.cache)))
             self.reqs = [self.reqs[i] for i in keep]
+            self._hold()
 
     def absorb(self, other: Cohort) -> None:
         self.cache.extend(other.cache)

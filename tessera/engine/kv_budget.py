@@ -1,16 +1,20 @@
 """The most KV memory a request can hold: what admission under a KV-memory cap reserves.
 
 The dense cache holds a batch as `[B, Hkv, C, D]` per layer, so every row of one cache is padded to the
-cache's capacity C; capacity grows in steps of `GROWTH` slots and, once a press has limited it
-(`PressTarget.limit_capacity`), never past that limit while the rows fit. A press declares its limit in
+cache's capacity C; the prefill allocates exactly the longest prompt, later growth comes in steps of
+`GROWTH` slots but never past the cache's limit (`PressTarget.limit_capacity`): a new cohort's cache is
+limited to its rows' bound (`Cohort`), and a press may lower that limit after the prefill. A press declares its limit in
 `after_prefill`; admission learns it *before* the prefill by running the press's `prepare` and
 `after_prefill` hooks on a probe that records what the press asks for (a query window, attention sums)
 and the capacity it sets. A press whose hooks read more than lengths gets no declared limit, which is
 still safe: a row never holds more than its prompt and its new tokens.
 
-Bounds in slots per row (S: prompt, N: max new tokens, P: positions, G: GROWTH):
-  no limit:   max(G, min(S + N, P) + G - 1)     growth steps past the longest row
-  limit M:    max(G, S, M)                       prefill reserves max(G, S), then the press holds it at M
+Bounds in slots per row (S: prompt, N: max new tokens, P: positions):
+  no press limit:  min(S + N, P)     the row's last token; the last growth step stops there
+  press limit M:   max(S, M)         the prefill holds S, then the press holds the row at M
+For R-KV and its baselines M = max(budget, S) + buffer: a row compressed to `budget` grows by `buffer`
+decoded tokens before its next compression (a prompt above the budget waits for the first one), so a
+press-bounded request reserves exactly what it can hold, whatever its max tokens.
 A cache's bytes are rows x max(row slots) x bytes per slot + rows x bytes per row (`cohort_bytes`).
 Sparse backends (ShadowKV, Quest) are admitted by the same estimate of their dense equivalent.
 """
@@ -20,7 +24,6 @@ from __future__ import annotations
 import torch
 
 from tessera.engine.request import KVBound
-from tessera.kv.cache import GROWTH
 from tessera.kv.press_target import PressTarget
 from tessera.kv.presses import Press
 
@@ -65,7 +68,7 @@ def kv_bound(press: Press, layout, dtype: torch.dtype, prompt_len: int, max_new:
     except LookupError:
         probe.cap = None
     longest = min(prompt_len + max_new, max_pos)
-    slots = max(GROWTH, longest + GROWTH - 1) if probe.cap is None else max(GROWTH, prompt_len, probe.cap)
+    slots = longest if probe.cap is None else max(prompt_len, probe.cap)
     es = torch.empty((), dtype=dtype).element_size()
     L, H, D = layout.num_layers, layout.num_kv_heads, layout.head_dim
     slot_bytes = L * H * (2 * D * es + 4)  # keys + values, int32 logical position

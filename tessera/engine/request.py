@@ -47,9 +47,9 @@ class Request:
 
     @property
     def mergeable(self) -> bool:
-        """May join a running cache. Not with an acting press: its schedule assumes the rows of one cache
-        were prefilled together (R-KV caps a cache's capacity by the rows due at one step)."""
-        return not self.press.acts_on_cache
+        """May join a running cache: without an acting press, or with one that schedules every row by its
+        own decode count (R-KV and its baselines), whose rows need not have been prefilled together."""
+        return not self.press.acts_on_cache or self.press.per_row_schedule
 
     @property
     def next_position(self) -> int:

@@ -49,5 +49,10 @@ class AttentionSums:
     def select(self, rows: torch.Tensor) -> None:
         self.a = [a[rows] for a in self.a]
 
+    def extend(self, other: AttentionSums, capacities: list[int]) -> None:
+        """Append the rows of `other`, both padded with zeros to the cache's merged `capacities` per layer."""
+        pad = lambda a, c: torch.cat([a, a.new_zeros(a.shape[0], a.shape[1], c - a.shape[2])], 2)
+        self.a = [torch.cat([pad(a, c), pad(b, c)]) for a, b, c in zip(self.a, other.a, capacities)]
+
     def nbytes(self) -> int:
         return sum(a.numel() * a.element_size() for a in self.a)

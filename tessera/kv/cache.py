@@ -23,7 +23,7 @@ from tessera.kv.registry import register_backend
 
 __all__ = ["GROWTH", "DenseCache", "KVCache", "SparseDecodeCache", "StepContext", "prefill_attention"]
 
-#: slots a cache grows by at a time (amortised copies; at most GROWTH - 1 unused slots held per row)
+#: slots a cache grows by at a time after the prefill (amortised copies; at most GROWTH - 1 unused slots per row)
 GROWTH = 256
 
 
@@ -94,12 +94,17 @@ class DenseCache(KVCache, PressTarget):
 
     def extend(self, other: DenseCache) -> None:
         """Append the rows of `other` after this cache's rows (continuous batching: freshly prefilled
-        sequences join a running batch). Both are padded to the larger capacity. Only caches without
-        press state merge: a press schedules the rows of one cache as if prefilled together."""
+        sequences join a running batch). Both are padded to the larger capacity, and so is the press state
+        they hold (a query ring, attention sums), which must be of the same kind: the caller merges only
+        caches of one press, and only a press that schedules every row by itself (`per_row_schedule`)."""
         if (other.L, other.H, other.D, other.dtype) != (self.L, self.H, self.D, self.dtype):
             raise ValueError("extend: the caches hold different layers, heads, head dims or dtypes")
-        if any(x is not None for x in (self.ring, self.sums, other.ring, other.sums)):
-            raise ValueError("extend: caches holding a press's queries or attention sums cannot merge")
+        if (self.ring is None) != (other.ring is None) or (self.sums is None) != (other.sums is None):
+            raise ValueError("extend: one cache holds a press's queries or attention sums and the other does not")
+        if self.ring is not None:
+            self.ring.extend(other.ring)
+        if self.sums is not None:
+            self.sums.extend(other.sums, [max(self.capacity(li), other.capacity(li)) for li in range(self.L)])
         for li in range(self.L):
             cap = max(self.capacity(li), other.capacity(li))
             for name, fill in (("k", 0), ("v", 0), ("pos", -1)):
@@ -165,6 +170,10 @@ class DenseCache(KVCache, PressTarget):
         self.max_capacity = cap
         self.shrink(extra=cap - int(self.lens[0].max()))
 
+    def bound_capacity(self, slots: int) -> None:
+        """Never grow past `slots` (what the rows held can reach): lowers the limit, never raises it."""
+        self.limit_capacity(slots if self.max_capacity is None else min(self.max_capacity, slots))
+
     # ---- dense-cache housekeeping ---------------------------------------------------------
     def capacity(self, layer: int = 0) -> int:
         return self.k[layer].shape[2]
@@ -184,8 +193,10 @@ class DenseCache(KVCache, PressTarget):
         cap = self.capacity(layer)
         if needed <= cap:
             return
-        # grow in fixed steps: amortised copies, and no more than `growth` unused slots held
-        new_cap = cap + max(self.growth, needed - cap)
+        # grow in fixed steps: amortised copies, and no more than `growth` unused slots held. The first
+        # allocation (the prefill) holds exactly the prompt: a press sets its limit only after the prefill,
+        # so a growth step there would reserve slots the press may never let a row use.
+        new_cap = needed if cap == 0 else cap + max(self.growth, needed - cap)
         if self.max_capacity is not None and needed <= self.max_capacity:
             new_cap = min(new_cap, self.max_capacity)
         pad = new_cap - cap

@@ -39,5 +39,11 @@ class QueryRing:
     def select(self, rows: torch.Tensor) -> None:
         self.q = [None if t is None else t[rows] for t in self.q]
 
+    def extend(self, other: QueryRing) -> None:
+        """Append the rows of `other` (continuous batching); both must have recorded every layer."""
+        if other.window != self.window or any(t is None for t in (*self.q, *other.q)):
+            raise ValueError("extend: the query rings differ in window or have not recorded every layer")
+        self.q = [torch.cat([a, b]) for a, b in zip(self.q, other.q)]
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.q if t is not None)

@@ -19,6 +19,9 @@ class Press:
     #: the press changes the cache, so it needs a backend that implements PressTarget (backends that
     #: decide themselves what is attended, like ShadowKV, refuse such presses)
     acts_on_cache: bool = True
+    #: the press schedules and bounds every row by that row's own decode count (the `decoded` its hooks get),
+    #: so a row prefilled later may join a cache the press already acts on (continuous batching merges them)
+    per_row_schedule: bool = False
 
     def prepare(self, cache: PressTarget) -> None:
         """Called once on a fresh cache, before the prefill: request the optional state the press reads."""

@@ -84,11 +84,13 @@ class ScorerPress(Press):
         if self.uses_attention:
             cache.request_attention_sums()
 
+    per_row_schedule = True
+
     def after_prefill(self, cache: PressTarget, decoded) -> None:
         # Never evict at prefill. Only cap the capacity: no row can exceed budget + buffer, or its
         # prompt + buffer before its first compression, so growth never allocates slots that can
         # never be used.
-        self._cap(cache, int(cache.lengths(0).max()) + self.buffer)
+        self._cap(cache, decoded)
 
     def after_decode(self, cache: PressTarget, decoded: torch.Tensor) -> None:
         # lengths are equal across layers: every layer appends the same tokens and compresses the
@@ -101,11 +103,19 @@ class ScorerPress(Press):
         for layer in range(cache.num_layers):
             cache.keep(layer, rows, self.select(cache, layer, rows))
         self.compressions += len(rows)
-        self._cap(cache, int(cache.lengths(0).max()))
+        self._cap(cache, decoded)
 
-    def _cap(self, cache: PressTarget, longest: int) -> None:
-        """Hold the cache at max(budget + buffer, longest) slots and free the rest."""
-        cache.limit_capacity(max(self.budget + self.buffer, longest))
+    def _cap(self, cache: PressTarget, decoded: torch.Tensor) -> None:
+        """Hold the cache at the most any row can hold from now on, and free the rest.
+
+        A row holding n tokens reaches at most n + (buffer - decoded % buffer) before its next trigger, where
+        it is cut back to `budget` (or kept, if it holds no more), then grows by at most `buffer` again. Rows of
+        one cache may be at different points of that schedule (continuous batching merges them), so the
+        limit is per row: max(budget + buffer, max over rows of n + buffer - decoded % buffer). A row that was
+        prefilled with the others and just compressed gives budget + buffer; at the prefill, prompt + buffer.
+        """
+        ahead = cache.lengths(0) + self.buffer - decoded.to(cache.lengths(0).device) % self.buffer  # [B]
+        cache.limit_capacity(max(self.budget + self.buffer, int(ahead.max())))
 
     def select(self, cache: PressTarget, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """Slots to keep for `rows` [R] of `layer`: [R, Hkv, budget], in `self.order`, the window last."""
