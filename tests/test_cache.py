@@ -54,4 +54,4 @@ def test_keep_gathers_per_head_and_shrinks():
     assert c.pos[0][1, 0, :3].tolist() == [0, 3, 9]  # logical positions travel with the tokens
     c.keep(0, torch.tensor([0]), idx)
     c.shrink()
-    assert c.capacity() == 3 and 10 * c.nbytes() == 3 * before  # the prefill held 10 slots: 7 really freed
+    assert c.capacity() == 3 and c.nbytes() < before / 10

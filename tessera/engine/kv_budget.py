@@ -1,17 +1,17 @@
 """The most KV memory a request can hold: what admission under a KV-memory cap reserves.
 
 The dense cache holds a batch as `[B, Hkv, C, D]` per layer, so every row of one cache is padded to the
-cache's capacity C; the prefill allocates exactly the longest prompt, later growth comes in steps of
-`GROWTH` slots but never past the cache's limit (`PressTarget.limit_capacity`): a new cohort's cache is
-limited to its rows' bound (`Cohort`), and a press may lower that limit after the prefill. A press declares its limit in
+cache's capacity C; it grows in steps of `GROWTH` slots, the prefill's included, but never past the
+cache's limit (`PressTarget.limit_capacity`): a new cohort's cache is limited to its rows' bound before
+the prefill (`Cohort`), and a press may lower that limit after it. A press declares its limit in
 `after_prefill`; admission learns it *before* the prefill by running the press's `prepare` and
 `after_prefill` hooks on a probe that records what the press asks for (a query window, attention sums)
 and the capacity it sets. A press whose hooks read more than lengths gets no declared limit, which is
 still safe: a row never holds more than its prompt and its new tokens.
 
 Bounds in slots per row (S: prompt, N: max new tokens, P: positions):
-  no press limit:  min(S + N, P)     the row's last token; the last growth step stops there
-  press limit M:   max(S, M)         the prefill holds S, then the press holds the row at M
+  no press limit:  min(S + N, P)     the row's last token; growth stops there
+  press limit M:   max(S, M)         the prefill holds at least S, then the press holds the row at M
 For R-KV and its baselines M = max(budget, S) + buffer: a row compressed to `budget` grows by `buffer`
 decoded tokens before its next compression (a prompt above the budget waits for the first one), so a
 press-bounded request reserves exactly what it can hold, whatever its max tokens.

@@ -23,7 +23,7 @@ from tessera.kv.registry import register_backend
 
 __all__ = ["GROWTH", "DenseCache", "KVCache", "SparseDecodeCache", "StepContext", "prefill_attention"]
 
-#: slots a cache grows by at a time after the prefill (amortised copies; at most GROWTH - 1 unused slots per row)
+#: slots a cache grows by at a time (amortised copies; at most GROWTH - 1 unused slots held per row)
 GROWTH = 256
 
 
@@ -193,10 +193,9 @@ class DenseCache(KVCache, PressTarget):
         cap = self.capacity(layer)
         if needed <= cap:
             return
-        # grow in fixed steps: amortised copies, and no more than `growth` unused slots held. The first
-        # allocation (the prefill) holds exactly the prompt: a press sets its limit only after the prefill,
-        # so a growth step there would reserve slots the press may never let a row use.
-        new_cap = needed if cap == 0 else cap + max(self.growth, needed - cap)
+        # grow in fixed steps: amortised copies, and no more than `growth` unused slots held; never past
+        # a limit set before (the step engine sets one before the prefill: the rows' KV reservation)
+        new_cap = cap + max(self.growth, needed - cap)
         if self.max_capacity is not None and needed <= self.max_capacity:
             new_cap = min(new_cap, self.max_capacity)
         pad = new_cap - cap
