@@ -4,7 +4,10 @@ Two KV-compression methods decoding the same problems disagree on a handful of t
 a question about those discordant problems, not about two accuracies with their own noise. Per problem the
 outcome is a number in [0, 1] (1/0 for greedy, the mean over samples for sampling):
 - the sign test (exact two-sided binomial over the problems where the two differ; McNemar's exact test for
-  0/1 outcomes) says how surprising the split of wins and losses is if neither method were better;
+  0/1 outcomes) says how surprising the split of wins and losses is if neither method were better. With
+  fractional outcomes (means over samples) a problem counts as a win or a loss by the sign of the difference
+  of its two means, whatever its size (3/8 vs 2/8 weighs as much as 8/8 vs 0/8), and equal means are ties,
+  dropped: the test asks whether a problem's difference is as likely positive as negative, not how large it is;
 - the paired bootstrap resamples *problems* (both outcomes together) and gives a percentile interval for
   the difference of mean accuracy (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13).
 `compare` prints "A beats B" only when the interval excludes zero, and always prints the interval.
@@ -40,7 +43,10 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 4000, level: 
 
 def compare(name_a: str, a: dict, name_b: str, b: dict, n_boot: int = 4000, level: float = 0.95,
             digits: int = 1) -> dict:
-    """a, b: problem id -> outcome in [0, 1]. Compared on the problems both have. -> a summary with `line`,
+    """a, b: problem id -> outcome in [0, 1] (0/1, or a mean over samples). Compared on the problems both have.
+    Wins / losses: problems where a's outcome is above / below b's, by any amount; equal outcomes are ties, which
+    the sign test drops (so for means over samples it tests the sign of each problem's difference, not its
+    size; the bootstrap interval is about the size). -> a summary with `line`,
     the sentence to print: "W beats L by +x points (95% CI [lo, hi] ...)", the interval and the wins of the
     winner, or "A vs B: ..., no clear difference" when the interval contains zero. `digits`: decimals of the
     points (3 for per-token accuracies, whose differences are hundredths of a point)."""
@@ -69,8 +75,13 @@ def compare(name_a: str, a: dict, name_b: str, b: dict, n_boot: int = 4000, leve
             "diff": diff, "ci": [lo, hi], "level": level, "wins": wins, "losses": losses, "sign_p": p, "line": line}
 
 
-def proportion_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (95% at z = 1.96) of an accuracy `correct / n`; (0, 1) when n = 0."""
+def proportion_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% at z = 1.96) of an accuracy `correct / n`; (0, 1) when n = 0.
+
+    `correct` may be a sum of per-problem means over samples (outcomes in [0, 1]). The interval is then
+    conservative: an outcome x in [0, 1] with mean p has x^2 <= x, so its variance E[x^2] - p^2 is at most
+    p(1 - p), the 0/1 variance the Wilson interval assumes; averaging samples only lowers it. The paired
+    bootstrap of `compare`, which resamples the actual per-problem outcomes, does see the lower variance."""
     if n == 0:
         return 0.0, 1.0
     p = correct / n
