@@ -275,7 +275,7 @@ def _plot(path: Path, res: dict, weights: str | None = None, machine: str | None
     sampled = dec["mode"] != "greedy"
     ax.axhline(100 * full["accuracy"], color="black", ls=(0, (5, 3)), lw=1.2,
                label=f"FullKV {100 * full['accuracy']:.1f}% "
-                     f"({full['correct']:{'.1f' if sampled else ''}}/{full['n']})")
+                     f"({full['correct']:{'.2f' if sampled else ''}}/{full['n']})")
     budget = {v["fraction"]: v["budget"] for v in rows}
     ax.set_xscale("log")
     ax.set_xticks([100 * f for f in fracs], [f"{100 * f:.0f}%\n{budget[f]} tok" for f in fracs])
