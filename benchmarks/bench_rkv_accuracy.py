@@ -6,16 +6,16 @@ decode-time scheduler (`--buffer`, `--window`), greedy by default. `--sampling` 
 (default 8) seeded samples per problem, sample j of problem s drawn with request seed s and index j, so every
 method sees the same random stream per sample and reruns repeat it (`tessera.tasks.evaluate`); `--temperature`
 and `--top-p` override the paper's values. A problem's outcome is then the mean of its K samples; the point's
-accuracy is the mean over problems, and the paired statistics run on the per-problem means. Budgets are fractions of the average reference trace
-(`--fractions`) and/or absolute token counts (`--budgets`). FullKV runs in the same invocation, so every
-ratio is against a baseline from the same run and machine. The primary comparison is R-KV against the
+accuracy is the mean over problems, and the paired statistics run on the per-problem means. Budgets are
+fractions of the average reference trace (`--fractions`) and/or absolute token counts (`--budgets`). FullKV
+runs in the same invocation, so every ratio is against a baseline from the same run and machine. The primary comparison is R-KV against the
 authors' own baselines (`rkv-snapkv`: R-KV at lambda = 1, `rkv-h2o`: the last query's attention); our
 paper-style `snapkv`, `streamingllm`, `h2o` run beside them.
 
 Resumable and shardable: every finished problem is appended to `<work-dir>/<point>.<shard>.jsonl` (sampled:
 `<point>.s<K>_t<T>_p<P>.<shard>.jsonl`, so greedy and sampled runs, or two sampling settings, never share a
-file; a record of another mode in a file is refused), and a rerun skips the problems any shard already wrote. `--shard i/k` takes every k-th *problem* (all points), so
-shards finish with complete pairs. `--teacher-forced` also feeds each reference trace through the press and
+file; a record of another mode in a file is refused), and a rerun skips the problems any shard already
+wrote. `--shard i/k` takes every k-th *problem* (all points), so shards finish with complete pairs. `--teacher-forced` also feeds each reference trace through the press and
 records the per-token error and the first divergence (`tessera.tasks.teacher_forced`), a low-variance
 second metric. `--report` merges whatever exists into `<out>.json`, `.md` and `.png`: accuracy with a 95%
 interval per point, and paired comparisons (sign test and bootstrap interval per problem,
