@@ -1,5 +1,7 @@
 """Batched engine: equivalence with per-sequence and cache-free decoding, sampling, stopping, errors."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -38,8 +40,11 @@ def test_sampling_is_seeded_and_independent_of_batch(llm):
     a = llm.generate(PROMPTS, sp).completions
     b = llm.generate(PROMPTS, sp).completions
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
-    alone = llm.generate(PROMPTS[:1], sp).completions[0]
-    assert alone.token_ids == a[0].token_ids
+    for i, prompt in enumerate(PROMPTS):  # every position, not just the first: the seed is per request
+        alone = llm.generate([prompt], sp).completions[0]
+        assert alone.token_ids == a[i].token_ids
+    n2 = llm.generate(PROMPTS[1:2], replace(sp, n=2)).completions  # sample j of a prompt: the same stream
+    assert n2[0].token_ids == a[1].token_ids and n2[1].token_ids != n2[0].token_ids
     other = llm.generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0.9, seed=8, ignore_eos=True))
     assert [c.token_ids for c in other.completions] != [c.token_ids for c in a]
 

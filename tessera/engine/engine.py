@@ -175,7 +175,9 @@ class LLM:
         k = 0
         for p, sp in zip(ids, params):
             for _ in range(sp.n):
-                engine.add_request(p, sp, press, kv, kv_options, request_id=str(k), index=k)
+                # the sample's index within its prompt seeds it, as in vLLM: a seeded request samples the same
+                # tokens alone or beside any other prompts
+                engine.add_request(p, sp, press, kv, kv_options, request_id=str(k), index=sample_index[k])
                 k += 1
         comps: list[Completion | None] = [None] * n_total
         bar = _progress(use_tqdm, n_total)
