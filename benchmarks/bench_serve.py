@@ -1,5 +1,8 @@
-"""Serving under load: a bounded load generator against `tessera serve` (a real HTTP server on 127.0.0.1,
-the same process), streaming every request to time it.
+"""Serving under load: a bounded load generator against `tessera serve` (a real HTTP server on 127.0.0.1 in
+this process, so the benchmark can read the engine's counters), streaming every request to time it. The
+load generator runs in a process of its own (`--client process`, the default), as clients do: in the
+server's process its parsing of every streamed chunk would hold the interpreter lock the engine's thread
+needs between steps.
 
 A fixed number of requests (`--requests`): held-out reasoning problems of mixed difficulty, so prompts and
 outputs have mixed lengths; each asks for up to 1.25 x its reference solution's length + 32 tokens,
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -97,6 +101,10 @@ async def drive(url: str, bodies: list[dict], gaps: list[float], static_batch: i
         return out
 
 
+def drive_sync(url: str, bodies: list[dict], gaps: list[float], static_batch: int | None) -> list[dict]:
+    return asyncio.run(drive(url, bodies, gaps, static_batch))
+
+
 def summarize(name: str, runs: list[dict], correct: int) -> dict:
     t_start = min(r["arrival"] for r in runs)
     t_end = max(r["end"] for r in runs)
@@ -124,6 +132,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenarios", default="continuous,static,full KV cap,R-KV cap")
+    ap.add_argument("--client", choices=("process", "thread"), default="process",
+                    help="run the load generator in a process of its own (default) or in the server's process")
     ap.add_argument("--out", default="benchmarks/results/serve_cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,6 +171,8 @@ def main():
     scenarios = {"continuous": (None, {}, None, max_running), "static": (None, {}, args.static_batch, None),
                  "full KV cap": (cap, fixed, None, None), "R-KV cap": (cap, rkv | fixed, None, None)}
     rows = []
+    # one client process for every scenario (spawned once: its imports stay out of the timings)
+    pool = multiprocessing.get_context("spawn").Pool(1) if args.client == "process" else None
     for name in args.scenarios.split(","):
         kv_cap, extra, static, most = scenarios[name]
         app = build_app(llm, "tiny-reasoner", kv_cap_bytes=kv_cap, max_running=most)
@@ -169,7 +181,8 @@ def main():
                                                       "max_tokens": 4})  # warm-up
             st = app.state.engine.engine.stats
             before = (st.generated_tokens - st.batch_first_tokens, st.decode_steps, st.decode_s)
-            runs = asyncio.run(drive(url, bodies(extra), gaps, static))
+            job = (url, bodies(extra), gaps, static)
+            runs = pool.apply(drive_sync, job) if pool is not None else drive_sync(*job)
             decoded, steps = st.generated_tokens - st.batch_first_tokens - before[0], st.decode_steps - before[1]
             decode_s, peak = st.decode_s - before[2], st.peak_kv_bytes
         correct = None if extra.get("ignore_eos") else sum(score(p, r["text"]) for p, r in zip(problems, runs))
@@ -177,6 +190,9 @@ def main():
                                                       "mean_batch": decoded / steps if steps else 0.0,
                                                       "ms_per_decode_step": 1e3 * decode_s / steps if steps else 0.0})
         print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    if pool is not None:
+        pool.close()
+        pool.join()
     by = {r["scenario"]: r for r in rows}
     if "static" in by and "continuous" in by:
         by["continuous"]["throughput_vs_static"] = by["continuous"]["throughput_tok_s"] / by["static"]["throughput_tok_s"]
@@ -188,7 +204,8 @@ def main():
             "model": "embedded tiny-reasoner (stage 4 weights), fp32", "requests": args.requests,
             "arrivals": args.arrivals, "rate_per_s": args.rate if args.arrivals == "poisson" else None,
             "difficulties": [lo, hi], "static_batch": args.static_batch, "max_running": max_running,
-            "kv_cap_bytes": cap, "cap_requests": args.cap_requests, "rkv": rkv, "median_request_tokens": median_len,
+            "client": args.client, "kv_cap_bytes": cap, "cap_requests": args.cap_requests, "rkv": rkv,
+            "median_request_tokens": median_len,
             "load_average_1min": os.getloadavg()[0], "seed": args.seed,
             "note": ("shared machine: other jobs were using the same cores" if os.getloadavg()[0] > 2 else
                      "quiet machine") + ", so absolute figures move between runs; the ratios compare scenarios of one run"}
@@ -207,21 +224,23 @@ def main():
         md += ["Why this load: the throughput targets ask about a saturated engine, so every request arrives at "
                "once and waits in the queue until a row is free; with Poisson arrivals at a low rate the engine idles "
                "between arrivals and throughput follows the offered load (`--arrivals poisson --rate R` still gives "
-               "that). " + ("Continuous batching runs at most as many requests as a static batch, so the ratio measures "
+               "that). " + ("Continuous batching runs at most as many requests as a static batch, so the ratio "
+                            "measures "
                             "refilling the places of finished requests at once, not a larger batch" if max_running ==
                             args.static_batch else f"Continuous batching runs up to {max_running or 'all'} requests at "
                             f"once against static batches of {args.static_batch}, so the ratio includes the larger "
                             "batch") + "; under the KV cap only the cap limits how many requests run, which is where "
                "R-KV's smaller reservation shows.", ""]
-    md += ["| scenario | tokens/s | vs baseline | TTFT P50 / P99 (s) | TPOT P50 / P99 (ms) | makespan (s) | decode steps "
-           "| mean batch | ms / step | peak KV (MiB) | correct |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    md += ["| scenario | tokens/s | vs baseline | TTFT P50 / P99 (s) | TPOT P50 / P99 (ms) | makespan (s) "
+           "| decode steps | mean batch | ms / step | peak KV (MiB) | correct |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r.get("throughput_vs_static") or r.get("throughput_vs_full_kv_cap")
         base = " (vs static)" if "throughput_vs_static" in r else " (vs full KV, cap)" if ratio else ""
         ok = "- (EOS ignored)" if r["correct"] is None else f"{r['correct']}/{r['requests']}"
         md.append(f"| {r['scenario']} | {r['throughput_tok_s']:.0f} | {f'{ratio:.2f}x{base}' if ratio else '-'} | "
                   f"{r['ttft_p50_s']:.2f} / {r['ttft_p99_s']:.2f} | {1e3 * r['tpot_p50_s']:.1f} / "
-                  f"{1e3 * r['tpot_p99_s']:.1f} | {r['makespan_s']:.1f} | {r['decode_steps']} | {r['mean_batch']:.2f} | "
+                  f"{1e3 * r['tpot_p99_s']:.1f} | {r['makespan_s']:.1f} | {r['decode_steps']} | "
+                  f"{r['mean_batch']:.2f} | "
                   f"{r['ms_per_decode_step']:.2f} | {r['peak_kv_mib']:.2f} | "
                   f"{ok} |")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
