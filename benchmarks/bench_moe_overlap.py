@@ -26,7 +26,7 @@ GEMM; the schedules run interleaved per repetition, with garbage collection held
 Model: `tessera.distributed.moe_perfmodel_cpu.breakdown(settings)` (`model_prediction`), from primitives
 timed alone in the same run (`_parts`: the host steps on this rank's data, all-to-all and pairwise exchange
 at the sizes `message_bytes` asks for), never from a schedule's total; printed beside the emulated medians
-with its parts.
+with its parts. The primitives' per-repetition samples are passed as they are: the model resamples them.
 
     PYTHONPATH=. python benchmarks/bench_moe_overlap.py [--world 2] [--reps 41]
 Writes benchmarks/results/moe_overlap_cpu.{json,md} (or --out DIR).
@@ -339,21 +339,33 @@ def _common_start(margin: float = 3e-3) -> float:
     return start
 
 
-def _timed(fns: dict, reps: int, late: list) -> dict[str, list[float]]:
-    """Seconds from the common start to this rank's end, per repetition, the functions interleaved (a slow
-    spell of the machine hits all of them alike); garbage collection held off while timing."""
+def _timed(fns: dict, reps: int, hooks: dict | None = None) -> dict[str, list[list[float]]]:
+    """Per repetition [seconds from the common start to this rank's end, how late this rank started], the
+    functions interleaved (a slow spell of the machine hits all of them alike); garbage collection held off.
+    `hooks[k]` = (before, after), untimed, around function k (e.g. posting a receive, waiting for it)."""
+    hooks = hooks or {}
     times = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()  # warm-up
+
+    def once(k, fn):
+        before, after = hooks.get(k, (None, None))
+        if before:
+            before()
+        start = _common_start()
+        late = time.perf_counter() - start
+        fn()
+        t = time.perf_counter() - start
+        if after:
+            after()
+        return [t, late]
+
+    for k, fn in fns.items():  # warm-up
+        once(k, fn)
     gc.collect()
     gc.disable()
     try:
         for _ in range(reps):
             for k, fn in fns.items():
-                start = _common_start()
-                late.append(time.perf_counter() - start)
-                fn()
-                times[k].append(time.perf_counter() - start)
+                times[k].append(once(k, fn))
     finally:
         gc.enable()
     return times
@@ -368,7 +380,7 @@ def _max_rows(rc: list[int]) -> int:
     return int(t.item())
 
 
-def _parts(r: Rank, reps: int, late: list) -> dict[str, list[float]]:
+def _parts(r: Rank, reps: int) -> dict[str, list[list[float]]]:
     """The model's primitives, each timed alone on every rank at once: all-to-all and pairwise exchange at
     the sizes the model reads, and the schedules' host steps on this rank's data."""
     import torch.distributed as dist
@@ -407,18 +419,38 @@ def _parts(r: Rank, reps: int, late: list) -> dict[str, list[float]]:
         send = torch.randn(W * n)
         return lambda: _a2a(send, [n] * W, [n] * W)
 
-    def exchange(nbytes):  # what COMET's communication thread does: pre-posted receive, then a blocking send
-        send, recv = torch.randn(max(1, round(nbytes / 4))), torch.empty(max(1, round(nbytes / 4)))
+    def exchange(nbytes, posted: bool, send_only: bool = False):
+        """What COMET's communication thread does: a blocking send to rank me-1 and the receive of rank me+1's
+        message, the receive posted just before (the rows of layer0) or long before (the partial sums of
+        layer1, whose receives are posted when the thread starts: no ready-to-receive round trip); timed to
+        the receive's end, or (`send_only`) to the send's return, the receive waited after the clock stops."""
+        n = max(1, round(nbytes / 4))
+        send, recv = torch.randn(n), torch.empty(n)
+        pending = []
+
+        def post():
+            pending.append(dist.irecv(recv, src=(me + 1) % W, tag=7))
 
         def fn():
-            work = dist.irecv(recv, src=(me + 1) % W, tag=7)
+            work = pending.pop() if posted else dist.irecv(recv, src=(me + 1) % W, tag=7)
             dist.send(send, dst=(me - 1) % W, tag=7)
-            work.wait()
-        return fn
+            if send_only:
+                pending.append(work)
+            else:
+                work.wait()
+
+        def finish():  # a gloo receive is waited exactly once
+            while pending:
+                pending.pop().wait()
+        return fn, ((post, finish) if posted else (None, None))
 
     fns |= {f"a2a/{int(b)}": a2a(b) for b in sizes["a2a"]}
-    fns |= {f"p2p/{int(b)}": exchange(b) for b in sizes["p2p"]}
-    return _timed(fns, reps, late)
+    hooks = {}
+    for key in ("p2p", "p2p_posted", "send_posted"):
+        for b in sizes[key]:
+            k = f"{key}/{int(b)}"
+            fns[k], hooks[k] = exchange(b, key != "p2p", key == "send_posted")
+    return _timed(fns, reps, hooks)
 
 
 def _job(name: str, reps: int):
@@ -434,46 +466,56 @@ def _job(name: str, reps: int):
     calib = calibrate(r)
     out["per_row_s"] = calib
     out["sleep"] = _sleep_tail(r)
-    late = []
     for mode in ("emulated", "real"):
         r.per_row = calib if mode == "emulated" else None
-        times = _timed({sched: functools.partial(SCHEDULE_FNS[sched], r) for sched in SCHEDULES}, reps, late)
+        times = _timed({sched: functools.partial(SCHEDULE_FNS[sched], r) for sched in SCHEDULES}, reps)
         out |= {f"{mode}/{k}": v for k, v in times.items()}
     r.per_row = calib
-    out |= _parts(r, reps, late)
-    out["start_late_max_us"] = max(late) * 1e6
+    out |= _parts(r, reps)
     out["rows_received"] = _max_rows(_counts(_plan(r, torch.arange(r.s["T"]))[4]))
     return out
 
 
 def summarize(per_rank: list[dict]) -> dict:
-    """Per repetition the slowest rank counts (the layer ends when every rank has its output)."""
+    """Per repetition the slowest rank counts: a host step ends when the slowest rank has done it (its own
+    start to its end), a collective or a whole layer when the last rank is through, counted from the last
+    rank's start (a rank that started late keeps the others waiting, which is not the layer's time)."""
     res = {}
     for key, v in per_rank[0].items():
-        if not isinstance(v, list) or key == "per_row_s":
+        if not (isinstance(v, list) and v and isinstance(v[0], list)):
             continue
-        t = [max(r[key][i] for r in per_rank) for i in range(len(v))]
+        if key.startswith("host/"):
+            t = [max(r[key][i][0] - r[key][i][1] for r in per_rank) for i in range(len(v))]
+        else:
+            t = [max(r[key][i][0] for r in per_rank) - max(r[key][i][1] for r in per_rank) for i in range(len(v))]
         q = statistics.quantiles(t, n=4)
-        res[key] = {"median_s": statistics.median(t), "q1_s": q[0], "q3_s": q[2], "min_s": min(t), "max_s": max(t)}
+        res[key] = {"median_s": statistics.median(t), "q1_s": q[0], "q3_s": q[2], "min_s": min(t), "max_s": max(t),
+                    "samples_s": t}
+    late = [x[1] for r in per_rank for k, v in r.items() if isinstance(v, list) and v and isinstance(v[0], list)
+            for x in v]
+    res["start_late_us"] = {"median": statistics.median(late) * 1e6, "max": max(late) * 1e6}
     return res
 
 
 def model_settings(name: str, world: int, res: dict, per_row: list[float], rows: int) -> dict:
-    """The model's inputs from this run's measured primitives (medians of the slowest rank)."""
-    med = {k: v["median_s"] for k, v in res.items() if isinstance(v, dict) and "median_s" in v}
-    return {**SETTINGS[name], "world": world, "per_row_s": per_row, "rows": rows,
-            "a2a_s": sorted([int(k.split("/")[1]), t] for k, t in med.items() if k.startswith("a2a/")),
-            "p2p_s": sorted([int(k.split("/")[1]), t] for k, t in med.items() if k.startswith("p2p/")),
-            "host_s": {k.split("/")[1]: t for k, t in med.items() if k.startswith("host/")}}
+    """The model's inputs from this run's primitives: per repetition the slowest rank's seconds."""
+    samples = {k: v["samples_s"] for k, v in res.items() if isinstance(v, dict) and "samples_s" in v}
+
+    def curve(prefix):
+        return sorted([int(k.split("/")[1]), t] for k, t in samples.items() if k.startswith(prefix + "/"))
+    return {**SETTINGS[name], "world": world, "per_row_s": per_row, "rows": rows, "a2a_s": curve("a2a"),
+            "p2p_s": curve("p2p"), "p2p_posted_s": curve("p2p_posted"), "send_posted_s": curve("send_posted"),
+            "host_s": {k.split("/")[1]: t for k, t in samples.items() if k.startswith("host/")}}
 
 
 def model_prediction(settings: dict) -> dict:
-    """The CPU performance model (`tessera.distributed.moe_perfmodel_cpu.breakdown`) for the settings
-    `model_settings` builds from this run's primitives: per schedule the predicted seconds ('time') and the
-    parts it adds; compared with the `emulated` medians."""
-    from tessera.distributed.moe_perfmodel_cpu import breakdown
+    """The CPU performance model (`tessera.distributed.moe_perfmodel_cpu`) for the settings `model_settings`
+    builds from this run's primitives: per schedule the prediction ('time': the median over resampled
+    repetitions) and the parts at their medians ('median_parts', with the sum of those medians as 'time')."""
+    from tessera.distributed.moe_perfmodel_cpu import breakdown, moe_overlap_prediction
 
-    return breakdown(settings)
+    pred, parts = moe_overlap_prediction(settings), breakdown(settings)
+    return {k: {"time": pred[k], "median_parts": parts[k]} for k in pred}
 
 
 def _ms(v: dict) -> str:
@@ -499,25 +541,27 @@ def write_md(path: str, doc: dict) -> None:
               f"{r['calibrated']['gemm1_ms']:.2f} ms over {r['calibrated']['rows']} rows. Emulated GEMMs: sleep "
               f"wakes {sl['sleep_late_us']:.0f} us late (timer slack 1 ns: {r['timer_slack_1ns']}), the last "
               f"{sl['tail_us']:.0f} us are spun, landing {sl['emulated_err_us']:.1f} us late (median, worst "
-              f"{sl['emulated_err_max_us']:.0f} us). Latest rank start {r['start_late_max_us']:.0f} us after the "
-              "common instant. Real-compute outputs vs sequential: max |diff| "
+              f"{sl['emulated_err_max_us']:.0f} us). Ranks started {r['start_late_us']['median']:.0f} us (median; worst "
+              f"{r['start_late_us']['max']:.0f} us) after the common instant. Real-compute outputs vs sequential: max |diff| "
               + ", ".join(f"{k} {v:.1e}" for k, v in r["check"].items()) + ".", "",
-              "| mode | schedule | median ms | [q1, q3] ms | min ms | vs sequential (medians) | model ms | model / measured |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| mode | schedule | median ms | [q1, q3] ms | min ms | vs sequential (medians) | model ms | model / measured "
+              "| sum of median parts ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for mode in ("emulated", "real"):
             base = r[f"{mode}/sequential"]["median_s"]
             for sched in SCHEDULES:
                 v = r[f"{mode}/{sched}"]
-                pred = r["model"][sched]["time"] if mode == "emulated" else None
+                m = r["model"][sched] if mode == "emulated" else None
                 L.append(f"| {mode} | {sched} | {v['median_s'] * 1e3:.2f} | [{v['q1_s'] * 1e3:.2f}, {v['q3_s'] * 1e3:.2f}] "
                          f"| {v['min_s'] * 1e3:.2f} | {base / v['median_s']:.2f}x | "
-                         + ("- | - |" if pred is None else f"{pred * 1e3:.2f} | {pred / v['median_s']:.2f} |"))
+                         + ("- | - | - |" if m is None else f"{m['time'] * 1e3:.2f} | {m['time'] / v['median_s']:.2f} | "
+                            f"{m['median_parts']['time'] * 1e3:.2f} |"))
         L += ["", "Primitives (each alone, both ranks at once, slowest rank), ms median [q1, q3]: "
-              + "; ".join(f"`{k}` {_ms(v)}" for k, v in r.items() if k.startswith(("host/", "a2a/", "p2p/")))
+              + "; ".join(f"`{k}` {_ms(v)}" for k, v in r.items() if k.startswith(("host/", "a2a/", "p2p", "send_posted/")))
               + " (a2a/p2p keys: bytes sent per rank).", "",
-              "Model parts, ms: " + "; ".join(
-                  f"{sched}: " + ", ".join(f"{k} {t * 1e3:.2f}" for k, t in parts.items() if k != "time")
-                  for sched, parts in r["model"].items()) + ".", ""]
+              "Model parts at the primitives' medians, ms: " + "; ".join(
+                  f"{sched}: " + ", ".join(f"{k} {t * 1e3:.2f}" for k, t in m["median_parts"].items() if k != "time")
+                  for sched, m in r["model"].items()) + ".", ""]
     L += ["## Notes", "", *doc["notes"]]
     with open(path, "w") as fh:
         fh.write("\n".join(L) + "\n")
@@ -532,7 +576,10 @@ NOTES = [
     "their numerics and order; scripts/gpu_checks/comet.py runs them compiled).",
     "- Model column: `tessera.distributed.moe_perfmodel_cpu.moe_overlap_prediction` composed from the primitives "
     "of the same run (GEMM seconds per row, all-to-all and exchange times at the schedules' message sizes, the "
-    "host steps), never from a schedule's own total; docs/comet.md explains each schedule's formula.",
+    "host steps), never from a schedule's own total: the median of layers composed from resampled repetitions of "
+    "each step; 'sum of median parts' composes the steps' medians instead (the steps are heavy-tailed: on this VM "
+    "a hand-off between threads or processes often waits about one 4 ms kernel tick). docs/comet.md explains "
+    "each schedule's formula.",
     "- gloo over loopback is ~100x slower per byte than NVLink and a GPU's GEMMs ~100x faster than one core: the "
     "ratio of communication to compute here was chosen, not inherited from any GPU setting.",
 ]
@@ -561,7 +608,6 @@ def main():
             res["check"] = {k: max(r["check"][k] for r in per_rank) for k in per_rank[0]["check"]}
             res["sleep"] = {k: max(r["sleep"][k] for r in per_rank) for k in per_rank[0]["sleep"]}
             res["timer_slack_1ns"] = all(r["timer_slack_1ns"] for r in per_rank)
-            res["start_late_max_us"] = max(r["start_late_max_us"] for r in per_rank)
             res["model_settings"] = model_settings(name, args.world, res, [g0, g1], rows)
             res["model"] = model_prediction(res["model_settings"])
             results[name] = res

@@ -12,12 +12,14 @@ BASE = {"T": 256, "k": 2, "E": 8, "H": 1024, "I": 16, "world": 2, "chunks": 2, "
 
 
 def settings(a2a=(2e-4, 1e-9), p2p=(1.5e-4, 1e-9), host=1e-4, per_row=(2e-6, 1.3e-6), rows=512, **kw) -> dict:
-    """Synthetic inputs: all-to-all and exchange curves alpha + bytes * beta at the model's own sizes, every
-    host part `host` seconds (or a dict)."""
+    """Synthetic inputs: all-to-all and exchange curves alpha + bytes * beta at the model's own sizes (a send
+    to a posted receive half the exchange), every host part `host` seconds (or a dict)."""
     s = {**BASE, "per_row_s": list(per_row), "rows": rows, **kw}
     sizes = mc.message_bytes(s)
     s["a2a_s"] = [[b, a2a[0] + a2a[1] * b] for b in sizes["a2a"]]
     s["p2p_s"] = [[b, p2p[0] + p2p[1] * b] for b in sizes["p2p"]]
+    s["p2p_posted_s"] = [[b, p2p[0] + p2p[1] * b] for b in sizes["p2p_posted"]]
+    s["send_posted_s"] = [[b, (p2p[0] + p2p[1] * b) / 2] for b in sizes["send_posted"]]
     s["host_s"] = host if isinstance(host, dict) else dict.fromkeys(mc.HOST_PARTS, host)
     return s
 
@@ -50,19 +52,37 @@ def test_missing_inputs_are_named():
 
 
 def test_the_model_reads_its_curves_only_at_the_sizes_it_asks_for(monkeypatch):
-    """The benchmark measures exactly `message_bytes`; the breakdown must not read anywhere else."""
+    """The benchmark measures exactly `message_bytes`; the model must not read anywhere else."""
     s = settings()
-    asked, real = [], mc.interp
+    asked, real = [], mc._Inputs.curve
 
-    def spy(points, x):
-        asked.append((id(points), x))
-        return real(points, x)
+    def spy(self, key, nbytes):
+        asked.append((key, nbytes))
+        return real(self, key, nbytes)
 
-    monkeypatch.setattr(mc, "interp", spy)
+    monkeypatch.setattr(mc._Inputs, "curve", spy)
     mc.breakdown(s)
     sizes = mc.message_bytes(s)
-    for pid, x in asked:
-        assert x in (sizes["a2a"] if pid == id(s["a2a_s"]) else sizes["p2p"])
+    assert {k for k, _ in asked} == set(mc.CURVES)
+    for key, x in asked:
+        assert x in sizes[key.removesuffix("_s")], (key, x)
+
+
+def test_samples_resampled_median_and_the_scalar_limit():
+    """Constant samples give the scalar answer; heavy-tailed steps put the median of the sum above the sum
+    of the medians (what the resampling is for); a fixed seed gives a fixed answer."""
+    s = settings()
+    scalar = mc.moe_overlap_prediction(s)
+    const = {**s, "host_s": {k: [v] * 7 for k, v in s["host_s"].items()}}
+    assert mc.moe_overlap_prediction(const) == pytest.approx(scalar)
+    tail = {**s, "host_s": {k: [v, v, v, 20 * v, 20 * v] for k, v in s["host_s"].items()}}
+    medians = {k: v["time"] for k, v in mc.breakdown(tail).items()}
+    assert medians == pytest.approx(scalar)  # every host part's median is still v
+    got = mc.moe_overlap_prediction(tail, draws=400)
+    assert all(got[k] > medians[k] for k in got)
+    assert mc.moe_overlap_prediction(tail, draws=400) == got
+    with pytest.raises(ValueError, match="no samples"):
+        mc.moe_overlap_prediction({**s, "host_s": {**s["host_s"], "plan": []}})
 
 
 @pytest.mark.parametrize("world,chunks,blocks", [(2, 2, 4), (2, 4, 1), (4, 3, 2)])
@@ -81,7 +101,9 @@ def test_without_communication_each_schedule_adds_its_host_steps():
     t = mc.moe_overlap_prediction(s)
     assert t["sequential"] == pytest.approx(compute + h["plan"] + h["zeros"] + h["combine"])
     assert t["pipelined"] == pytest.approx(compute + C * h["plan_chunk"] + h["zeros"] + C * h["combine_chunk"])
-    assert t["comet"] == pytest.approx(compute + h["plan"] + h["comet_prep"] + h["thread"] + nb * W * h["partial"]
+    # the communication thread starts while the own rows compute (shorter here: hidden)
+    assert h["thread"] < s["per_row_s"][0] * s["rows"] / W
+    assert t["comet"] == pytest.approx(compute + h["plan"] + h["comet_prep"] + nb * W * h["partial"]
                                        + nb * h["add_block"] + (W - 1) * nb * h["add_block"])
 
 
@@ -110,26 +132,30 @@ def test_pipelined_between_overlap_bounds_and_the_chain(seed):
         assert t <= h + C * (d + g + b + red) + 1e-12
 
 
-def _layer1_list_schedule(g_peers: list[float], g_own: float, send: float, blocks: int) -> float:
+def _layer1_list_schedule(g_peers: list[float], g_own: float, send: float, blocks: int, deliver: float) -> float:
     """The code's order step by step: per block each peer's part is computed and queued, then the own part;
-    the communication thread sends the queue in order, one send of `send` seconds per peer and block."""
-    t, comm = 0.0, 0.0
+    the communication thread sends the queue in order, one send of `send` seconds per peer and block; the
+    last block's sums have landed `deliver` after their send started."""
+    t, comm, last_start = 0.0, 0.0, 0.0
     for _ in range(blocks):
         for gp in g_peers:
             t += gp
-            comm = max(comm, t) + send
+            last_start = max(comm, t)
+            comm = last_start + send
         t += g_own
-    return max(t, comm)
+    return max(t, comm, last_start + deliver)
 
 
 def test_layer1_closed_form_is_the_list_schedule():
     rng = random.Random(3)
     for _ in range(300):
         gp, go, c, nb = rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 3), rng.randint(1, 8)
-        assert mc.layer1_end(gp + go, go, c, nb) == pytest.approx(_layer1_list_schedule([gp], go, c, nb))
+        x = c + rng.uniform(0, 2)
+        assert mc.layer1_end(gp + go, go, c, nb) == pytest.approx(_layer1_list_schedule([gp], go, c, nb, c))
+        assert mc.layer1_end(gp + go, go, c, nb, x) == pytest.approx(_layer1_list_schedule([gp], go, c, nb, x))
         # W > 2: the peers' sends as one stage released after all peers' parts: never optimistic
         W = rng.randint(3, 6)
-        want = _layer1_list_schedule([gp] * (W - 1), go, c, nb)
+        want = _layer1_list_schedule([gp] * (W - 1), go, c, nb, c)
         assert mc.layer1_end((W - 1) * gp + go, go, (W - 1) * c, nb) >= want - 1e-12
 
 
@@ -149,6 +175,7 @@ def test_no_schedule_beats_its_compute_or_its_exposed_communication(seed):
     cm = bd["comet"]  # the peers' rows must arrive before they are computed
     assert cm["layer0"] >= cm["rows_exchange"] + s["per_row_s"][0] * s["rows"] / s["world"] - 1e-12
     assert cm["layer1"] >= s["blocks"] * cm["block_send"] - 1e-12
+    assert cm["layer1"] >= (s["per_row_s"][1] * s["rows"] + s["blocks"] * s["world"] * s["host_s"]["partial"]) - 1e-12
 
 
 def test_monotonic_in_every_input():
@@ -159,7 +186,7 @@ def test_monotonic_in_every_input():
               "host": {k: rng.uniform(0, 3e-4) for k in mc.HOST_PARTS},
               "per_row": (rng.uniform(1e-7, 5e-6), rng.uniform(1e-7, 5e-6))}
         base = mc.moe_overlap_prediction(settings(**kw))
-        bumps = [{**kw, "a2a": (kw["a2a"][0] * 1.5, kw["a2a"][1] * 1.5)},
+        bumps = [{**kw, "a2a": (kw["a2a"][0] * 1.5, kw["a2a"][1] * 1.5)}, 
                  {**kw, "p2p": (kw["p2p"][0] * 1.5, kw["p2p"][1] * 1.5)},
                  {**kw, "per_row": (kw["per_row"][0] * 1.5, kw["per_row"][1])},
                  {**kw, "per_row": (kw["per_row"][0], kw["per_row"][1] * 1.5)},
