@@ -1,24 +1,12 @@
 """benchmarks/bench_disagg_emulated.py: the pure parts of its prediction (no processes): the link's share of a
 probe's round trip, the busy-time windows, the simulator's inputs for batched and unbatched expert calls."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_modules import load_benchmark
 
 from tessera.parallel.disagg import pingpong
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"benchmarks/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules[name] = mod
-    return mod
-
-
-B = _load("bench_disagg_emulated")
+B = load_benchmark("bench_disagg_emulated")
 FITS = {"k1": 40e-6, "k2": 240e-6, "k3": 2.6e-6, "k4": 1.1e-3, "layers": 4, "hidden": 256, "top_k": 2, "act_bytes": 4}
 
 

@@ -1,21 +1,9 @@
 """benchmarks/gemm_bounds.py: the ceiling is the library's time over the larger of the DRAM and int8 bounds."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_modules import load_benchmark
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"benchmarks/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules[name] = mod
-    return mod
-
-
-bench_gemm, gemm_bounds = _load("bench_gemm"), _load("gemm_bounds")
+bench_gemm, gemm_bounds = load_benchmark("bench_gemm"), load_benchmark("gemm_bounds")
 
 
 def _row(path, M, ms, N=1000, K=2000, mode="cold"):

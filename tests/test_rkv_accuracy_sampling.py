@@ -2,7 +2,6 @@
 accuracy over samples): seeded samples per problem that do not depend on the batch, the per-problem records,
 resume, modes that never mix, the greedy path as before, and the statistics on per-problem means."""
 
-import importlib.util
 import json
 import random
 from dataclasses import replace
@@ -11,19 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from bench_modules import load_benchmark
 
 from tessera.config import SamplingParams
 from tessera.tasks.paired import compare, proportion_interval
 
-ROOT = Path(__file__).parents[1]
 SEEDS = [1_000_000, 1_000_001, 1_000_002]  # held-out problems; difficulty 2 keeps prompts ~40 tokens
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rkv_accuracy", ROOT / "benchmarks/bench_rkv_accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_rkv_accuracy")
 
 
 @pytest.fixture(scope="module")
