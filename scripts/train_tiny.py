@@ -199,6 +199,9 @@ def main():
                     help="budget in optimizer steps instead of minutes (a loaded machine then takes longer, not "
                          "fewer steps); warm-up is --warmup-seconds / 2 steps, the curriculum the first "
                          "--curriculum-minutes / --minutes of them")
+    ap.add_argument("--first-problem", type=int, default=0,
+                    help="seed of the first training problem: a later stage can start past the problems the earlier "
+                         "ones drew, and so see new ones (held-out problems start at 1,000,000)")
     ap.add_argument("--capacity-factor", type=float, default=1.25,
                     help="MoE: expert slots per expert during training, in units of the even share T k / E")
     ap.add_argument("--eval-every", type=int, default=50, help="teacher-forced held-out evaluation every N steps")
@@ -240,7 +243,7 @@ def main():
     model.to(args.device)
     fwd = model if args.no_compile else torch.compile(model, dynamic=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
-    state = {"step": 0, "elapsed": 0.0, "next_seed": 0, "tokens": 0, "induction_steps": 0}
+    state = {"step": 0, "elapsed": 0.0, "next_seed": args.first_problem, "tokens": 0, "induction_steps": 0}
     ckpt = work / "ckpt.pt"
     if args.resume and ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False)
