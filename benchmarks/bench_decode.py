@@ -11,7 +11,8 @@ measured in the same run on the same machine. Writes `<out>.json` and `<out>.md`
     python benchmarks/bench_decode.py --model moe --batch-sizes 1,8,32 --out benchmarks/results/decode_moe
 
 `--quant`: one Tessera engine per listed mode (NGEMM int8 / int4-weight linears, lm_head stays fp;
-`fused`: fp with q/k/v and gate/up fused, `tessera.quant.fuse_projections`; `w8a8-unfused` /
+`compiled`: fp with the decode step as one torch.compile graph, `LLM(..., compile=True)`, compiled in the
+warm-up, outside the timing; `fused`: fp with q/k/v and gate/up fused, `tessera.quant.fuse_projections`; `w8a8-unfused` /
 `w4a8-unfused`: quantized without that fusion), all timed in the same run
 against the same fp transformers baseline; "identical outputs" then counts sequences equal to
 transformers' fp tokens, which quantization may change.
@@ -42,7 +43,7 @@ def main():
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quant", default="none", help="comma-separated Tessera variants: none, fused, w8a8, w4a8, w8a8-unfused, w4a8-unfused")
+    ap.add_argument("--quant", default="none", help="comma-separated Tessera variants: none, compiled, fused, w8a8, w4a8, w8a8-unfused, w4a8-unfused")
     ap.add_argument("--out", default="benchmarks/results/decode")
     args = ap.parse_args()
 
@@ -56,12 +57,12 @@ def main():
     path = resolve_model_path(args.model)  # a directory, or "dense" / "moe" for an embedded model
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     quants = args.quant.split(",")
-    if bad := set(quants) - {"none", "fused", "w8a8", "w4a8", "w8a8-unfused", "w4a8-unfused"}:
+    if bad := set(quants) - {"none", "compiled", "fused", "w8a8", "w4a8", "w8a8-unfused", "w4a8-unfused"}:
         ap.error(f"--quant: unknown modes {sorted(bad)}")
     engines = {}
     for q in quants:
-        engines[q] = LLM.load(path, device=args.device, dtype=dtype)
-        if q != "none":
+        engines[q] = LLM.load(path, device=args.device, dtype=dtype, compile=q == "compiled")
+        if q not in ("none", "compiled"):
             from tessera.quant import fuse_projections, quantize_model
 
             if q == "fused":

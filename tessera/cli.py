@@ -24,6 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="HF-format model dir, or 'dense' / 'moe' for an embedded reasoner (default: dense)")
     m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     m.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
+    m.add_argument("--compile", action="store_true",
+                   help="decode steps as one torch.compile graph (full or evictable dense KV; not with --quant, --tp, "
+                        "--ep): faster steps after a one-time compile of tens of seconds")
 
     c = p.add_argument_group("KV compression (--press)", "R-KV and baselines: docs/kv_compression.md")
     c.add_argument("--press", default="none", help="KV compression method (default: none = full KV)")
@@ -142,6 +145,10 @@ def _llm(args):
         from tessera.parallel.ep import shard_experts
 
         shard_experts(llm.model, group=ps.group("ep"), backend=ep_backend)
+    if getattr(args, "compile", False):
+        from tessera.engine.compiled_decode import CompiledDecode
+
+        llm.compiled = CompiledDecode(llm.model)  # last: it refuses quantized and sharded models
     return llm
 
 

@@ -24,6 +24,7 @@ import torch
 
 from tessera.config import SamplingParams
 from tessera.engine.cohort import Cohort, forward_cache
+from tessera.engine.compiled_decode import CompiledDecode
 from tessera.engine.kv_budget import kv_bound
 from tessera.engine.outputs import Completion, GenerationStats, RequestOutput
 from tessera.engine.request import Request
@@ -40,7 +41,7 @@ class StepEngine:
     `eos_ids` end a request unless it sets `ignore_eos`; `kv_cap_bytes` caps the KV all requests can grow to."""
 
     def __init__(self, model, decode=None, eos_ids=(), kv_cap_bytes: int | None = None,
-                 max_running: int | None = None):
+                 max_running: int | None = None, compiled: CompiledDecode | None = None):
         self.model, self.config = model, model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -54,6 +55,7 @@ class StepEngine:
         self.running: list[Cohort] = []
         self.stats = GenerationStats()
         self._ids = itertools.count()
+        self.compiled = compiled  # the compiled decode step, used whenever the running batch is eligible
 
     # ---- requests ---------------------------------------------------------------------------
     def make_request(self, prompt_ids: list[int], params: SamplingParams | None = None, press: Press | None = None,
@@ -147,7 +149,10 @@ class StepEngine:
         pos = torch.tensor([r.next_position for r in reqs], dtype=torch.long, device=dev)[:, None]  # [B, 1]
         ctx = StepContext(positions=pos, new_lens=torch.ones(len(reqs), dtype=torch.long, device=dev),
                           is_prefill=False)
-        logits = self.model(tok[:, None], pos, forward_cache(self.running, ctx), ctx)[:, -1]  # [B, V]
+        if self.compiled is not None and CompiledDecode.eligible(self.running):
+            logits = self.compiled(self.running[0].cache, tok, pos[:, 0])  # [B, V]
+        else:
+            logits = self.model(tok[:, None], pos, forward_cache(self.running, ctx), ctx)[:, -1]  # [B, V]
         for r in reqs:
             r.decoded += 1
         for c in self.running:

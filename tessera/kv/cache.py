@@ -47,7 +47,7 @@ class DenseCache(KVCache, PressTarget):
     def attend(self, layer, q, k, v, ctx):
         B, _, S, _ = k.shape  # k, v [B, Hkv, S, D] post-RoPE; q [B, Hq, S, D]
         old = self.lens[layer]
-        self._reserve(layer, int((old + ctx.new_lens).max()))
+        self.reserve(layer, int((old + ctx.new_lens).max()))
         kc, vc, pc = self.k[layer], self.v[layer], self.pos[layer]
         if S == 1:
             rows = torch.arange(B, device=k.device)
@@ -189,7 +189,8 @@ class DenseCache(KVCache, PressTarget):
                 if self.sums is not None:
                     self.sums.truncate(li, cap)
 
-    def _reserve(self, layer: int, needed: int) -> None:
+    def reserve(self, layer: int, needed: int) -> None:
+        """Grow layer `layer` to hold at least `needed` slots per row (a no-op if it already does)."""
         cap = self.capacity(layer)
         if needed <= cap:
             return

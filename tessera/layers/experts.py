@@ -151,3 +151,19 @@ def run(backend: str, x, ids, weights, gate_up, down, capacity_factor: float = C
     if backend == "capacity":
         return experts_capacity(x, ids, weights, gate_up, down, capacity_factor)
     return _IMPL[backend](x, ids, weights, gate_up, down)
+
+
+@torch.library.custom_op("tessera::routed_experts", mutates_args=())
+def routed_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate_up: torch.Tensor,
+                   down: torch.Tensor, backend: str) -> torch.Tensor:
+    """`run` as one opaque op, for a compiled graph (`tessera.engine.compiled_decode`): the exact backends'
+    row counts per expert are data-dependent, which a graph cannot hold, so the graph calls this instead.
+    (Building the permutation in the graph instead, static shapes, and only the grouped GEMMs opaque, made the
+    embedded MoE reasoner's step 1.4x slower: Inductor's sort and scatter-add kernels cost more than the
+    eager ops on these few rows.)"""
+    return run(backend, x, ids, weights, gate_up, down)
+
+
+@routed_experts.register_fake
+def _(x, ids, weights, gate_up, down, backend):
+    return torch.empty_like(x)

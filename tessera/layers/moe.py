@@ -55,6 +55,8 @@ class Experts(nn.Module):
         return self.gate_up_proj.shape[0]
 
     def forward(self, x, ids, weights):  # x [T, H], ids / weights [T, k] -> [T, H]
+        if torch.compiler.is_compiling() and self.backend != "capacity":  # exact experts in a compiled graph
+            return X.routed_experts(x, ids, weights, self.gate_up_proj, self.down_proj, self.backend)
         return X.run(self.backend, x, ids, weights, self.gate_up_proj, self.down_proj, self.capacity_factor)
 
 
@@ -65,7 +67,8 @@ class RoutingStats:
         self.counts = torch.zeros(num_experts, dtype=torch.long, device="cpu")  # explicit: models are built on meta
 
     def add(self, ids: torch.Tensor) -> None:  # ids [T, k]
-        self.counts += torch.bincount(ids.flatten().cpu(), minlength=len(self.counts))
+        # one_hot, not bincount: a static shape, so a compiled decode step keeps the statistics in its graph
+        self.counts += F.one_hot(ids.flatten(), len(self.counts)).sum(0).cpu()
 
     def reset(self) -> None:
         self.counts.zero_()

@@ -19,6 +19,8 @@ def add_serve_command(sub) -> None:
     s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none (default 256)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: TESSERA_THREADS, else 1; docs/serving.md)")
+    s.add_argument("--compile", action="store_true",
+                   help="decode steps as one torch.compile graph (compiled before the server starts listening)")
     s.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     s.set_defaults(fn=run)
 
@@ -33,7 +35,13 @@ def run(args) -> int:
 
     set_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = LLM.load(args.model, device=args.device, dtype=dtype)
+    llm = LLM.load(args.model, device=args.device, dtype=dtype, compile=args.compile)
+    if args.compile:  # compile now, not in the first client's request: batch size 1 and the general graph
+        from tessera.config import SamplingParams
+
+        print("tessera serve: compiling the decode step (tens of seconds)", flush=True)
+        for batch in (1, 2):
+            llm.generate(["1"] * batch, SamplingParams(max_new_tokens=3, ignore_eos=True))
     name = args.served_model_name or resolve_model_path(args.model).name
     cap = int(args.kv_cap_mib * 2**20) if args.kv_cap_mib is not None else None
     app = build_app(llm, name, kv_cap_bytes=cap, max_running=args.max_running,

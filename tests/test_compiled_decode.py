@@ -1,0 +1,71 @@
+"""The compiled decode step (`LLM(..., compile=True)`) gives the eager engine's tokens, through continuous
+batching (rows joining and leaving: the batch size changes), and steps aside for caches it cannot take."""
+
+import pytest
+import torch
+
+from tessera.config import ModelConfig, SamplingParams
+from tessera.engine import LLM
+from tessera.engine.compiled_decode import CompiledDecode
+from tessera.kv.presses import make_press
+from tessera.models import CausalLM
+
+
+@pytest.fixture(scope="module")
+def moe_model():
+    """Two layers, GQA 4/2: layer 0 routed (4 experts, top-2, a gated shared expert), layer 1 dense."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=61, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                      eos_token_id=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=48, mlp_only_layers=[1])
+    return CausalLM(cfg).eval()
+
+
+PROMPTS = [[5, 9, 13, 17, 21, 25, 29], [7, 11], [3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20]]
+NEW = [20, 9, 14]  # different lengths: rows retire at different steps
+
+
+def _alone(llm, prompt, n):
+    return llm.generate([prompt], SamplingParams(max_new_tokens=n, ignore_eos=True)).completions[0].token_ids
+
+
+def test_compiled_steps_give_the_eager_tokens_while_the_batch_changes(moe_model):
+    eager, fast = LLM(moe_model), LLM(moe_model, compile=True)
+    want = [_alone(eager, p, n) for p, n in zip(PROMPTS, NEW)]
+    engine = fast.engine()
+    ids = [engine.add_request(PROMPTS[0], SamplingParams(max_new_tokens=NEW[0], ignore_eos=True))]
+    for _ in range(3):  # batch 1 (its own graph) ...
+        engine.step()
+    ids += [engine.add_request(p, SamplingParams(max_new_tokens=n, ignore_eos=True))
+            for p, n in zip(PROMPTS[1:], NEW[1:])]
+    got = {}
+    while engine.has_unfinished():  # ... then 3, 2 and 1 rows
+        for out in engine.step():
+            if out.finished:
+                got[out.request_id] = out.completion.token_ids
+    assert [got[i] for i in ids] == want
+    assert fast.compiled.steps == engine.stats.decode_steps == max(NEW) - 1
+
+
+def test_a_cache_with_press_state_in_attention_runs_eagerly(moe_model):
+    """R-KV keeps a window of queries inside attention: not eligible, so the eager forward runs it."""
+    fast = LLM(moe_model, compile=True)
+    press = make_press("rkv", budget=8, buffer=4, window=2)
+    sp = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    got = fast.generate([PROMPTS[2]], sp, press=press).completions[0].token_ids
+    assert got == LLM(moe_model).generate([PROMPTS[2]], sp, press=press).completions[0].token_ids
+    assert fast.compiled.steps == 0
+
+
+def test_quantized_or_sharded_models_are_refused_in_one_line(moe_model):
+    from tessera.layers.parallel_linear import ColumnParallelLinear
+
+    class Sharded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = ColumnParallelLinear.__new__(ColumnParallelLinear)  # its type is what is checked
+            torch.nn.Module.__init__(self.proj)
+
+    with pytest.raises(ValueError, match="not for quantized, tensor- or expert-parallel models"):
+        CompiledDecode(Sharded())
