@@ -69,3 +69,13 @@ def test_quantized_or_sharded_models_are_refused_in_one_line(moe_model):
 
     with pytest.raises(ValueError, match="not for quantized, tensor- or expert-parallel models"):
         CompiledDecode(Sharded())
+
+
+def test_a_press_that_evicts_between_steps_runs_compiled(moe_model):
+    """StreamingLLM keeps no state inside attention: the compiled step runs on the cache it shrinks."""
+    fast = LLM(moe_model, compile=True)
+    sp = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    want = LLM(moe_model).generate(PROMPTS, sp, press=make_press("streamingllm", budget=12, buffer=4, window=2)).completions
+    got = fast.generate(PROMPTS, sp, press=make_press("streamingllm", budget=12, buffer=4, window=2)).completions
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert fast.compiled.steps == 23
