@@ -39,8 +39,8 @@ Schedules (R rows, W ranks, C chunks, n_b column blocks):
   R / W rows when they have arrived (the thread starts, then the peers push in the order the receiver
   computes, one exchange after another): `layer0_end` of `moe_perfmodel`; layer1 computes block j of the
   peers' rows (GEMM1 slice + partial sums), hands them to the communication thread, then block j of its own
-  rows (+ add_block), so the thread sends block j while block j + 1 computes (`layer1_end`, built on
-  `flow_shop2`); then (W - 1) n_b add_blocks of the partial sums received. For W > 2 the peers' partial
+  rows (+ add_block), so the thread sends block j while block j + 1 computes (`layer1_end`, a two-stage
+  list schedule); then (W - 1) n_b add_blocks of the partial sums received. For W > 2 the peers' partial
   sums of a block are treated as one send stage.
 
 Not modelled: contention between the ranks' host work and gloo's threads for the cores beyond what the
@@ -54,7 +54,7 @@ import random
 import statistics
 from collections.abc import Sequence
 
-from tessera.distributed.moe_perfmodel import MoEShape, flow_shop2, layer0_end, topk_rows_after_local_reduce
+from tessera.distributed.moe_perfmodel import MoEShape, layer0_end, topk_rows_after_local_reduce
 
 HOST_PARTS = ("plan", "plan_chunk", "zeros", "combine", "combine_chunk", "comet_prep", "partial", "add_block",
               "thread")
@@ -108,34 +108,43 @@ def _check(settings: dict) -> None:
                          f"{settings['world']}, {settings['chunks']}, {settings['blocks']}, {settings['rows']}")
 
 
-def _pipelined_end(host0: float, d: float, g: float, b: float, reduce: float, chunks: int) -> float:
+def _pipelined_end(host0: float, d, g: float, b, reduce, chunks: int) -> float:
     """The chunk loop of the pipelined schedule as a list schedule: one compute server (the main thread),
     one communication server (gloo's queue, in posting order), chunk i's compute after its dispatch, its
-    combine after its compute, and the reductions after the last compute as each combine lands."""
+    combine after its compute, and the reductions after the last compute as each combine lands. d, b, reduce:
+    one number for every chunk, or one per chunk."""
+    d, b, reduce = (x if isinstance(x, (list, tuple)) else [x] * chunks for x in (d, b, reduce))
     t = host0
-    comm = d_end = host0 + d  # chunk 0's dispatch, posted first
+    comm = d_end = host0 + d[0]  # chunk 0's dispatch, posted first
     b_end = []
     for i in range(chunks):
         if i + 1 < chunks:
-            comm = next_d = max(comm, t) + d  # chunk i+1's dispatch, posted before chunk i computes
+            comm = next_d = max(comm, t) + d[i + 1]  # chunk i+1's dispatch, posted before chunk i computes
         t = max(t, d_end) + g
-        comm = max(comm, t) + b  # chunk i's combine, posted after its compute
+        comm = max(comm, t) + b[i]  # chunk i's combine, posted after its compute
         b_end.append(comm)
         d_end = next_d if i + 1 < chunks else d_end
-    for e in b_end:
-        t = max(t, e) + reduce
+    for e, r in zip(b_end, reduce):
+        t = max(t, e) + r
     return t
 
 
-def layer1_end(G: float, g_own: float, c: float, blocks: int, deliver: float | None = None) -> float:
+def layer1_end(G, g_own, c, blocks: int, deliver=None) -> float:
     """COMET order's layer1 on the main thread and the communication thread: per block the main thread
     computes the peers' part (G - g_own), hands it over, then its own part (g_own); the thread sends each
-    block (c) in order. Block j's send is released at j G + G - g_own, so the sends end at
-    flow_shop2(G, c, blocks) - g_own; the main thread ends at blocks G. `deliver` (default c): how long after
-    the last send starts its partial sums have landed at home (a send returns once the bytes are handed to
-    the socket; the receiver's thread still has to read them)."""
-    deliver = c if deliver is None else max(c, deliver)
-    return max(blocks * G, flow_shop2(G, c, blocks) - g_own - c + deliver)
+    block (c) in order, each once it is handed over and the previous send is done. `deliver` (default c):
+    how long after the last send starts its partial sums have landed at home (a send returns once the bytes
+    are handed to the socket; the receiver's thread still has to read them). G, g_own, c: one number for
+    every block, or one per block."""
+    G, g_own, c = (x if isinstance(x, (list, tuple)) else [x] * blocks for x in (G, g_own, c))
+    deliver = c[-1] if deliver is None else max(c[-1], deliver)
+    t = send_end = start = 0.0
+    for j in range(blocks):
+        release = t + G[j] - g_own[j]
+        t += G[j]
+        start = max(send_end, release)
+        send_end = start + c[j]
+    return max(t, start + deliver)
 
 
 def _quantile(xs, u: float | None) -> float:
@@ -192,12 +201,14 @@ def _compose(s: dict, m: _Inputs) -> dict:
     seq["time"] = sum(seq.values())
 
     Rc = R / C
-    # a chunk's rows and expert ids are posted together and run on gloo's two worker threads at once
-    d, b = max(a2a(FP32 * H * Rc), a2a(ID_BYTES * Rc)), a2a(FP32 * H * Rc)
+    # a chunk's rows and expert ids are posted together and run on gloo's two worker threads at once; every
+    # chunk's transfers and reduction draw their own repetition
+    d = [max(a2a(FP32 * H * Rc), a2a(ID_BYTES * Rc)) for _ in range(C)]
+    b = [a2a(FP32 * H * Rc) for _ in range(C)]
     host0 = sum(m.host("plan_chunk") + a2a(ID_BYTES * W) for _ in range(C))
-    zeros, red = m.host("zeros"), m.host("combine_chunk")
-    pipe = {"plans_counts": host0, "chunk_dispatch": d, "chunk_compute": (g0 + g1) * Rc, "chunk_combine": b,
-            "reduce": zeros + C * red}
+    zeros, red = m.host("zeros"), [m.host("combine_chunk") for _ in range(C)]
+    pipe = {"plans_counts": host0, "chunk_dispatch": sum(d) / C, "chunk_compute": (g0 + g1) * Rc,
+            "chunk_combine": sum(b) / C, "reduce": zeros + sum(red)}
     pipe["time"] = zeros + _pipelined_end(host0, d, (g0 + g1) * Rc, b, red, C)
 
     Rs = R / W  # rows from each source
@@ -205,16 +216,19 @@ def _compose(s: dict, m: _Inputs) -> dict:
     thread = m.host("thread")  # the communication thread starts (and is joined) while the own rows compute
     prep = m.host("plan") + a2a(ID_BYTES * W) + m.host("comet_prep")
     t0 = layer0_end(g0 * Rs, [0.0] + [thread + j * x0 for j in range(1, W)])
-    g_src = g1 * Rs / nb + m.host("partial")
-    g_own = g_src + m.host("add_block")
-    G = (W - 1) * g_src + g_own
     pb = FP32 * _home_tokens(s) * H / nb  # one block of partial sums for one peer
-    c_one = m.curve("send_posted_s", pb)
-    c = (W - 1) * c_one
-    t1 = layer1_end(G, g_own, c, nb, deliver=c - c_one + m.curve("p2p_posted_s", pb))
-    final = (W - 1) * nb * m.host("add_block")
-    cm = {"prep": prep, "layer0": t0, "layer1": t1, "final_adds": final, "rows_exchange": x0, "block_send": c,
-          "gemm0": g0 * R, "gemm1": g1 * R}
+    G, g_own, c = [], [], []
+    for _ in range(nb):  # every block's host steps and sends draw their own repetition
+        peers = sum(g1 * Rs / nb + m.host("partial") for _ in range(W - 1))
+        own = g1 * Rs / nb + m.host("partial") + m.host("add_block")
+        G.append(peers + own)
+        g_own.append(own)
+        c.append(sum(m.curve("send_posted_s", pb) for _ in range(W - 1)))
+    c_last = c[-1] / (W - 1)
+    t1 = layer1_end(G, g_own, c, nb, deliver=c[-1] - c_last + m.curve("p2p_posted_s", pb))
+    final = sum(m.host("add_block") for _ in range((W - 1) * nb))
+    cm = {"prep": prep, "layer0": t0, "layer1": t1, "final_adds": final, "rows_exchange": x0,
+          "block_send": sum(c) / nb, "gemm0": g0 * R, "gemm1": g1 * R}
     cm["time"] = prep + t0 + t1 + final
     return {"sequential": seq, "pipelined": pipe, "comet": cm}
 
