@@ -149,6 +149,8 @@ def _llm(args):
         from tessera.engine.compiled_decode import CompiledDecode
 
         llm.compiled = CompiledDecode(llm.model)  # last: it refuses quantized and sharded models
+        print("compiling the decode step (tens of seconds)", file=sys.stderr, flush=True)
+        llm.compile_now((1,) if args.cmd == "generate" else (1, 2))  # before anything is timed
     return llm
 
 

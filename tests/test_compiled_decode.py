@@ -79,3 +79,8 @@ def test_a_press_that_evicts_between_steps_runs_compiled(moe_model):
     got = fast.generate(PROMPTS, sp, press=make_press("streamingllm", budget=12, buffer=4, window=2)).completions
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert fast.compiled.steps == 23
+
+
+def test_compile_now_needs_compile_true(moe_model):
+    with pytest.raises(RuntimeError, match="without compile=True"):
+        LLM(moe_model).compile_now()

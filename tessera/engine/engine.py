@@ -97,6 +97,14 @@ class LLM:
         return cls(Path(path) if isinstance(path, str) and path not in EMBEDDED else path, device=device, dtype=dtype,
                    compile=compile)
 
+    def compile_now(self, batch_sizes=(1, 2)) -> None:
+        """With `compile=True`: compile the decode step's graphs now rather than in the first request's steps,
+        by one short generation per batch size (1 has its own graph; every size from 2 up shares one)."""
+        if self.compiled is None:
+            raise RuntimeError("compile_now: this LLM was made without compile=True")
+        for n in batch_sizes:
+            self.generate([[self.config.bos_token_id or 1]] * n, SamplingParams(max_new_tokens=3, ignore_eos=True))
+
     # ---- the step engine ----------------------------------------------------------------------
     def engine(self, kv_cap_bytes: int | None = None, max_running: int | None = None) -> StepEngine:
         """A fresh step-level engine over this model (add_request / step / abort)."""

@@ -36,12 +36,9 @@ def run(args) -> int:
     set_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     llm = LLM.load(args.model, device=args.device, dtype=dtype, compile=args.compile)
-    if args.compile:  # compile now, not in the first client's request: batch size 1 and the general graph
-        from tessera.config import SamplingParams
-
+    if args.compile:  # compile now, not in the first client's request
         print("tessera serve: compiling the decode step (tens of seconds)", flush=True)
-        for batch in (1, 2):
-            llm.generate(["1"] * batch, SamplingParams(max_new_tokens=3, ignore_eos=True))
+        llm.compile_now()
     name = args.served_model_name or resolve_model_path(args.model).name
     cap = int(args.kv_cap_mib * 2**20) if args.kv_cap_mib is not None else None
     app = build_app(llm, name, kv_cap_bytes=cap, max_running=args.max_running,
