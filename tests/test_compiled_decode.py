@@ -1,12 +1,15 @@
 """The compiled decode step (`LLM(..., compile=True)`) gives the eager engine's tokens, through continuous
 batching (rows joining and leaving: the batch size changes), and steps aside for caches it cannot take."""
 
+import copy
+
 import pytest
 import torch
 
 from tessera.config import ModelConfig, SamplingParams
 from tessera.engine import LLM
 from tessera.engine.compiled_decode import CompiledDecode
+from tessera.kv.cache import DenseCache, StepContext
 from tessera.kv.presses import make_press
 from tessera.models import CausalLM
 
@@ -84,3 +87,27 @@ def test_a_press_that_evicts_between_steps_runs_compiled(moe_model):
 def test_compile_now_needs_compile_true(moe_model):
     with pytest.raises(RuntimeError, match="without compile=True"):
         LLM(moe_model).compile_now()
+
+
+@torch.inference_mode()
+def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_model):
+    """The graph's cache writes and masked attention against `DenseCache.attend`, after a press-like eviction
+    left layer 0 shorter than layer 1 (the compiled step attends every layer over the longest span)."""
+    torch.manual_seed(1)
+    lay = moe_model.kv_layout()
+    eager = DenseCache(lay.num_layers, 2, lay.num_kv_heads, lay.head_dim, torch.float32, "cpu")
+    lens = torch.tensor([9, 6])
+    prefill = StepContext(positions=torch.arange(9).expand(2, 9), new_lens=lens, is_prefill=True)
+    moe_model(torch.randint(3, 60, (2, 9)), prefill.positions, eager, prefill)
+    eager.keep(0, torch.arange(2), torch.tensor([0, 2, 3, 5]).expand(2, lay.num_kv_heads, 4))  # layer 0: 4 slots
+    fast = copy.deepcopy(eager)
+    tok, pos = torch.tensor([7, 8]), lens.clone()
+    step = StepContext(positions=pos[:, None], new_lens=torch.ones(2, dtype=torch.long), is_prefill=False)
+    want = moe_model(tok[:, None], pos[:, None], eager, step)[:, -1]
+    got = CompiledDecode(moe_model)(fast, tok, pos)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast.lens, eager.lens):
+        assert a.tolist() == b.tolist()
+    for li, n in enumerate((5, 10)):  # the new token landed where the eager cache put it
+        torch.testing.assert_close(fast.k[li][:, :, :n], eager.k[li][:, :, :n])
+        assert fast.pos[li][:, :, :n].tolist() == eager.pos[li][:, :, :n].tolist()

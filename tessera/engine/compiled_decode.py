@@ -80,9 +80,10 @@ class CompiledDecode:
 
     def __call__(self, cache: DenseCache, tok: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tok, positions [B] -> logits [B, V]; appends the new token's K/V to `cache` like its `attend` does."""
-        span = 0
-        for layer in range(cache.L):  # room for the new token: the cache grows outside the graph
-            span = max(span, int(cache.lens[layer].max()) + 1)
+        # every layer attends over the same span (one symbol in the graph): the longest row of any layer, new
+        # token included; each layer grows to hold it (outside the graph)
+        span = max(int(n.max()) for n in cache.lens) + 1
+        for layer in range(cache.L):
             cache.reserve(layer, span)
         # freezing: the weights become constants of the graph, so Inductor can prepack them for oneDNN's CPU
         # linears (passed as `options=` to torch.compile the setting does not reach the freezing pass);
