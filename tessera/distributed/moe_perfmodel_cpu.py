@@ -108,12 +108,17 @@ def _check(settings: dict) -> None:
                          f"{settings['world']}, {settings['chunks']}, {settings['blocks']}, {settings['rows']}")
 
 
+def _per(x, n: int) -> list:
+    """One value per chunk or block: a list as it is, a number repeated n times."""
+    return list(x) if isinstance(x, (list, tuple)) else [x] * n
+
+
 def _pipelined_end(host0: float, d, g: float, b, reduce, chunks: int) -> float:
     """The chunk loop of the pipelined schedule as a list schedule: one compute server (the main thread),
     one communication server (gloo's queue, in posting order), chunk i's compute after its dispatch, its
     combine after its compute, and the reductions after the last compute as each combine lands. d, b, reduce:
     one number for every chunk, or one per chunk."""
-    d, b, reduce = (x if isinstance(x, (list, tuple)) else [x] * chunks for x in (d, b, reduce))
+    d, b, reduce = (_per(x, chunks) for x in (d, b, reduce))
     t = host0
     comm = d_end = host0 + d[0]  # chunk 0's dispatch, posted first
     b_end = []
@@ -136,7 +141,7 @@ def layer1_end(G, g_own, c, blocks: int, deliver=None) -> float:
     how long after the last send starts its partial sums have landed at home (a send returns once the bytes
     are handed to the socket; the receiver's thread still has to read them). G, g_own, c: one number for
     every block, or one per block."""
-    G, g_own, c = (x if isinstance(x, (list, tuple)) else [x] * blocks for x in (G, g_own, c))
+    G, g_own, c = (_per(x, blocks) for x in (G, g_own, c))
     deliver = c[-1] if deliver is None else max(c[-1], deliver)
     t = send_end = start = 0.0
     for j in range(blocks):

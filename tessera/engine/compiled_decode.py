@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.kv.backend import KVCache
-from tessera.kv.cache import DenseCache
+from tessera.kv.cache import DenseCache, append_token
 
 
 class DecodeView(KVCache):
@@ -40,11 +40,8 @@ class DecodeView(KVCache):
         self.gqa = gqa  # a Python bool: under dynamic shapes the head counts' comparison would be symbolic
 
     def attend(self, layer, q, k, v, ctx):  # q [B, Hq, 1, D], k/v [B, Hkv, 1, D] -> [B, Hq, 1, D]
-        kc, vc, pc, n = self.k[layer], self.v[layer], self.pos[layer], self.lens[layer]
-        rows = torch.arange(k.shape[0], device=k.device)
-        kc[rows, :, n] = k[:, :, 0]
-        vc[rows, :, n] = v[:, :, 0]
-        pc[rows, :, n] = self.positions.to(torch.int32)[:, None].expand(-1, kc.shape[1])
+        kc, vc, n = self.k[layer], self.v[layer], self.lens[layer]
+        append_token(kc, vc, self.pos[layer], n, k, v, self.positions)
         visible = torch.arange(self.span, device=k.device)[None] <= n[:, None]  # [B, T]: old slots and the new one
         kc, vc = kc[:, :, : self.span], vc[:, :, : self.span]
         return F.scaled_dot_product_attention(q, kc, vc, attn_mask=visible[:, None, None],

@@ -147,11 +147,11 @@ class StepEngine:
         dev = self.device
         tok = torch.tensor([r.last_token for r in reqs], dtype=torch.long, device=dev)
         pos = torch.tensor([r.next_position for r in reqs], dtype=torch.long, device=dev)[:, None]  # [B, 1]
-        ctx = StepContext(positions=pos, new_lens=torch.ones(len(reqs), dtype=torch.long, device=dev),
-                          is_prefill=False)
         if self.compiled is not None and CompiledDecode.eligible(self.running):
             logits = self.compiled(self.running[0].cache, tok, pos[:, 0])  # [B, V]
         else:
+            ctx = StepContext(positions=pos, new_lens=torch.ones(len(reqs), dtype=torch.long, device=dev),
+                              is_prefill=False)
             logits = self.model(tok[:, None], pos, forward_cache(self.running, ctx), ctx)[:, -1]  # [B, V]
         for r in reqs:
             r.decoded += 1

@@ -50,10 +50,7 @@ class DenseCache(KVCache, PressTarget):
         self.reserve(layer, int((old + ctx.new_lens).max()))
         kc, vc, pc = self.k[layer], self.v[layer], self.pos[layer]
         if S == 1:
-            rows = torch.arange(B, device=k.device)
-            kc[rows, :, old] = k[:, :, 0]
-            vc[rows, :, old] = v[:, :, 0]
-            pc[rows, :, old] = ctx.positions[:, :1].to(torch.int32).expand(B, self.H)
+            append_token(kc, vc, pc, old, k, v, ctx.positions[:, 0])
         else:
             for b in range(B):  # prefill: one slice per sequence (prompts have different lengths)
                 o, n = int(old[b]), int(ctx.new_lens[b])
@@ -205,6 +202,16 @@ class DenseCache(KVCache, PressTarget):
         self.pos[layer] = torch.cat([self.pos[layer], self.pos[layer].new_full((self.B, self.H, pad), -1)], 2)
         if self.sums is not None:
             self.sums.grow(layer, pad)
+
+
+def append_token(kc, vc, pc, lens, k, v, positions) -> None:
+    """Decode: write each row's new key / value / logical position at slot lens[b] of one layer's cache.
+    kc / vc [B, Hkv, C, D], pc [B, Hkv, C], lens [B], k / v [B, Hkv, 1, D], positions [B]. Tensors only, so a
+    compiled decode step (`tessera.engine.compiled_decode`) writes the cache the same way."""
+    rows = torch.arange(k.shape[0], device=k.device)
+    kc[rows, :, lens] = k[:, :, 0]
+    vc[rows, :, lens] = v[:, :, 0]
+    pc[rows, :, lens] = positions.to(torch.int32)[:, None].expand(-1, kc.shape[1])
 
 
 def _pad_slots(t: torch.Tensor, cap: int, fill) -> torch.Tensor:
