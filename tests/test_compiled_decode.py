@@ -11,6 +11,7 @@ from tessera.engine import LLM
 from tessera.engine.compiled_decode import CompiledDecode
 from tessera.kv.cache import DenseCache, StepContext
 from tessera.kv.presses import make_press
+from tessera.layers import experts as X
 from tessera.models import CausalLM
 
 
@@ -89,10 +90,13 @@ def test_compile_now_needs_compile_true(moe_model):
         LLM(moe_model).compile_now()
 
 
+@pytest.mark.parametrize("gathered", [True, False], ids=["experts-gathered", "experts-opaque-op"])
 @torch.inference_mode()
-def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_model):
+def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_model, gathered, monkeypatch):
     """The graph's cache writes and masked attention against `DenseCache.attend`, after a press-like eviction
-    left layer 0 shorter than layer 1 (the compiled step attends every layer over the longest span)."""
+    left layer 0 shorter than layer 1 (the compiled step attends every layer over the longest span); the
+    routed experts in the graph as the fused gathered form and as the opaque grouped op."""
+    monkeypatch.setattr(X, "use_gathered", lambda *a: gathered)
     torch.manual_seed(1)
     lay = moe_model.kv_layout()
     eager = DenseCache(lay.num_layers, 2, lay.num_kv_heads, lay.head_dim, torch.float32, "cpu")
@@ -104,7 +108,10 @@ def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_
     tok, pos = torch.tensor([7, 8]), lens.clone()
     step = StepContext(positions=pos[:, None], new_lens=torch.ones(2, dtype=torch.long), is_prefill=False)
     want = moe_model(tok[:, None], pos[:, None], eager, step)[:, -1]
+    opaque, run = [], X.run  # the opaque op runs `X.run` eagerly; the gathered form is inside the graph
+    monkeypatch.setattr(X, "run", lambda *a, **kw: opaque.append(1) or run(*a, **kw))
     got = CompiledDecode(moe_model)(fast, tok, pos)
+    assert bool(opaque) != gathered
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast.lens, eager.lens):
         assert a.tolist() == b.tolist()

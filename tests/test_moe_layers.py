@@ -28,7 +28,7 @@ def _routing(T, k, E, seed, drop=False, one_expert=False):
     return ids, torch.rand(T, k, generator=g)
 
 
-@pytest.mark.parametrize("backend", ["sorted", "grouped_mm", "triton"])
+@pytest.mark.parametrize("backend", ["sorted", "grouped_mm", "triton", "gathered"])
 @pytest.mark.parametrize("T,drop,one_expert", [(13, False, False), (9, True, False), (7, False, True), (0, False, False)])
 def test_expert_backends_match_the_loop(backend, T, drop, one_expert):
     E, H, ffn, k = 5, 12, 20, 2
@@ -38,6 +38,14 @@ def test_expert_backends_match_the_loop(backend, T, drop, one_expert):
     ids, w = _routing(T, k, E, 1, drop, one_expert)
     ref = X.experts_loop(x, ids, w, gate_up, down)
     torch.testing.assert_close(X.run(backend, x, ids, w, gate_up, down), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_compiled_graphs_gather_few_pairs_and_group_many():
+    """`use_gathered`: small experts (cache-resident) up to 64 pairs, large ones up to 4 pairs an expert."""
+    small = torch.empty(8, 512, 256, device="meta"), torch.empty(8, 256, 256, device="meta")  # 6 MB
+    large = torch.empty(8, 7168, 1024, device="meta"), torch.empty(8, 1024, 3584, device="meta")  # 352 MB
+    assert X.use_gathered(64, *small) and not X.use_gathered(65, *small)
+    assert X.use_gathered(32, *large) and not X.use_gathered(33, *large)
 
 
 def test_capacity_backend_is_exact_when_nothing_overflows_and_drops_past_capacity():

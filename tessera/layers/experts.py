@@ -9,6 +9,10 @@
 - `grouped_mm`: the same permutation, then `torch._grouped_mm` over all experts in one call. The CPU default
   up to `GROUPED_MM_MAX_TOKENS` tokens (decode).
 - `triton`: the same permutation, then the grouped GEMM of `tessera.kernels.moe.grouped_gemm`.
+- `gathered`: no permutation: every (token, slot) pair reads its own expert's weights, as a gather and a
+  reduction with static shapes. Eagerly it materialises the gathered weights ([T, k, 2I, H], slow); inside a
+  compiled graph Inductor fuses gather, multiply and sum into one loop nest that reads the weights in place.
+  The compiled decode step's choice for few pairs (`GATHERED_MAX_PAIRS`).
 - `capacity`: for training only. Every expert gets a fixed number of slots, C = capacity_factor * T * k / E
   (GShard, arXiv 2006.16668; Switch Transformer, arXiv 2101.03961), one batched matmul over [E, C, H], and
   the pairs past an expert's C are dropped. Every shape is static, so `torch.compile` takes it whole; at
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 
 from tessera.kernels.moe.ep_layout import plan_sends
 
-BACKENDS = ("auto", "loop", "sorted", "grouped_mm", "triton", "capacity")
+BACKENDS = ("auto", "loop", "sorted", "grouped_mm", "triton", "gathered", "capacity")
 CAPACITY_FACTOR = 2.0
 
 
@@ -105,6 +109,17 @@ def experts_triton(x, ids, weights, gate_up, down):
     return combine(x, p, grouped_gemm(swiglu_rows(h), down, offsets))
 
 
+def experts_gathered(x, ids, weights, gate_up, down):
+    """x [T, H], ids / weights [T, k] -> [T, H] with one gathered GEMV per (token, slot) pair. Written as
+    multiply-and-sum, not matmul, so that Inductor fuses the gather into the reduction instead of copying
+    each pair's weights out first (a matmul is an external kernel and would need them materialised)."""
+    keep = ids >= 0  # dropped slots read expert 0 and are weighted 0
+    e = ids.clamp(min=0)
+    h = (gate_up[e] * x[:, None, None, :]).sum(-1)  # [T, k, 2I]
+    y = (down[e] * swiglu_rows(h)[:, :, None, :]).sum(-1)  # [T, k, H]
+    return (y * (weights * keep).to(y.dtype)[..., None]).sum(1)
+
+
 def experts_capacity(x, ids, weights, gate_up, down, capacity_factor: float = CAPACITY_FACTOR):
     T, k = ids.shape
     E, H = gate_up.shape[0], x.shape[1]
@@ -130,13 +145,30 @@ def combine(x, p: Permutation, y):  # y [R, H] in expert order -> [T, H], weight
 
 
 _IMPL = {"loop": experts_loop, "sorted": experts_sorted, "grouped_mm": experts_grouped_mm,
-         "triton": experts_triton, "capacity": experts_capacity}
+         "triton": experts_triton, "gathered": experts_gathered, "capacity": experts_capacity}
 
 
 #: CPU, `auto`: torch._grouped_mm up to this many tokens (decode), the sorted loop above it (prefill). Measured
 #: on a 2-vCPU Zen 4 EPYC, embedded MoE shapes (benchmarks/results/moe_experts_cpu.md): grouped_mm 1.12-1.33x
 #: the sorted loop at 8-256 tokens, 0.90x at 2,048.
 GROUPED_MM_MAX_TOKENS = 256
+
+#: In a compiled graph, `auto` takes the `gathered` form for few (token, slot) pairs and the opaque
+#: `routed_experts` op otherwise (`use_gathered`). A pair re-reads its expert's weights, so gathered's cost
+#: grows with the pairs and the grouped GEMMs' with the experts hit; at few pairs the grouped path's small-GEMM
+#: and permutation overheads dominate. Measured on a 2-vCPU Zen 4 EPYC (benchmarks/results/moe_experts_cpu.md,
+#: one layer): embedded shapes (6 MB of experts, L3-resident) gathered 1.25-1.86x `grouped_mm` up to 128 pairs,
+#: 0.93x at 256; a Mixtral-8x7B layer scaled down 4x (350 MB, DRAM) 1.2-1.9x up to 32 pairs, 0.68x at 64.
+GATHERED_MAX_PAIRS = 64
+GATHERED_PAIRS_PER_EXPERT = 4  # always gathered up to 4 pairs an expert, wherever the weights live
+GATHERED_CACHE_BYTES = 32 << 20  # up to GATHERED_MAX_PAIRS while a layer's experts fit a server L3
+
+
+def use_gathered(pairs, gate_up: torch.Tensor, down: torch.Tensor) -> bool:
+    """The compiled graph's `auto` rule for `pairs` (token, slot) pairs (may be a symbolic size)."""
+    E = gate_up.shape[0]
+    nbytes = (gate_up.numel() + down.numel()) * gate_up.element_size()
+    return pairs <= GATHERED_PAIRS_PER_EXPERT * E or (pairs <= GATHERED_MAX_PAIRS and nbytes <= GATHERED_CACHE_BYTES)
 
 
 def run(backend: str, x, ids, weights, gate_up, down, capacity_factor: float = CAPACITY_FACTOR) -> torch.Tensor:
@@ -158,9 +190,10 @@ def routed_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, ga
                    down: torch.Tensor, backend: str) -> torch.Tensor:
     """`run` as one opaque op, for a compiled graph (`tessera.engine.compiled_decode`): the exact backends'
     row counts per expert are data-dependent, which a graph cannot hold, so the graph calls this instead.
-    (Building the permutation in the graph instead, static shapes, and only the grouped GEMMs opaque, made the
-    embedded MoE reasoner's step 1.4x slower: Inductor's sort and scatter-add kernels cost more than the
-    eager ops on these few rows.)"""
+    Few pairs take the static `experts_gathered` form instead (see `GATHERED_MAX_PAIRS`). (Building the
+    permutation in the graph, static shapes, and only the grouped GEMMs opaque, made the embedded MoE
+    reasoner's step 1.4x slower: Inductor's sort and scatter-add kernels cost more than the eager ops on these
+    few rows.)"""
     return run(backend, x, ids, weights, gate_up, down)
 
 

@@ -56,6 +56,8 @@ class Experts(nn.Module):
 
     def forward(self, x, ids, weights):  # x [T, H], ids / weights [T, k] -> [T, H]
         if torch.compiler.is_compiling() and self.backend != "capacity":  # exact experts in a compiled graph
+            if self.backend == "gathered" or (self.backend == "auto" and X.use_gathered(ids.numel(), self.gate_up_proj, self.down_proj)):
+                return X.experts_gathered(x, ids, weights, self.gate_up_proj, self.down_proj)  # fused by Inductor
             return X.routed_experts(x, ids, weights, self.gate_up_proj, self.down_proj, self.backend)
         return X.run(self.backend, x, ids, weights, self.gate_up_proj, self.down_proj, self.capacity_factor)
 
