@@ -200,6 +200,7 @@ class StepEngine:
         reqs = [r for c in cohorts for r in c.reqs]
         tok = sample_rows(apply_penalties(logits, reqs), reqs)
         lps = token_logprobs(logits, reqs, tok)  # the model's own distribution
+        toks = tok.tolist()  # one conversion, not one per row
         live = cohorts if cohorts is self.running else [*self.running, *cohorts]
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, sum(c.cache.nbytes() for c in live))
         max_pos = self.config.max_position_embeddings
@@ -207,7 +208,7 @@ class StepEngine:
         for c in cohorts:
             keep = []
             for i, r in enumerate(c.reqs):
-                t = int(tok[row])
+                t = toks[row]
                 n0 = len(r.stop.tokens)
                 r.stop.push(t)
                 new_tokens = r.stop.tokens[n0:]
