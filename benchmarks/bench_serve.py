@@ -36,6 +36,7 @@ fewer, fuller steps or from cheaper ones.
 Writes `<out>.json`, `<out>.md` and `<out>.png`.
 
     python benchmarks/bench_serve.py --out benchmarks/results/serve_cpu
+    python benchmarks/bench_serve.py --compile --scenarios continuous,static --out benchmarks/results/serve_cpu_compiled
     python benchmarks/bench_serve.py --requests 4 --difficulties 2,3 --static-batch 2 --out /tmp/serve_tiny
 """
 
@@ -130,6 +131,7 @@ def main():
                     help="KV cap in units of the median request's full-KV reservation")
     ap.add_argument("--rkv-ratio", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="the compiled decode step (`tessera serve --compile`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenarios", default="continuous,static,full KV cap,R-KV cap")
     ap.add_argument("--client", choices=("process", "thread"), default="process",
@@ -149,7 +151,9 @@ def main():
     problems = [make_problem(EVAL_SEED_BASE + 5000 + i, rng.randint(lo, hi)) for i in range(args.requests)]
     gaps = [rng.expovariate(args.rate) if args.arrivals == "poisson" else 0.0 for _ in problems]
     max_running = args.static_batch if args.max_running is None else args.max_running or None
-    llm = LLM.load()
+    llm = LLM.load(compile=args.compile)
+    if args.compile:
+        llm.compile_now()  # as `tessera serve --compile` does before it listens
     max_tokens = [int(1.25 * len(p.solution.split())) + 32 for p in problems]  # room for a longer trace
     lengths = [len(llm.tokenizer.encode(p.prompt)) + n for p, n in zip(problems, max_tokens)]
     median_len = int(statistics.median(lengths))
@@ -201,7 +205,8 @@ def main():
                                                       / by["full KV cap"]["throughput_tok_s"])
     meta = {"machine": describe().rsplit(",", 1)[0], "threads": args.threads, "cores": os.cpu_count(),
             "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-            "model": "embedded tiny-reasoner (stage 4 weights), fp32", "requests": args.requests,
+            "model": "embedded tiny-reasoner (stage 4 weights), fp32" + (", compiled decode step" if args.compile else ""),
+            "requests": args.requests,
             "arrivals": args.arrivals, "rate_per_s": args.rate if args.arrivals == "poisson" else None,
             "difficulties": [lo, hi], "static_batch": args.static_batch, "max_running": max_running,
             "client": args.client, "kv_cap_bytes": cap, "cap_requests": args.cap_requests, "rkv": rkv,

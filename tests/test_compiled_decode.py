@@ -35,9 +35,20 @@ def _alone(llm, prompt, n):
 
 
 def test_compiled_steps_give_the_eager_tokens_while_the_batch_changes(moe_model):
+    """After `compile_now`, rows joining and leaving and a growing cache run without one recompile (a
+    recompile is tens of seconds in the middle of serving): `fail_on_recompile` turns one into an error."""
     eager, fast = LLM(moe_model), LLM(moe_model, compile=True)
     want = [_alone(eager, p, n) for p, n in zip(PROMPTS, NEW)]
+    fast.compile_now()
+    warm = fast.compiled.steps
     engine = fast.engine()
+    with torch.compiler.set_stance("fail_on_recompile"):
+        got, ids = _run_joining(engine)
+    assert [got[i] for i in ids] == want
+    assert fast.compiled.steps - warm == engine.stats.decode_steps == max(NEW) - 1
+
+
+def _run_joining(engine):  # one request alone for 3 steps, then two more join: batch 1, 3, 2, 1
     ids = [engine.add_request(PROMPTS[0], SamplingParams(max_new_tokens=NEW[0], ignore_eos=True))]
     for _ in range(3):  # batch 1 (its own graph) ...
         engine.step()
@@ -48,8 +59,7 @@ def test_compiled_steps_give_the_eager_tokens_while_the_batch_changes(moe_model)
         for out in engine.step():
             if out.finished:
                 got[out.request_id] = out.completion.token_ids
-    assert [got[i] for i in ids] == want
-    assert fast.compiled.steps == engine.stats.decode_steps == max(NEW) - 1
+    return got, ids
 
 
 def test_a_cache_with_press_state_in_attention_runs_eagerly(moe_model):
@@ -115,6 +125,9 @@ def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast.lens, eager.lens):
         assert a.tolist() == b.tolist()
+    # a spare slot past the attended span in every layer: a graph traced with capacity == span would guard on
+    # that equality and recompile at the first step without it
+    assert all(fast.capacity(li) > int(fast.lens[li].max()) for li in range(fast.L))
     for li, n in enumerate((5, 10)):  # the new token landed where the eager cache put it
         torch.testing.assert_close(fast.k[li][:, :, :n], eager.k[li][:, :, :n])
         assert fast.pos[li][:, :, :n].tolist() == eager.pos[li][:, :, :n].tolist()

@@ -26,6 +26,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch.fx.experimental import _config as fx_config
 
 from tessera.kv.backend import KVCache
 from tessera.kv.cache import DenseCache, append_token
@@ -92,12 +93,17 @@ class CompiledDecode:
         # token included; each layer grows to hold it (outside the graph)
         span = max(int(n.max()) for n in cache.lens) + 1
         for layer in range(cache.L):
-            cache.reserve(layer, span)
+            # one slot more than the span: with capacity == span the attended slice is the whole, contiguous
+            # tensor, and a graph traced so guards on that equality, so the first step with capacity > span
+            # recompiled (tens of seconds, in the middle of serving); kept apart, every step fits one graph
+            cache.reserve(layer, span + 1)
         # freezing: the weights become constants of the graph, so Inductor can prepack them for oneDNN's CPU
         # linears (passed as `options=` to torch.compile the setting does not reach the freezing pass);
         # cpp_wrapper: the graph's kernel calls are made from generated C++, not Python (1.9 -> 1.5 ms a step
-        # for the dense reasoner at batch 8 on the 2-vCPU EPYC)
-        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
+        # for the dense reasoner at batch 8 on the 2-vCPU EPYC). No duck sizing: by default sizes that happen to be
+        # equal when a graph is traced share one symbol, and the cache capacity then got pinned to, e.g., the
+        # expert count of the routing statistics (both 4 in `compile_now`'s short warm-up): a recompile later
+        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True), fx_config.patch(use_duck_shape=False):
             logits = self.fn(tok, positions, cache.lens, cache.k, cache.v, cache.pos, span)
         cache.lens = [n + 1 for n in cache.lens]
         self.steps += 1
