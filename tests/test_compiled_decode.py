@@ -100,13 +100,14 @@ def test_compile_now_needs_compile_true(moe_model):
         LLM(moe_model).compile_now()
 
 
-@pytest.mark.parametrize("gathered", [True, False], ids=["experts-gathered", "experts-opaque-op"])
 @torch.inference_mode()
-def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_model, gathered, monkeypatch):
+def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_model, monkeypatch):
     """The graph's cache writes and masked attention against `DenseCache.attend`, after a press-like eviction
     left layer 0 shorter than layer 1 (the compiled step attends every layer over the longest span); the
-    routed experts in the graph as the fused gathered form and as the opaque grouped op."""
-    monkeypatch.setattr(X, "use_gathered", lambda *a: gathered)
+    routed experts as the opaque grouped op, which graphs take for many (token, slot) pairs (the tests above
+    run the fused gathered form, the choice for few, against the eager engine's tokens; a second compile of
+    this test for it cost ~20 s of CI)."""
+    monkeypatch.setattr(X, "use_gathered", lambda *a: False)
     torch.manual_seed(1)
     lay = moe_model.kv_layout()
     eager = DenseCache(lay.num_layers, 2, lay.num_kv_heads, lay.head_dim, torch.float32, "cpu")
@@ -121,7 +122,7 @@ def test_one_step_equals_the_dense_cache_when_layers_hold_different_lengths(moe_
     opaque, run = [], X.run  # the opaque op runs `X.run` eagerly; the gathered form is inside the graph
     monkeypatch.setattr(X, "run", lambda *a, **kw: opaque.append(1) or run(*a, **kw))
     got = CompiledDecode(moe_model)(fast, tok, pos)
-    assert bool(opaque) != gathered
+    assert opaque  # the grouped op ran, eagerly, from inside the graph
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast.lens, eager.lens):
         assert a.tolist() == b.tolist()
