@@ -57,6 +57,14 @@ import torch
 from machine import describe
 
 
+def draw_problems(rng: random.Random, n: int, lo: int, hi: int) -> list:
+    """The benchmark's requests: n held-out reasoning problems, difficulty uniform in [lo, hi] (also read by
+    `serve_step_bound.py`, so its bound is about these very requests)."""
+    from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
+
+    return [make_problem(EVAL_SEED_BASE + 5000 + i, rng.randint(lo, hi)) for i in range(n)]
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
@@ -144,11 +152,11 @@ def main():
     from tessera.engine import LLM
     from tessera.serve.app import build_app
     from tessera.serve.runner import ServerThread
-    from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score
+    from tessera.tasks.reasoning import score
 
     rng = random.Random(args.seed)
     lo, hi = map(int, args.difficulties.split(","))
-    problems = [make_problem(EVAL_SEED_BASE + 5000 + i, rng.randint(lo, hi)) for i in range(args.requests)]
+    problems = draw_problems(rng, args.requests, lo, hi)
     gaps = [rng.expovariate(args.rate) if args.arrivals == "poisson" else 0.0 for _ in problems]
     max_running = args.static_batch if args.max_running is None else args.max_running or None
     llm = LLM.load(compile=args.compile)

@@ -6,7 +6,7 @@ once, so with every request queued at the start (`bench_serve.py`'s burst) it ne
 greedy packing of the lengths into `--batch` rows. If a decode step cost the same at every batch size, the
 throughput ratio would equal this step ratio; on a CPU a fuller step costs more, so the measured ratio lies
 below it. Lengths: each problem's reference solution in tokens (the embedded models write it when correct),
-the same problems `bench_serve.py` draws (seeded, held-out, difficulty uniform in the range).
+the same problems `bench_serve.py` draws (its `draw_problems`: seeded, held-out, difficulty uniform in the range).
 
     python benchmarks/serve_step_bound.py --out benchmarks/results/serve_step_bound
 """
@@ -39,8 +39,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/serve_step_bound")
     args = ap.parse_args()
 
+    from bench_serve import draw_problems
+
     from tessera.engine.engine import resolve_model_path
-    from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
     from tessera.tokenizer import Tokenizer
 
     tok = Tokenizer(resolve_model_path("dense"))
@@ -48,9 +49,8 @@ def main() -> None:
     for rng_text in args.difficulties.split(","):
         lo, hi = map(int, rng_text.split("-"))
         for n in map(int, args.requests.split(",")):
-            rng = random.Random(args.seed)  # as bench_serve.py draws them
-            lengths = [len(tok.encode(make_problem(EVAL_SEED_BASE + 5000 + i, rng.randint(lo, hi)).solution))
-                       for i in range(n)]
+            problems = draw_problems(random.Random(args.seed), n, lo, hi)  # bench_serve.py's requests
+            lengths = [len(tok.encode(p.solution)) for p in problems]
             static, cont = step_counts(lengths, args.batch)
             rows.append({"difficulties": [lo, hi], "requests": n, "batch": args.batch, "static_steps": static,
                          "continuous_steps": cont, "bound": static / cont, "min_len": min(lengths),

@@ -74,7 +74,7 @@ class CompiledDecode:
         # q/k/v and gate/up as one linear each, in place (as vLLM loads them): on the embedded models a compiled
         # step's linears cost about their call overhead, so 17 calls instead of 29 made the dense step ~9%
         # faster (the eager prefill shares the fused weights)
-        self.fused_groups = fuse_projections(model)
+        fuse_projections(model)
         self.model, self.steps = model, 0  # steps: decode steps run compiled
         layout = model.kv_layout()
         self.fn = torch.compile(partial(_decode_forward, model, layout.num_heads // layout.num_kv_heads), dynamic=True)

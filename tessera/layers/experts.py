@@ -190,7 +190,7 @@ def routed_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, ga
                    down: torch.Tensor, backend: str) -> torch.Tensor:
     """`run` as one opaque op, for a compiled graph (`tessera.engine.compiled_decode`): the exact backends'
     row counts per expert are data-dependent, which a graph cannot hold, so the graph calls this instead.
-    Few pairs take the static `experts_gathered` form instead (see `GATHERED_MAX_PAIRS`). (Building the
+    Few pairs take the static `experts_gathered` form instead (`use_gathered`). (Building the
     permutation in the graph, static shapes, and only the grouped GEMMs opaque, made the embedded MoE
     reasoner's step 1.4x slower: Inductor's sort and scatter-add kernels cost more than the eager ops on these
     few rows.)"""
