@@ -39,21 +39,21 @@ train: $(STAMP)
 # The embedded MoE reasoner (tessera/assets/tiny-moe-reasoner): Mixtral format, 8 experts of width 256, top-2,
 # on the reasoning task with a load-balancing loss, in four stages with step budgets (a loaded machine takes
 # longer instead of training less), each from the weights of the one before with a fresh warm-up and cosine:
-# 2,000 steps from scratch (curriculum, peak lr 2e-3); 1,000 steps from 8e-4, no curriculum, one torch thread
-# (it ran beside other jobs); 800 steps from 3e-4; 800 steps from 2e-4 on problems no earlier stage drew
-# (--first-problem), one thread. ~3.2 h on the 2-vCPU EPYC as run (docs/moe.md). Logs:
+# 2,000 steps from scratch (curriculum, peak lr 2e-3); 1,000 steps from 8e-4, no curriculum; 800 steps from 3e-4;
+# 800 steps from 2e-4 on problems no earlier stage drew (--first-problem). ~3.2 h on the 2-vCPU EPYC as run
+# (stages 2 and 4 with --threads 1, beside other jobs), ~2.35 h idle with two threads (docs/moe.md). Logs:
 # benchmarks/results/train_moe_cpu.log, train_moe_stage2_cpu.log, train_moe_stage3_cpu.log, train_moe_stage4_cpu.log.
 train-moe: $(STAMP)
 	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2000 --eval-every 200 \
 		--out runs/train/moe/model --work runs/train/moe
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe/model --steps 1000 --lr 8e-4 \
-		--curriculum-minutes 0 --threads 1 --eval-every 200 \
+		--curriculum-minutes 0 --eval-every 200 \
 		--out runs/train/moe_stage2/model --work runs/train/moe_stage2
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage2/model --steps 800 --lr 3e-4 \
 		--curriculum-minutes 0 --eval-every 200 \
 		--out runs/train/moe_stage3/model --work runs/train/moe_stage3
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage3/model --steps 800 --lr 2e-4 \
-		--curriculum-minutes 0 --threads 1 --eval-every 200 --first-problem 12800 \
+		--curriculum-minutes 0 --eval-every 200 --first-problem 12800 \
 		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe_stage4
 
 # Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on
