@@ -44,16 +44,16 @@ train: $(STAMP)
 # (stages 2 and 4 with --threads 1, beside other jobs), ~2.4-2.5 h idle with two threads (docs/moe.md). Logs:
 # benchmarks/results/train_moe_cpu.log, train_moe_stage2_cpu.log, train_moe_stage3_cpu.log, train_moe_stage4_cpu.log.
 train-moe: $(STAMP)
-	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2000 --eval-every 200 \
+	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2000 --eval-every 500 \
 		--out runs/train/moe/model --work runs/train/moe
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe/model --steps 1000 --lr 8e-4 \
-		--curriculum-minutes 0 --eval-every 200 \
+		--curriculum-minutes 0 --eval-every 500 \
 		--out runs/train/moe_stage2/model --work runs/train/moe_stage2
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage2/model --steps 800 --lr 3e-4 \
-		--curriculum-minutes 0 --eval-every 200 \
+		--curriculum-minutes 0 --eval-every 400 \
 		--out runs/train/moe_stage3/model --work runs/train/moe_stage3
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage3/model --steps 800 --lr 2e-4 \
-		--curriculum-minutes 0 --eval-every 200 --first-problem 12800 \
+		--curriculum-minutes 0 --eval-every 400 --first-problem 12800 \
 		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe_stage4
 
 # Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on

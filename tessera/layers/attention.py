@@ -55,7 +55,10 @@ class Attention(nn.Module):
             cache.observe_pre_rope_keys(self.layer_idx, k, ctx)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=S > 1, enable_gqa=self.n_heads != self.n_kv)
+            # a branch, not `is_causal=S > 1`: under torch.compile(dynamic=True) S is symbolic, and SDPA
+            # refuses a SymBool, which broke the graph at every layer (the model's layer loop then ran eagerly)
+            causal = True if S > 1 else False
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.n_heads != self.n_kv)
         else:
             out = cache.attend(self.layer_idx, q, k, v, ctx)  # [B, Hq, S, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
