@@ -41,7 +41,7 @@ train: $(STAMP)
 # longer instead of training less), each from the weights of the one before with a fresh warm-up and cosine:
 # 2,000 steps from scratch (curriculum, peak lr 2e-3); 1,000 steps from 8e-4, no curriculum; 800 steps from 3e-4;
 # 800 steps from 2e-4 on problems no earlier stage drew (--first-problem). ~3.2 h on the 2-vCPU EPYC as run
-# (stages 2 and 4 with --threads 1, beside other jobs), ~2.4-2.5 h idle with two threads (docs/moe.md). Logs:
+# (stages 2 and 4 with --threads 1, beside other jobs), 2 h 19 min idle in one run (docs/moe.md). Logs:
 # benchmarks/results/train_moe_cpu.log, train_moe_stage2_cpu.log, train_moe_stage3_cpu.log, train_moe_stage4_cpu.log.
 train-moe: $(STAMP)
 	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2000 --eval-every 500 \
