@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from tessera.layers.attention import causal_attention
 
 
 @dataclass
@@ -30,7 +31,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, new_len
     keeps it out of every real query (pad queries' outputs are never read). No explicit mask: with one,
     SDPA falls back to its math path and materialises [B, Hq, S, S] scores (16 GiB at 32K tokens);
     `is_causal` takes the flash kernel on CPU and GPU."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=q.shape[1] != k.shape[1])
+    return causal_attention(q, k, v)
 
 
 class KVCache:

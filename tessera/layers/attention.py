@@ -16,6 +16,15 @@ from tessera.layers.norm import RMSNorm
 from tessera.layers.rope import apply_rope
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA, q [B, Hq, S, D], k/v [B, Hkv, S, D] -> [B, Hq, S, D]; one query row needs no mask.
+
+    A branch, not `is_causal=S > 1`: under torch.compile(dynamic=True) S is symbolic, and SDPA refuses a
+    SymBool, which broke the graph at every layer (the model's layer loop then ran eagerly in training)."""
+    causal = True if q.shape[2] > 1 else False
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -55,10 +64,7 @@ class Attention(nn.Module):
             cache.observe_pre_rope_keys(self.layer_idx, k, ctx)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            # a branch, not `is_causal=S > 1`: under torch.compile(dynamic=True) S is symbolic, and SDPA
-            # refuses a SymBool, which broke the graph at every layer (the model's layer loop then ran eagerly)
-            causal = True if S > 1 else False
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.n_heads != self.n_kv)
+            out = causal_attention(q, k, v)  # [B, Hq, S, D]
         else:
             out = cache.attend(self.layer_idx, q, k, v, ctx)  # [B, Hq, S, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
