@@ -63,6 +63,23 @@ def test_the_answer_needs_the_first_result():
     assert "wait , let me verify" in p.solution
 
 
+def test_only_times_6_rules_break_the_period_4_shortcut():
+    """`r1` equals `r_k` for every k = 1 mod 4 under 7 multipliers of 8 (a model can read it a few dozen tokens
+    back instead of copying it from the start); under x * 6 the period is 5 (docs/moe.md: the MoE reasoner's
+    misses are the x * 6 problems)."""
+    def registers(r0, a, b, n=13):
+        r = [r0]
+        for _ in range(n):
+            r.append((r[-1] * a + b) % 10)
+        return r
+
+    def shortcut_holds(a):
+        return all(registers(r0, a, b)[1] == registers(r0, a, b)[k] for r0 in range(10) for b in range(1, 10)
+                   for k in (5, 9, 13))
+
+    assert [a for a in range(2, 10) if not shortcut_holds(a)] == [6]
+
+
 @pytest.mark.parametrize("seed", [3, EVAL_SEED_BASE + 5])
 def test_far_copies_mark_the_count_and_the_first_result(seed):
     p = make_problem(seed)
