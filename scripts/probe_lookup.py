@@ -21,10 +21,10 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from tessera.config import SamplingParams
 from tessera.engine.engine import LLM, resolve_model_path
 from tessera.models import load_model
-from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem, score
+from tessera.tasks.evaluate import evaluate
+from tessera.tasks.reasoning import EVAL_SEED_BASE, make_problem
 from tessera.tokenizer import Tokenizer
 
 
@@ -47,15 +47,9 @@ def misses_by_rule(path: str) -> None:
 
 def solve_rule(model_dir: str, a: int, n: int = 200, batch: int = 12) -> None:
     """Greedy accuracy on the held-out problems (`tessera eval`'s first `n` seeds) whose rule is x * a + b."""
-    llm = LLM.load(model_dir)
-    problems = sorted((p for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + n) if rule_multiplier(s) == a
-                       for p in [make_problem(s)]), key=lambda p: p.difficulty)
-    solved = 0
-    for i in range(0, len(problems), batch):
-        chunk = problems[i:i + batch]
-        out = llm.generate([p.prompt for p in chunk], SamplingParams(max_new_tokens=4000))
-        solved += sum(score(p, c.text) for p, c in zip(chunk, out.completions))
-    print(f"{model_dir}: x * {a}: {solved} / {len(problems)} held-out problems solved")
+    seeds = [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + n) if rule_multiplier(s) == a]
+    res = evaluate(LLM.load(model_dir), seeds=seeds, batch_size=batch, progress=False, max_new_tokens=4000)
+    print(f"{model_dir}: x * {a}: {res['correct']} / {len(seeds)} held-out problems solved")
 
 
 def attention_at_lookup(model_dir: str, seed: int, cue: str, top: int = 3) -> None:

@@ -8,14 +8,19 @@ import pytest
 from tessera.tasks.reasoning import EVAL_SEED_BASE, extract_answer, make_problem, score, vocabulary
 
 
+def registers(r0: int, a: int, b: int, n: int) -> list[int]:
+    """The register before and after each of n steps of x -> x * a + b mod 10."""
+    r = [r0]
+    for _ in range(n):
+        r.append((r[-1] * a + b) % 10)
+    return r
+
+
 def execute(prompt: str) -> tuple[list[int], int]:
     """Independent interpreter of a problem statement -> (register after each step, expected answer)."""
     m = re.search(r"starts at (\d) \. apply the rule x -> x \* (\d) \+ (\d) , (\d) (\d) times", prompt)
     r0, a, b, tens, ones = map(int, m.groups())
-    n = 10 * tens + ones
-    r = [r0]
-    for _ in range(n):
-        r.append((r[-1] * a + b) % 10)
+    r = registers(r0, a, b, 10 * tens + ones)
     return r, (r[1] + r[-1]) % 10
 
 
@@ -67,15 +72,9 @@ def test_only_times_6_rules_break_the_period_4_shortcut():
     """`r1` equals `r_k` for every k = 1 mod 4 under 7 multipliers of 8 (a model can read it a few dozen tokens
     back instead of copying it from the start); under x * 6 the period is 5 (docs/moe.md: the MoE reasoner's
     misses are the x * 6 problems)."""
-    def registers(r0, a, b, n=13):
-        r = [r0]
-        for _ in range(n):
-            r.append((r[-1] * a + b) % 10)
-        return r
-
     def shortcut_holds(a):
-        return all(registers(r0, a, b)[1] == registers(r0, a, b)[k] for r0 in range(10) for b in range(1, 10)
-                   for k in (5, 9, 13))
+        runs = (registers(r0, a, b, 13) for r0 in range(10) for b in range(1, 10))
+        return all(r[1] == r[k] for r in runs for k in (5, 9, 13))
 
     assert [a for a in range(2, 10) if not shortcut_holds(a)] == [6]
 
