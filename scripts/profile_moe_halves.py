@@ -7,7 +7,8 @@ first) standing in for the M2N curve. Writes a `tessera.disagg.profile/1` file f
     python scripts/profile_moe_halves.py [--model moe] [--batch-sizes 1,2,4,8,16,32] [--context 256]
         [--tokens 1,4,16,64,128,256] [--reps 15] [--no-m2n] [--out benchmarks/results/moe_halves_profile_cpu]
 
-One process, one thread by default (`--threads`), layer 0 (every layer has the same shapes); medians of
+One process, one thread by default (`--threads`), layer 0's attention and the first routed layer's FFN (every
+routed layer has the same shapes); medians of
 `--reps` calls after warm-up, spread as the min-max of those calls. On a shared machine the fits carry
 the other jobs' noise: the output names the machine and says it was shared.
 """
@@ -77,11 +78,14 @@ def attention_times(llm, batch_sizes, context, reps):
 def ffn_times(llm, token_counts, reps):
     """One layer's FFN half (router, experts, combine) on `t` tokens: t x top-k rows."""
     model, cfg = llm.model, llm.config
-    layer = model.model.layers[0]
-    # real hidden states: a held-out problem's prompt through the embedding and layer 0's attention
+    first = min(model.moe_blocks())  # the first routed layer (a model may start with dense ones)
+    layer = model.model.layers[first]
+    # real hidden states: a held-out problem's prompt through the layers before it and this layer's attention
     ids = torch.tensor([llm.tokenizer.encode(make_problem(EVAL_SEED_BASE + 777_000 + j).prompt)[:256]
                         for j in range(4)])
     x, step = model.embed(ids)
+    for before in model.model.layers[:first]:
+        x = before.ffn_half(before.attention_half(x, step))
     h = layer.attention_half(x, step).reshape(-1, cfg.hidden_size)  # [4 * 256, H]
     fns = [lambda t=t: layer.ffn_half(h[:t][:, None]) for t in token_counts]  # [t, 1, H]: t decode tokens
     return [{"tokens": t, "rows": t * cfg.num_experts_per_tok, "median_s": med, "min_s": lo, "max_s": hi}
@@ -174,7 +178,7 @@ def main() -> None:
                  "posted first; not the M2N library"} if m2n else
                 {"alpha_s": 2e-4, "bytes_per_s": 1e9, "what": "assumption: 200 us + 1 GB/s"}),
         "hardware": {"attention": {"memory_bytes": mem, "cost": 1.0}, "expert": {"memory_bytes": mem, "cost": 1.0}},
-        "labels": {"k1,k2,k3,k4": f"measured: {machine}, {args.threads} thread(s), layer 0, fp32, fit on the {args.fit_on}s",
+        "labels": {"k1,k2,k3,k4": f"measured: {machine}, {args.threads} thread(s), attention of layer 0, FFN of the first routed layer, fp32, fit on the {args.fit_on}s",
                    "m2n": "measured: loopback gloo on the same machine" if m2n else "assumption",
                    "memory": "this machine's RAM (every rank shares it)",
                    "expert fit": "the whole FFN half with all experts (router and combine included) against "
@@ -185,7 +189,7 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(prof, indent=2) + "\n")
     md = ["# Layer halves of the embedded MoE reasoner, for the disaggregation planner\n",
           f"Machine: {machine}. {prof['date_utc']} UTC. Command: `{prof['command']}`. Medians of {args.reps} calls "
-          f"(min-max beside), layer 0, fp32; fits on the {args.fit_on}s.\n",
+          f"(min-max beside), attention of layer 0 and FFN of the first routed layer, fp32; fits on the {args.fit_on}s.\n",
           f"Attention half, decode at context {args.context}: **Ta = {k1 * 1e6:.2f} us x sequences + "
           f"{k2 * 1e6:.1f} us** (R^2 {r2a:.3f})\n", "| sequences | median ms | min-max ms |", "|---|---|---|"]
     md += [f"| {r['sequences']} | {r['median_s'] * 1e3:.3f} | {r['min_s'] * 1e3:.3f}-{r['max_s'] * 1e3:.3f} |" for r in att]

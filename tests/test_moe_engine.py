@@ -83,3 +83,20 @@ def test_embedded_names_resolve():
     assert resolve_model_path(None) == DEFAULT_MODEL == EMBEDDED["dense"]
     assert resolve_model_path("moe").name == "tiny-moe-reasoner"
     assert str(resolve_model_path("some/dir")) == "some/dir"
+
+
+def test_embedded_moe_reasoner_loads_in_transformers():
+    # the committed weights, as a user would take them: transformers loads every tensor and agrees with us
+    import transformers
+
+    from tessera.engine.engine import resolve_model_path
+    from tessera.models import load_model
+    from tessera.tokenizer import Tokenizer
+
+    path = resolve_model_path("moe")
+    assert (path / "model.safetensors").stat().st_size <= 40e6
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids = torch.tensor([Tokenizer(path).encode(make_problem(3).prompt)[:48]])  # [1, 48]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(ids), hf.eval()(ids).logits, atol=1e-4, rtol=1e-4)

@@ -91,3 +91,30 @@ def test_save_model_loads_back_in_transformers(pair, tmp_path):
     again = load_model(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(again(ids), ours(ids), atol=0, rtol=0)
+
+
+def test_qwen2_moe_without_a_shared_expert_round_trips_through_transformers(tmp_path):
+    # transformers' Qwen2-MoE always builds a shared expert (default width 5632): save_model must say width 0
+    # and write the 0-wide tensors, or transformers adds a random shared expert / reports missing tensors
+    from tessera.config import ModelConfig
+    from tessera.models import CausalLM
+
+    cfg = ModelConfig(**{k: v for k, v in BASE.items() if k != "num_experts_per_tok"}, model_type="qwen2_moe",
+                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=(0,),
+                      norm_topk_prob=True)
+    torch.manual_seed(0)
+    ours = CausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.3)
+    save_model(ours, tmp_path)
+    back, info = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, experts_implementation="eager", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert back.config.shared_expert_intermediate_size == 0
+    ids = torch.randint(3, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(ids).logits, ours(ids), atol=1e-5, rtol=1e-5)
+    again = load_model(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), ours(ids), atol=0, rtol=0)

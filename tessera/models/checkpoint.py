@@ -62,4 +62,11 @@ def split_experts(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
         if old != new:
             for k in [k for k in state if k.startswith(new + ".")]:
                 state[old + k[len(new):]] = state.pop(k)
+        if cfg.model_type == "qwen2_moe" and not cfg.shared_expert_intermediate_size:
+            # transformers' Qwen2-MoE block always builds a shared expert: a 0-wide one (and a zero gate) adds
+            # exactly nothing, and writing it lets transformers load the file without reporting missing tensors
+            h = cfg.hidden_size
+            for n, shape in (("gate_proj", (0, h)), ("up_proj", (0, h)), ("down_proj", (h, 0))):
+                state[f"{new}.shared_expert.{n}.weight"] = torch.zeros(shape)
+            state[f"{new}.shared_expert_gate.weight"] = torch.zeros(1, h)
     return state

@@ -174,7 +174,7 @@ def config_to_hf(c: ModelConfig) -> dict:
                  router_aux_loss_coef=c.router_aux_loss_coef, output_router_logits=False)
         if c.model_type in ("qwen2_moe", "qwen3_moe"):
             d["moe_intermediate_size"] = c.moe_intermediate_size
-        if c.shared_expert_intermediate_size:
+        if c.shared_expert_intermediate_size or c.model_type == "qwen2_moe":  # transformers' default is 5632, not 0
             d["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size
     back = config_from_hf(d)
     lost = [f.name for f in fields(ModelConfig) if getattr(back, f.name) != getattr(c, f.name)]
