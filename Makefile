@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy setup lint train train-moe train-vt bench-ngemm compat-transformers clean-venv
+.PHONY: demo test test-heavy setup lint train train-moe train-moe-dense0 train-vt bench-ngemm compat-transformers clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -55,6 +55,20 @@ train-moe: $(STAMP)
 	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage3/model --steps 800 --lr 2e-4 \
 		--curriculum-minutes 0 --eval-every 400 --first-problem 12800 \
 		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe_stage4
+
+# The dense-first-layer MoE recipe (scripts/train_tiny.py --moe-layout dense0; docs/moe.md): an induction head
+# first, then 1,600 / 800 / 500 / 500 steps as above; writes runs/train/moe_dense0/model, not the committed weights.
+# One run: 1 h 45 min on the 2-vCPU EPYC, 67.5% held out (benchmarks/results/archive/train_moe_dense0_cpu.log).
+MOE0 = $(BIN)/python scripts/train_tiny.py --arch moe --moe-layout dense0 --curriculum-minutes 0 --repeat-share 0.05
+train-moe-dense0: $(STAMP)
+	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout dense0 --induction-steps 1000 --repeat-share 0.1 \
+		--steps 1600 --eval-every 400 --out runs/train/moe_dense0/s1 --work runs/train/moe_dense0/w1
+	$(MOE0) --init-from runs/train/moe_dense0/s1 --steps 800 --lr 8e-4 --eval-every 400 \
+		--out runs/train/moe_dense0/s2 --work runs/train/moe_dense0/w2
+	$(MOE0) --init-from runs/train/moe_dense0/s2 --steps 500 --lr 3e-4 --eval-every 500 \
+		--out runs/train/moe_dense0/s3 --work runs/train/moe_dense0/w3
+	$(MOE0) --init-from runs/train/moe_dense0/s3 --steps 500 --lr 2e-4 --eval-every 500 --first-problem 12800 \
+		--out runs/train/moe_dense0/model --work runs/train/moe_dense0/w4
 
 # Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on
 # one H200 with 10 batch-building processes (10,149 steps); reads and rewrites tessera/assets/tiny-reasoner.

@@ -17,7 +17,8 @@ training.
     python scripts/train_tiny.py --induction-steps 1000 --repeat-share 0.1 ...    # induction head first (docs/shadowkv.md)
     python scripts/train_tiny.py --arch moe --out tessera/assets/tiny-moe-reasoner  # what `make train-moe` runs
 
-`--arch moe` trains the embedded Mixture-of-Experts reasoner (Mixtral format, 8 experts, top-2): the experts
+`--arch moe` trains the embedded Mixture-of-Experts reasoner (Mixtral format, 8 experts, top-2; `--moe-layout
+dense0`: Qwen2-MoE format with layer 0 dense, which grows an induction head under `--induction-steps`): the experts
 run through the fixed-capacity backend (static shapes, so `torch.compile` takes the layer whole) and a
 Switch-Transformer load-balancing loss (`--aux-weight`) keeps routing from collapsing onto a few experts.
 """
@@ -47,9 +48,16 @@ MODEL = dict(
     num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, rope_theta=10000.0,
     rms_norm_eps=1e-6, tie_word_embeddings=True,
 )
-# The MoE reasoner: the dense model's attention, and 8 experts of width 256 (top-2: 512 active, vs 768 dense)
-MOE_MODEL = dict(MODEL, model_type="mixtral", intermediate_size=256, moe_intermediate_size=256, num_experts=8,
-                 num_experts_per_tok=2)
+# The MoE reasoner (--moe-layout): the dense model's attention and 8 routed experts of width 256 (top-2: 512 active,
+# vs 768 dense). `mixtral` (the committed weights): every layer routed. `dense0`: Qwen2-MoE format, layer 0 a dense
+# 768-wide SwiGLU, layers 1-3 routed, no shared expert: the layout in which an MoE grows an induction head
+# (docs/moe.md; Mixtral's config.json cannot say a layer is dense, Qwen3-MoE's per-head q/k norms grew none).
+MOE_LAYOUTS = {
+    "mixtral": dict(MODEL, model_type="mixtral", intermediate_size=256, moe_intermediate_size=256, num_experts=8,
+                    num_experts_per_tok=2),
+    "dense0": dict(MODEL, model_type="qwen2_moe", moe_intermediate_size=256, num_experts=8, num_experts_per_tok=2,
+                   mlp_only_layers=(0,), norm_topk_prob=True, attention_bias=False),
+}
 
 
 _TOK = None
@@ -202,6 +210,8 @@ def main():
     ap.add_argument("--first-problem", type=int, default=0,
                     help="seed of the first training problem: a later stage can start past the problems the earlier "
                          "ones drew, and so see new ones (held-out problems start at 1,000,000)")
+    ap.add_argument("--moe-layout", choices=sorted(MOE_LAYOUTS), default="mixtral",
+                    help="MoE: every layer routed (Mixtral format, the committed weights) or layer 0 dense (Qwen2-MoE)")
     ap.add_argument("--capacity-factor", type=float, default=1.25,
                     help="MoE: expert slots per expert during training, in units of the even share T k / E")
     ap.add_argument("--eval-every", type=int, default=50, help="teacher-forced held-out evaluation every N steps")
@@ -224,7 +234,7 @@ def main():
     is_result = torch.zeros(tok.vocab_size, dtype=torch.bool)  # [V] True for r0, r1, ..
     is_result[tok.encode(" ".join(RESULT_WORDS), add_bos=False)] = True
     cfg = ModelConfig(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-                      pad_token_id=tok.pad_id, **(MOE_MODEL if args.arch == "moe" else MODEL))
+                      pad_token_id=tok.pad_id, **(MOE_LAYOUTS[args.moe_layout] if args.arch == "moe" else MODEL))
     model = CausalLM(cfg)
     for name, p in model.named_parameters():  # GPT-2-style small init keeps early training stable
         if p.dim() >= 2:

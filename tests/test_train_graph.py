@@ -13,7 +13,9 @@ from tessera.models import CausalLM
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
 def test_training_forward_has_no_graph_break(moe):
     torch.manual_seed(0)
-    extra = dict(model_type="mixtral", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32) if moe else {}
+    # `--moe-layout dense0` of scripts/train_tiny.py: a dense layer 0, routed layers after it
+    extra = dict(model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                 mlp_only_layers=(0,), norm_topk_prob=True) if moe else {}
     cfg = ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **extra)
     model = CausalLM(cfg)
