@@ -10,6 +10,7 @@ A model that learnt that shortcut misses the x * 6 problems and no others; this 
     python scripts/probe_lookup.py --model moe --seed 1000010          # attention at `the first result r1 =`
     python scripts/probe_lookup.py --model moe --seed 1000010 --cue last
     python scripts/probe_lookup.py --model runs/x/model --rule 6        # solve the 24 held-out x * 6 problems
+    python scripts/probe_lookup.py --eval runs/eval.json --model runs/x/model --diff 32   # where misses go wrong
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from tessera.config import SamplingParams
 from tessera.engine.engine import LLM, resolve_model_path
 from tessera.models import load_model
 from tessera.tasks.evaluate import evaluate
@@ -50,6 +52,26 @@ def solve_rule(model_dir: str, a: int, n: int = 200, batch: int = 12) -> None:
     seeds = [s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + n) if rule_multiplier(s) == a]
     res = evaluate(LLM.load(model_dir), seeds=seeds, batch_size=batch, progress=False, max_new_tokens=4000)
     print(f"{model_dir}: x * {a}: {res['correct']} / {len(seeds)} held-out problems solved")
+
+
+def first_differences(model_dir: str, eval_path: str, n: int) -> None:
+    """Regenerate the eval's first `n` misses greedily and print the first word that differs from the reference
+    trace, with the words before it; a difference in the final sum `D + E = S` is named by which of its parts."""
+    seeds = [r["seed"] for r in json.load(open(eval_path))["results"] if not r["correct"]][:n]
+    problems = [make_problem(s) for s in seeds]
+    out = LLM.load(model_dir).generate([p.prompt for p in problems], SamplingParams(max_new_tokens=4000))
+    kinds = Counter()
+    for s, p, c in zip(seeds, problems, out.completions):
+        got, ref = c.text.split(), p.solution.split()
+        i = next((i for i, (x, y) in enumerate(zip(got, ref)) if x != y), min(len(got), len(ref)))
+        # the reference ends `... rN = E . D + E = S , mod 10 is A . answer : A`
+        plus = max((k for k in range(len(ref)) if ref[k] == "+"), default=-1)
+        kind = {plus - 1: "sum: first operand", plus + 1: "sum: second operand", plus + 3: "sum: addition"}.get(
+            i, "restated result" if i >= len(ref) - 40 and i < plus else "trace" if i < plus else "after the sum")
+        kinds[kind] += 1
+        print(f"{s} {kind} @{i}/{len(ref)} | got {' '.join(got[max(0, i - 12):i + 3])} | "
+              f"ref {' '.join(ref[max(0, i - 12):i + 3])}")
+    print(dict(kinds))
 
 
 def attention_at_lookup(model_dir: str, seed: int, cue: str, top: int = 3) -> None:
@@ -95,14 +117,20 @@ def main():
     ap.add_argument("--model", default="moe", help="HF-format model dir, or 'dense' / 'moe'")
     ap.add_argument("--seed", type=int, help="a problem seed: attention at its restated result")
     ap.add_argument("--rule", type=int, help="solve the held-out problems whose rule multiplies by this (2-9)")
+    ap.add_argument("--diff", type=int, default=0, help="with --eval: regenerate its first N misses with --model "
+                    "and print where each first differs from the reference")
     ap.add_argument("--cue", choices=("first", "last"), default="first", help="which restated result")
     args = ap.parse_args()
     if not args.eval and args.seed is None and args.rule is None:
         ap.error("give --eval, --seed or --rule")
     if args.rule is not None and not 2 <= args.rule <= 9:
         ap.error(f"--rule must be a multiplier in 2-9, got {args.rule}")
+    if args.diff and not args.eval:
+        ap.error("--diff needs --eval (the misses to regenerate)")
     if args.eval:
         misses_by_rule(args.eval)
+    if args.diff:
+        first_differences(str(resolve_model_path(args.model)), args.eval, args.diff)
     if args.seed is not None:
         attention_at_lookup(str(resolve_model_path(args.model)), args.seed, args.cue)
     if args.rule is not None:
