@@ -99,8 +99,7 @@ def test_qwen2_moe_without_a_shared_expert_round_trips_through_transformers(tmp_
     from tessera.config import ModelConfig
     from tessera.models import CausalLM
 
-    cfg = ModelConfig(**{k: v for k, v in BASE.items() if k != "num_experts_per_tok"}, model_type="qwen2_moe",
-                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=(0,),
+    cfg = ModelConfig(**BASE, model_type="qwen2_moe", num_experts=4, moe_intermediate_size=32, mlp_only_layers=(0,),
                       norm_topk_prob=True)
     torch.manual_seed(0)
     ours = CausalLM(cfg).eval()

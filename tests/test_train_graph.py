@@ -9,13 +9,18 @@ import torch
 from tessera.config import ModelConfig
 from tessera.models import CausalLM
 
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+LAYOUTS = {  # scripts/train_tiny.py's --arch dense, and --arch moe with each --moe-layout
+    "dense": {},
+    "mixtral": dict(MOE, model_type="mixtral"),  # every layer routed
+    "dense0": dict(MOE, model_type="qwen2_moe", mlp_only_layers=(0,), norm_topk_prob=True),  # a dense layer 0
+}
 
-@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
-def test_training_forward_has_no_graph_break(moe):
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_training_forward_has_no_graph_break(layout):
     torch.manual_seed(0)
-    # `--moe-layout dense0` of scripts/train_tiny.py: a dense layer 0, routed layers after it
-    extra = dict(model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                 mlp_only_layers=(0,), norm_topk_prob=True) if moe else {}
+    extra = LAYOUTS[layout]
     cfg = ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **extra)
     model = CausalLM(cfg)
