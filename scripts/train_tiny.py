@@ -69,6 +69,10 @@ def _init_worker(tok_dir):
 
 
 MOD_WEIGHT = [False]  # --weight-mod-digits: the digit after every `mod 10 is` counts like a far copy
+SUM_WEIGHT = [False]  # --weight-final-sum: the question's sum `D + E = S , mod 10 is A . answer : A` does too
+
+# offsets from the trace's last `+` of the tokens --weight-final-sum weights: D, E, S, the mod-10 digit, the answer
+FINAL_SUM = (-1, 1, 3, 8, 12)
 
 
 def encode_problem(seed_share):
@@ -82,9 +86,14 @@ def encode_problem(seed_share):
     prompt = _TOK.encode(p.prompt)
     trace = _TOK.encode(p.solution, add_bos=False)  # one token per word: far_copies index it directly
     weighted = list(p.far_copies)
+    words = p.solution.split()
     if MOD_WEIGHT[0]:
-        words = p.solution.split()
         weighted += [i for i in range(3, len(words)) if words[i - 3:i] == ["mod", "10", "is"]]
+    if SUM_WEIGHT[0]:
+        # the sum is written once per trace (the steps multiply then add b): ~5 tokens in 1,600 that teach adding
+        # two registers and copying r1 six words back, the tokens every miss of the dense0 MoE went wrong on
+        plus = len(words) - 1 - words[::-1].index("+")
+        weighted += [plus + o for o in FINAL_SUM]
     return prompt + trace + [_TOK.eos_id], len(prompt), [len(prompt) + i for i in weighted]
 
 
@@ -172,6 +181,21 @@ def count_targets(ids, mask, times_id):
     return mask[:, 1:] & ((nxt == times_id) | (nxt2 == times_id))
 
 
+def final_sum_targets(ids, mask, plus_id):
+    """[B, T-1] True where the target is D, E or S of the question's sum `D + E = S` (the row's last `+`):
+    copied from six words back, from the line before, and added. Each is one token per ~1,600, invisible in
+    token accuracy, yet every miss of the first dense-first-layer MoE reasoner went wrong at one of them."""
+    B, T = ids.shape
+    pos = torch.arange(T, device=ids.device).expand(B, T)
+    last = torch.where(ids == plus_id, pos, -100).max(1).values  # [B] position of the last `+`
+    out = torch.zeros((B, T - 1), dtype=torch.bool, device=ids.device)
+    for o in FINAL_SUM[:3]:
+        # a token at position p is the target at index p - 1
+        idx = (last + o - 1).clamp(0, T - 2)
+        out[torch.arange(B), idx] = last >= 0
+    return out & mask[:, 1:]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tessera/assets/tiny-reasoner")
@@ -218,6 +242,9 @@ def main():
     ap.add_argument("--weight-mod-digits", action="store_true",
                     help="weight the digit after every 'mod 10 is' like the far copies (--far-weight): the slips "
                          "the first MoE reasoner made ('12 , mod 10 is 0')")
+    ap.add_argument("--weight-final-sum", action="store_true",
+                    help="weight the question's final sum (D, E, S, the mod-10 digit, the answer) like the far copies: "
+                         "written once per trace, it is where the first dense-first-layer MoE reasoner failed")
     ap.add_argument("--arch", choices=("dense", "moe"), default="dense")
     ap.add_argument("--aux-weight", type=float, default=0.01,
                     help="MoE: weight of the load-balancing loss (1.0 = perfectly even routing)")
@@ -231,6 +258,7 @@ def main():
     tok = build_word_tokenizer(vocabulary(), args.out, MODEL["max_position_embeddings"])
     eq_id = tok.encode("=", add_bos=False)[0]
     times_id = tok.encode("times", add_bos=False)[0]
+    plus_id = tok.encode("+", add_bos=False)[0]
     is_result = torch.zeros(tok.vocab_size, dtype=torch.bool)  # [V] True for r0, r1, ..
     is_result[tok.encode(" ".join(RESULT_WORDS), add_bos=False)] = True
     cfg = ModelConfig(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
@@ -242,6 +270,7 @@ def main():
     _MOE_BLOCKS[:] = model.moe_blocks().values()
     AUX_WEIGHT[0] = args.aux_weight
     MOD_WEIGHT[0] = args.weight_mod_digits
+    SUM_WEIGHT[0] = args.weight_final_sum
     for b in _MOE_BLOCKS:
         b.experts.backend = "capacity"  # training only: exact backends at inference (saved files carry no backend)
         b.experts.capacity_factor = args.capacity_factor
@@ -281,12 +310,17 @@ def main():
         _init_worker(args.out)
     # the trace tokens only: a prompt's random digits are unpredictable and would hide the ~1e-3 token error
     # rate that separates a 40% model from a 90% one (every trace is ~1,600 tokens; one wrong token fails it)
+    # and far-acc over the far copies alone, whichever extra tokens the loss weights (they have their own accuracies)
+    weights = MOD_WEIGHT[0], SUM_WEIGHT[0]
+    MOD_WEIGHT[0] = SUM_WEIGHT[0] = False
     eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_064), args.tokens_per_batch,
                                 train_prompt=False)
+    MOD_WEIGHT[0], SUM_WEIGHT[0] = weights
     eval_batches = [tuple(t.to(args.device) for t in b) for b in eval_batches]
     vals = [value_targets(i, m, eq_id, is_result) for i, m, _ in eval_batches]  # fixed: computed once
     fars = [f[:, 1:] for _, _, f in eval_batches]
     counts = [count_targets(i, m, times_id) for i, m, _ in eval_batches]
+    sums = [final_sum_targets(i, m, plus_id) for i, m, _ in eval_batches]
     rep_eval = tuple(t.to(args.device) for t in held_out_batch(tok.vocab_size, tok.bos_id))
 
     def evaluate():
@@ -302,7 +336,7 @@ def main():
 
         msg = (f"eval step {state['step']} loss {sum(e[0].item() for e in ev) / len(ev):.4f} "
                f"tok-acc {sum(e[1].item() for e in ev) / len(ev):.5f} value-acc {acc(vals):.4f} far-acc {acc(fars):.4f} "
-               f"count-acc {acc(counts):.4f} "
+               f"count-acc {acc(counts):.4f} sum-acc {acc(sums):.4f} "
                f"repeat-acc {repeat_acc():.4f}")
         if bal:
             msg += f" balancedness {bal}"
