@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy setup lint train train-moe train-moe-dense0 train-vt bench-ngemm compat-transformers clean-venv
+.PHONY: demo test test-heavy setup lint train train-moe train-moe-mixtral train-vt bench-ngemm compat-transformers clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,39 +36,42 @@ train: $(STAMP)
 	$(BIN)/python scripts/train_long.py --init-from runs/train/reasoner --work runs/train/long --minutes 40 \
 		--ruler-share 0.5 --repeat-share 0.05
 
-# The embedded MoE reasoner (tessera/assets/tiny-moe-reasoner): Mixtral format, 8 experts of width 256, top-2,
-# on the reasoning task with a load-balancing loss, in four stages with step budgets (a loaded machine takes
-# longer instead of training less), each from the weights of the one before with a fresh warm-up and cosine:
-# 2,000 steps from scratch (curriculum, peak lr 2e-3); 1,000 steps from 8e-4, no curriculum; 800 steps from 3e-4;
-# 800 steps from 2e-4 on problems no earlier stage drew (--first-problem). ~3.2 h on the 2-vCPU EPYC as run
-# (stages 2 and 4 with --threads 1, beside other jobs), 2 h 19 min idle in one run (docs/moe.md). Logs:
-# benchmarks/results/train_moe_cpu.log, train_moe_stage2_cpu.log, train_moe_stage3_cpu.log, train_moe_stage4_cpu.log.
+# The embedded MoE reasoner (tessera/assets/tiny-moe-reasoner; docs/moe.md): Qwen2-MoE format, layer 0 a dense
+# SwiGLU, layers 1-3 with 8 experts of width 256, top-2; the reasoning task with a load-balancing loss. First an
+# induction head (repeat-copy steps until held-out copy accuracy passes 0.9, ~550), then four stages with step
+# budgets (a loaded machine takes longer instead of training less), each from the weights of the one before with
+# a fresh warm-up and cosine: 1,600 steps from 2e-3; 800 from 8e-4; 500 from 3e-4; 500 from 2e-4 on problems no
+# earlier stage drew (--first-problem). The far copies and the question's final sum weigh 20x in the loss
+# (--weight-final-sum). One run: 1 h 44 min on the 2-vCPU EPYC, 94.5% held out
+# (benchmarks/results/train_moe_cpu.log).
+MOE = $(BIN)/python scripts/train_tiny.py --arch moe --moe-layout dense0 --weight-final-sum --curriculum-minutes 0 \
+	--repeat-share 0.05
 train-moe: $(STAMP)
-	$(BIN)/python scripts/train_tiny.py --arch moe --steps 2000 --eval-every 500 \
-		--out runs/train/moe/model --work runs/train/moe
-	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe/model --steps 1000 --lr 8e-4 \
-		--curriculum-minutes 0 --eval-every 500 \
-		--out runs/train/moe_stage2/model --work runs/train/moe_stage2
-	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage2/model --steps 800 --lr 3e-4 \
-		--curriculum-minutes 0 --eval-every 400 \
-		--out runs/train/moe_stage3/model --work runs/train/moe_stage3
-	$(BIN)/python scripts/train_tiny.py --arch moe --init-from runs/train/moe_stage3/model --steps 800 --lr 2e-4 \
-		--curriculum-minutes 0 --eval-every 400 --first-problem 12800 \
-		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe_stage4
+	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout dense0 --weight-final-sum --induction-steps 1000 \
+		--repeat-share 0.1 --steps 1600 --eval-every 400 --out runs/train/moe/s1 --work runs/train/moe/w1
+	$(MOE) --init-from runs/train/moe/s1 --steps 800 --lr 8e-4 --eval-every 400 \
+		--out runs/train/moe/s2 --work runs/train/moe/w2
+	$(MOE) --init-from runs/train/moe/s2 --steps 500 --lr 3e-4 --eval-every 500 \
+		--out runs/train/moe/s3 --work runs/train/moe/w3
+	$(MOE) --init-from runs/train/moe/s3 --steps 500 --lr 2e-4 --eval-every 500 --first-problem 12800 \
+		--out tessera/assets/tiny-moe-reasoner --work runs/train/moe/w4
 
-# The dense-first-layer MoE recipe (scripts/train_tiny.py --moe-layout dense0; docs/moe.md): an induction head
-# first, then 1,600 / 800 / 500 / 500 steps as above; writes runs/train/moe_dense0/model, not the committed weights.
-# One run: 1 h 45 min on the 2-vCPU EPYC, 67.5% held out (benchmarks/results/archive/train_moe_dense0_cpu.log).
-MOE0 = $(BIN)/python scripts/train_tiny.py --arch moe --moe-layout dense0 --curriculum-minutes 0 --repeat-share 0.05
-train-moe-dense0: $(STAMP)
-	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout dense0 --induction-steps 1000 --repeat-share 0.1 \
-		--steps 1600 --eval-every 400 --out runs/train/moe_dense0/s1 --work runs/train/moe_dense0/w1
-	$(MOE0) --init-from runs/train/moe_dense0/s1 --steps 800 --lr 8e-4 --eval-every 400 \
-		--out runs/train/moe_dense0/s2 --work runs/train/moe_dense0/w2
-	$(MOE0) --init-from runs/train/moe_dense0/s2 --steps 500 --lr 3e-4 --eval-every 500 \
-		--out runs/train/moe_dense0/s3 --work runs/train/moe_dense0/w3
-	$(MOE0) --init-from runs/train/moe_dense0/s3 --steps 500 --lr 2e-4 --eval-every 500 --first-problem 12800 \
-		--out runs/train/moe_dense0/model --work runs/train/moe_dense0/w4
+# The previous embedded MoE reasoner's recipe (every layer routed, Mixtral format, no final-sum weight; docs/moe.md):
+# 2,000 steps from scratch (curriculum), then 1,000 from 8e-4, 800 from 3e-4, 800 from 2e-4 on new problems.
+# 92.0% held out from stages run in pieces (~3.2 h), 89.0% in one 2 h 19 min run; writes runs/train/moe_mixtral/model
+# (logs: benchmarks/results/archive/train_moe_*_cpu.log).
+train-moe-mixtral: $(STAMP)
+	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout mixtral --steps 2000 --eval-every 500 \
+		--out runs/train/moe_mixtral/s1 --work runs/train/moe_mixtral/w1
+	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout mixtral --init-from runs/train/moe_mixtral/s1 --steps 1000 --lr 8e-4 \
+		--curriculum-minutes 0 --eval-every 500 \
+		--out runs/train/moe_mixtral/s2 --work runs/train/moe_mixtral/w2
+	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout mixtral --init-from runs/train/moe_mixtral/s2 --steps 800 --lr 3e-4 \
+		--curriculum-minutes 0 --eval-every 400 \
+		--out runs/train/moe_mixtral/s3 --work runs/train/moe_mixtral/w3
+	$(BIN)/python scripts/train_tiny.py --arch moe --moe-layout mixtral --init-from runs/train/moe_mixtral/s3 --steps 800 --lr 2e-4 \
+		--curriculum-minutes 0 --eval-every 400 --first-problem 12800 \
+		--out runs/train/moe_mixtral/model --work runs/train/moe_mixtral/w4
 
 # Stage 4 of the committed weights (2026-11-27, after `make train`): variable tracking, 5 min of wall time on
 # one H200 with 10 batch-building processes (10,149 steps); reads and rewrites tessera/assets/tiny-reasoner.

@@ -138,11 +138,14 @@ def _wait_method(m2n) -> str:
 
 
 def _model():
+    import dataclasses
+
     from tessera.models import CausalLM
     from tessera.models.loader import read_config
 
     torch.manual_seed(0)  # the same weights on every rank
-    model = CausalLM(read_config(MODEL_DIR)).eval()
+    # every layer routed, as the model the profile timed was (the embedded reasoner's layer 0 is now dense)
+    model = CausalLM(dataclasses.replace(read_config(MODEL_DIR), mlp_only_layers=())).eval()
     with torch.no_grad():  # a fresh router is all zeros (every token to the same two experts): spread it
         for block in model.moe_blocks().values():
             block.gate.weight.normal_(0, 1.0)

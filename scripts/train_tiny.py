@@ -15,11 +15,11 @@ training.
 
     python scripts/train_tiny.py --minutes 60 --out tessera/assets/tiny-reasoner   # what `make train` runs
     python scripts/train_tiny.py --induction-steps 1000 --repeat-share 0.1 ...    # induction head first (docs/shadowkv.md)
-    python scripts/train_tiny.py --arch moe --out tessera/assets/tiny-moe-reasoner  # what `make train-moe` runs
+    python scripts/train_tiny.py --arch moe --induction-steps 1000 --weight-final-sum ...  # `make train-moe`'s first stage
 
-`--arch moe` trains the embedded Mixture-of-Experts reasoner (Mixtral format, 8 experts, top-2; `--moe-layout
-dense0`: Qwen2-MoE format with layer 0 dense, which grows an induction head under `--induction-steps`): the experts
-run through the fixed-capacity backend (static shapes, so `torch.compile` takes the layer whole) and a
+`--arch moe` trains the embedded Mixture-of-Experts reasoner (Qwen2-MoE format, layer 0 dense, 8 experts, top-2,
+which grows an induction head under `--induction-steps`; `--moe-layout mixtral`: every layer routed, the previous
+reasoner, which grows none): the experts run through the fixed-capacity backend (static shapes, so `torch.compile` takes the layer whole) and a
 Switch-Transformer load-balancing loss (`--aux-weight`) keeps routing from collapsing onto a few experts.
 """
 
@@ -49,7 +49,7 @@ MODEL = dict(
     rms_norm_eps=1e-6, tie_word_embeddings=True,
 )
 # The MoE reasoner (--moe-layout): the dense model's attention and 8 routed experts of width 256 (top-2: 512 active,
-# vs 768 dense). `mixtral` (the committed weights): every layer routed. `dense0`: Qwen2-MoE format, layer 0 a dense
+# vs 768 dense). `mixtral` (the previous weights): every layer routed. `dense0` (the committed weights): Qwen2-MoE format, layer 0 a dense
 # 768-wide SwiGLU, layers 1-3 routed, no shared expert: the layout in which an MoE grows an induction head
 # (docs/moe.md; Mixtral's config.json cannot say a layer is dense, Qwen3-MoE's per-head q/k norms grew none).
 MOE_LAYOUTS = {
@@ -234,8 +234,8 @@ def main():
     ap.add_argument("--first-problem", type=int, default=0,
                     help="seed of the first training problem: a later stage can start past the problems the earlier "
                          "ones drew, and so see new ones (held-out problems start at 1,000,000)")
-    ap.add_argument("--moe-layout", choices=sorted(MOE_LAYOUTS), default="mixtral",
-                    help="MoE: every layer routed (Mixtral format, the committed weights) or layer 0 dense (Qwen2-MoE)")
+    ap.add_argument("--moe-layout", choices=sorted(MOE_LAYOUTS), default="dense0",
+                    help="MoE: layer 0 dense (Qwen2-MoE, the committed weights) or every layer routed (Mixtral format)")
     ap.add_argument("--capacity-factor", type=float, default=1.25,
                     help="MoE: expert slots per expert during training, in units of the even share T k / E")
     ap.add_argument("--eval-every", type=int, default=50, help="teacher-forced held-out evaluation every N steps")
