@@ -19,8 +19,9 @@ training.
 
 `--arch moe` trains the embedded Mixture-of-Experts reasoner (Qwen2-MoE format, layer 0 dense, 8 experts, top-2,
 which grows an induction head under `--induction-steps`; `--moe-layout mixtral`: every layer routed, the previous
-reasoner, which grows none): the experts run through the fixed-capacity backend (static shapes, so `torch.compile` takes the layer whole) and a
-Switch-Transformer load-balancing loss (`--aux-weight`) keeps routing from collapsing onto a few experts.
+reasoner, which grows none): the experts run through the fixed-capacity backend (static shapes, so `torch.compile`
+takes the layer whole) and a Switch-Transformer load-balancing loss (`--aux-weight`) keeps routing from collapsing
+onto a few experts.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ MODEL = dict(
     rms_norm_eps=1e-6, tie_word_embeddings=True,
 )
 # The MoE reasoner (--moe-layout): the dense model's attention and 8 routed experts of width 256 (top-2: 512 active,
-# vs 768 dense). `mixtral` (the previous weights): every layer routed. `dense0` (the committed weights): Qwen2-MoE format, layer 0 a dense
-# 768-wide SwiGLU, layers 1-3 routed, no shared expert: the layout in which an MoE grows an induction head
-# (docs/moe.md; Mixtral's config.json cannot say a layer is dense, Qwen3-MoE's per-head q/k norms grew none).
+# vs 768 dense). `mixtral` (the previous weights): every layer routed. `dense0` (the committed weights): Qwen2-MoE
+# format, layer 0 a dense 768-wide SwiGLU, layers 1-3 routed, no shared expert: the layout in which an MoE grows an
+# induction head (docs/moe.md; Mixtral's config.json cannot say a layer is dense, Qwen3-MoE's per-head q/k norms grew none).
 MOE_LAYOUTS = {
     "mixtral": dict(MODEL, model_type="mixtral", intermediate_size=256, moe_intermediate_size=256, num_experts=8,
                     num_experts_per_tok=2),
@@ -68,17 +69,16 @@ def _init_worker(tok_dir):
     _TOK = Tokenizer(tok_dir)
 
 
-MOD_WEIGHT = [False]  # --weight-mod-digits: the digit after every `mod 10 is` counts like a far copy
-SUM_WEIGHT = [False]  # --weight-final-sum: the question's sum `D + E = S , mod 10 is A . answer : A` does too
-
 # offsets from the trace's last `+` of the tokens --weight-final-sum weights: D, E, S, the mod-10 digit, the answer
 FINAL_SUM = (-1, 1, 3, 8, 12)
 
 
-def encode_problem(seed_share):
-    """(seed, short_share) -> (token ids of prompt + trace + </s>, prompt length, positions of the
-    far copies: the step count restated from the prompt and `r1` at the end)."""
-    s, short_share = seed_share
+def encode_problem(work):
+    """(seed, short_share, weight_mod, weight_sum) -> (token ids of prompt + trace + </s>, prompt length, positions
+    of the weighted targets: the far copies (the step count restated from the prompt and `r1` at the end), then
+    with `weight_mod` the digit after every `mod 10 is` (--weight-mod-digits) and with `weight_sum` the question's
+    sum `D + E = S , mod 10 is A . answer : A` (--weight-final-sum))."""
+    s, short_share, weight_mod, weight_sum = work
     # `short_share` of the problems get 2..14 steps (a curriculum: the skills, lookups, copying and
     # the mod-10 tables, are the same at every length and far cheaper to learn short)
     d = 2 + s % 13 if (s * 2654435761 % 1000) / 1000 < short_share else None
@@ -87,9 +87,9 @@ def encode_problem(seed_share):
     trace = _TOK.encode(p.solution, add_bos=False)  # one token per word: far_copies index it directly
     weighted = list(p.far_copies)
     words = p.solution.split()
-    if MOD_WEIGHT[0]:
+    if weight_mod:
         weighted += [i for i in range(3, len(words)) if words[i - 3:i] == ["mod", "10", "is"]]
-    if SUM_WEIGHT[0]:
+    if weight_sum:
         # the sum is written once per trace (the steps multiply then add b): ~5 tokens in 1,600 that teach adding
         # two registers and copying r1 six words back, the tokens every miss of the dense0 MoE went wrong on
         plus = len(words) - 1 - words[::-1].index("+")
@@ -97,9 +97,11 @@ def encode_problem(seed_share):
     return prompt + trace + [_TOK.eos_id], len(prompt), [len(prompt) + i for i in weighted]
 
 
-def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train_prompt=True):
-    """Length-bucketed batches: (input_ids [B, T], loss mask [B, T], far-copy targets [B, T])."""
-    work = [(s, short_share) for s in seeds]
+def make_batches(tok, seeds, tokens_per_batch, short_share=0.0, pool=None, train_prompt=True,
+                 weight_mod=False, weight_sum=False):
+    """Length-bucketed batches: (input_ids [B, T], loss mask [B, T], weighted targets [B, T]: the far copies, plus
+    the mod-10 digits and the final sum with `weight_mod` / `weight_sum`)."""
+    work = [(s, short_share, weight_mod, weight_sum) for s in seeds]
     items = pool.map(encode_problem, work, chunksize=64) if pool else [encode_problem(w) for w in work]
     items.sort(key=lambda x: len(x[0]))
     batches, cur = [], []
@@ -269,8 +271,6 @@ def main():
             torch.nn.init.normal_(p, std=0.02 / (math.sqrt(2 * cfg.num_hidden_layers) if "o_proj" in name or "down_proj" in name else 1))
     _MOE_BLOCKS[:] = model.moe_blocks().values()
     AUX_WEIGHT[0] = args.aux_weight
-    MOD_WEIGHT[0] = args.weight_mod_digits
-    SUM_WEIGHT[0] = args.weight_final_sum
     for b in _MOE_BLOCKS:
         b.experts.backend = "capacity"  # training only: exact backends at inference (saved files carry no backend)
         b.experts.capacity_factor = args.capacity_factor
@@ -310,12 +310,9 @@ def main():
         _init_worker(args.out)
     # the trace tokens only: a prompt's random digits are unpredictable and would hide the ~1e-3 token error
     # rate that separates a 40% model from a 90% one (every trace is ~1,600 tokens; one wrong token fails it)
-    # and far-acc over the far copies alone, whichever extra tokens the loss weights (they have their own accuracies)
-    weights = MOD_WEIGHT[0], SUM_WEIGHT[0]
-    MOD_WEIGHT[0] = SUM_WEIGHT[0] = False
+    # (and no extra weighted targets, so that far-acc is over the far copies alone; the sum has its own accuracy)
     eval_batches = make_batches(tok, range(EVAL_SEED_BASE + 500_000, EVAL_SEED_BASE + 500_064), args.tokens_per_batch,
                                 train_prompt=False)
-    MOD_WEIGHT[0], SUM_WEIGHT[0] = weights
     eval_batches = [tuple(t.to(args.device) for t in b) for b in eval_batches]
     vals = [value_targets(i, m, eq_id, is_result) for i, m, _ in eval_batches]  # fixed: computed once
     fars = [f[:, 1:] for _, _, f in eval_batches]
@@ -378,7 +375,8 @@ def main():
         assert seeds[-1] < EVAL_SEED_BASE, "training would reach the held-out evaluation seeds"
         state["next_seed"] += args.pool
         short = args.short_share if clock() < curriculum_end else 0.0
-        batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool, args.train_prompt)
+        batches = make_batches(tok, seeds, args.tokens_per_batch, short, pool, args.train_prompt,
+                               args.weight_mod_digits, args.weight_final_sum)
         rng.shuffle(batches)
         for ids, mask, far in batches:
             ids, mask, far = (t.to(args.device, non_blocking=True) for t in (ids, mask, far))

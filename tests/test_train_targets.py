@@ -21,7 +21,7 @@ def _words(tok, ids, positions):
     return [tok.decode([int(ids[p])]).strip() for p in positions]
 
 
-def test_final_sum_weights_and_eval_targets_name_the_sum_tokens(monkeypatch):
+def test_final_sum_weights_and_eval_targets_name_the_sum_tokens():
     train_tiny._init_worker(TOK)
     tok = train_tiny._TOK
     plus_id = tok.encode("+", add_bos=False)[0]
@@ -29,11 +29,9 @@ def test_final_sum_weights_and_eval_targets_name_the_sum_tokens(monkeypatch):
         p = make_problem(seed)
         r1 = p.solution.split()[p.far_copies[-1]]
         rn, total = p.solution.split()[-16], p.solution.split()[-10]  # `rN = E . D + E = S , mod 10 is A . answer : A`
-        monkeypatch.setattr(train_tiny, "SUM_WEIGHT", [False])
-        ids, n_prompt, far = train_tiny.encode_problem((seed, 0.0))
+        ids, n_prompt, far = train_tiny.encode_problem((seed, 0.0, False, False))
         assert len(far) == 3 and _words(tok, ids, far)[-1] == r1  # far copies only without the flag
-        monkeypatch.setattr(train_tiny, "SUM_WEIGHT", [True])
-        ids_w, _, far_w = train_tiny.encode_problem((seed, 0.0))
+        ids_w, _, far_w = train_tiny.encode_problem((seed, 0.0, False, True))
         assert ids_w == ids and far_w[:3] == far
         assert _words(tok, ids, far_w[3:]) == [r1, rn, total, str(p.answer), str(p.answer)]
 
